@@ -1,0 +1,1 @@
+"""Thin Temporal activities: unpack a model, call a port or library, map errors, heartbeat."""

@@ -1,0 +1,122 @@
+"""Models that cross the cluster port. Pure: workflows import these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from labs.models import DiskSource, Role
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class NodeState(StrEnum):
+    PROVISIONING = "provisioning"
+    FREE = "free"
+    CLAIMED = "claimed"
+
+
+class SessionRef(Model):
+    """Who holds a node: the session ID used in names/labels plus the exact Temporal run."""
+
+    session_id: str
+    workflow_id: str
+    run_id: str
+
+
+class NodeSpec(Model):
+    """What `provision` creates. `session` set means a cold provision: created already claimed."""
+
+    node_id: str = Field(description="stable DNS-label ID; every Kubernetes name derives from it")
+    node_class: str
+    role: Role
+    image: str = Field(description="full containerDisk reference, pinned")
+    kubernetes_version: str
+    cpu_cores: int
+    memory: str
+    disk: DiskSource
+    session: SessionRef | None = None
+
+
+class NodeRecord(Model):
+    node_id: str
+    node_class: str
+    role: Role
+    image: str
+    state: NodeState
+    session: SessionRef | None = None
+    memory_bytes: int = 0
+    created_at: datetime
+
+
+class NodePhase(StrEnum):
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    NOT_READY = "not-ready"  # was ready, stopped being ready (health)
+    FAILED = "failed"  # permanent: image pull error, unschedulable, VMI Failed
+    MISSING = "missing"
+
+
+class NodeStatus(Model):
+    node_id: str
+    phase: NodePhase
+    address: str | None = Field(default=None, description="the guest's IP on the pod network")
+    reason: str | None = None
+
+
+class ClaimWant(Model):
+    node_class: str
+    count: int = Field(ge=1)
+
+
+class ClaimRequest(Model):
+    session: SessionRef
+    wants: list[ClaimWant]
+
+
+class ClaimResult(Model):
+    nodes: list[NodeRecord] = Field(description="claimed nodes; may be fewer than wanted")
+
+
+class SessionWiring(Model):
+    session: SessionRef
+    controlplane: str = Field(description="node ID of the control plane")
+    workers: list[str] = Field(default_factory=list, description="node IDs of the workers")
+
+
+class SshTarget(Model):
+    """Where the orchestrator reaches a node as root (setup, grading)."""
+
+    node_id: str
+    host: str
+    port: int
+    username: str = "root"
+
+
+class SshEndpoint(Model):
+    """What the student gets: the exposed SSH service of the control plane."""
+
+    host: str
+    port: int
+    username: str = "root"
+
+
+class SessionLeftovers(Model):
+    """Objects labelled with a session, for the leak collector."""
+
+    session_id: str
+    workflow_id: str | None = None
+    run_id: str | None = None
+    kinds: list[Literal["node", "service", "networkpolicy", "namespace"]] = Field(default_factory=list)
+
+
+class Inventory(Model):
+    nodes: list[NodeRecord]
+    sessions: list[SessionLeftovers] = Field(default_factory=list)
+    exposed_ports_in_use: int = 0
+    exposed_ports_capacity: int | None = None

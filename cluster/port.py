@@ -1,0 +1,96 @@
+"""The cluster port: what the lab workflows need from a cluster, nothing more.
+
+Every method is idempotent and keyed by names the workflow derives deterministically (node IDs,
+session IDs). Errors:
+- `ClusterUnavailable` (retryable): API unreachable, 5xx, 429, timeouts, conflicts that a retry solves.
+- `PermanentClusterError` (not retryable): bad input, forbidden, a node that can never become ready
+  (image pull error, unschedulable, VMI failed); the message names the object and the cause.
+Activities map the first to a plain exception (Temporal retries it) and the second to a
+non-retryable ApplicationError.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from cluster.models import (
+    ClaimRequest,
+    ClaimResult,
+    Inventory,
+    NodeRecord,
+    NodeSpec,
+    NodeStatus,
+    SessionWiring,
+    SshEndpoint,
+    SshTarget,
+)
+
+
+class ClusterError(Exception):
+    """Base of the port's errors."""
+
+
+class ClusterUnavailable(ClusterError):
+    """Transient: retry with backoff."""
+
+
+class PermanentClusterError(ClusterError):
+    """Retrying cannot help; the message says which object and why."""
+
+
+class NodeNotFound(PermanentClusterError):
+    """The node ID does not exist (for calls where absence is an error)."""
+
+
+@runtime_checkable
+class ClusterPort(Protocol):
+    # --- node level -------------------------------------------------------------------------
+    async def provision(self, spec: NodeSpec) -> NodeRecord:
+        """Create the node if absent (create-or-get). State: provisioning, or claimed when
+        `spec.session` is set. Returns the existing record when the node already exists."""
+        ...
+
+    async def node_status(self, node_id: str) -> NodeStatus:
+        """One observation of readiness/health; never blocks. MISSING for an unknown node."""
+        ...
+
+    async def mark_free(self, node_id: str) -> NodeRecord:
+        """provisioning -> free (the pool calls it once the node is ready). Idempotent."""
+        ...
+
+    async def ssh_target(self, node_id: str) -> SshTarget:
+        """How the orchestrator reaches the node as root. NodeNotFound if absent."""
+        ...
+
+    async def delete_node(self, node_id: str) -> None:
+        """Delete the node and everything in its namespace. Absent is success."""
+        ...
+
+    # --- session level ----------------------------------------------------------------------
+    async def claim(self, request: ClaimRequest) -> ClaimResult:
+        """Claim free nodes for a session, exclusively (never one node for two sessions). Returns
+        what it could get (maybe fewer than wanted). Idempotent: nodes already claimed by this
+        session are returned again and count towards the wants."""
+        ...
+
+    async def wire(self, wiring: SessionWiring) -> None:
+        """Allow control plane <-> workers of this session only, DNS, and SSH from the orchestrator."""
+        ...
+
+    async def unwire(self, session_id: str) -> None:
+        ...
+
+    async def expose(self, session_id: str, node_id: str) -> SshEndpoint:
+        """Expose SSH of the node (the control plane) to the student. Create-or-get."""
+        ...
+
+    async def unexpose(self, session_id: str) -> None:
+        ...
+
+    async def release(self, session_id: str) -> int:
+        """Delete every node and object of the session; returns how many nodes were deleted."""
+        ...
+
+    # --- pool -------------------------------------------------------------------------------
+    async def inventory(self) -> Inventory:
+        ...

@@ -1,0 +1,1 @@
+"""Export VM disks, convert with qemu-img, build containerDisk images, push, publish."""

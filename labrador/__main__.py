@@ -1,0 +1,3 @@
+from labrador.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `labrador` command line (typer)."""

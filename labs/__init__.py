@@ -1,0 +1,1 @@
+"""The lab catalog: models (pure), loader (reads files) and the lab YAML files themselves."""

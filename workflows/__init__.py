@@ -1,0 +1,1 @@
+"""Deterministic Temporal workflows. No I/O here: see the import contract in pyproject.toml."""

@@ -1,0 +1,238 @@
+"""Inputs, outputs and messages of the workflows, and the activity contracts they call.
+
+Pure pydantic models: the workflows, the activities, the client and the CLI all import them.
+Activities are called by name (see `ActivityName`) so workflows never import activity code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cluster.models import NodeSpec, SessionRef, SshEndpoint
+from labs.models import Check, Lab, NodeClass, Script
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ActivityName(StrEnum):
+    # cluster (activities/cluster_activities.py)
+    CLAIM_NODES = "claim_nodes"
+    PROVISION_NODE = "provision_node"
+    WAIT_NODE_READY = "wait_node_ready"
+    NODE_HEALTH = "node_health"
+    MARK_NODE_FREE = "mark_node_free"
+    DELETE_NODE = "delete_node"
+    WIRE_SESSION = "wire_session"
+    UNWIRE_SESSION = "unwire_session"
+    EXPOSE_SSH = "expose_ssh"
+    UNEXPOSE_SSH = "unexpose_ssh"
+    RELEASE_SESSION = "release_session"
+    INVENTORY = "inventory"
+    # scripts over SSH (activities/script_activities.py)
+    CREATE_SESSION_CREDENTIALS = "create_session_credentials"
+    RUN_SETUP = "run_setup"
+    RUN_CHECKS = "run_checks"
+    RUN_TEARDOWN_SCRIPTS = "run_teardown_scripts"
+
+
+class Phase(StrEnum):
+    QUEUED = "queued"
+    CLAIMING = "claiming"
+    PROVISIONING = "provisioning"
+    WIRING = "wiring"
+    SETTING_UP = "setting-up"
+    EXPOSING = "exposing"
+    READY = "ready"
+    RUNNING = "running"
+    GRADING = "grading"
+    TEARING_DOWN = "tearing-down"
+    ENDED = "ended"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+TERMINAL_PHASES = frozenset({Phase.ENDED, Phase.EXPIRED, Phase.FAILED})
+
+
+class SessionTimings(Model):
+    """Time rules copied from settings into the workflow input at start."""
+
+    unclaimed_timeout: timedelta = timedelta(minutes=10)
+    provisioning_overdue: timedelta = timedelta(minutes=15)
+    health_interval: timedelta = timedelta(seconds=30)
+    health_grace: timedelta = timedelta(minutes=2)
+    max_queue_wait: timedelta = timedelta(minutes=30)
+
+
+class LabSessionInput(Model):
+    student_id: str
+    lab: Lab
+    node_classes: dict[str, NodeClass] = Field(
+        description="the classes the lab uses, with `image` already set to the effective image"
+    )
+    timings: SessionTimings = Field(default_factory=SessionTimings)
+
+
+# --- node bindings ------------------------------------------------------------------------------
+
+
+class BoundNode(Model):
+    """A lab node (controlplane, node01, ...) bound to a cluster node ID."""
+
+    name: str
+    node_id: str
+    role: str
+    warm: bool = Field(description="claimed from the pool (True) or cold-provisioned (False)")
+    address: str | None = None
+    healthy: bool = True
+
+
+# --- scripts and checks (activities/script_activities.py) ---------------------------------------
+
+
+class SessionCredentials(Model):
+    """Per-session student key pair. Travels only in encrypted payloads."""
+
+    private_key: str
+    public_key: str
+
+
+class SetupInput(Model):
+    session: SessionRef
+    lab: Lab
+    nodes: list[BoundNode]
+    student_public_key: str
+
+
+class ScriptResult(Model):
+    node: str
+    script: str
+    exit_code: int | None
+    output: str = Field(description="stdout+stderr, truncated")
+    duration_seconds: float
+    timed_out: bool = False
+
+
+class SetupResult(Model):
+    scripts: list[ScriptResult] = Field(default_factory=list)
+
+
+class ChecksInput(Model):
+    session: SessionRef
+    checks: list[Check]
+    nodes: list[BoundNode]
+
+
+class CheckResult(Model):
+    name: str
+    node: str
+    passed: bool
+    points: int
+    max_points: int
+    duration_seconds: float
+    output_excerpt: str = ""
+
+
+class CheckReport(Model):
+    results: list[CheckResult] = Field(default_factory=list)
+    score: int = 0
+    max_score: int = 0
+    checked_at: datetime | None = None
+
+
+class TeardownInput(Model):
+    session: SessionRef
+    scripts: list[Script]
+    nodes: list[BoundNode]
+
+
+# --- cluster activity inputs ----------------------------------------------------------------------
+
+
+class NodeRef(Model):
+    node_id: str
+
+
+class WaitReadyInput(Model):
+    node_id: str
+    timeout: timedelta = timedelta(minutes=10)
+    poll_interval: timedelta = timedelta(seconds=2)
+
+
+class ExposeInput(Model):
+    session_id: str
+    node_id: str
+
+
+class SessionIdInput(Model):
+    session_id: str
+
+
+class ProvisionInput(Model):
+    spec: NodeSpec
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+class WaitReadyRequest(Model):
+    wait: timedelta = Field(default=timedelta(seconds=20), description="how long to wait for ready")
+
+
+class WaitReadyResult(Model):
+    ready: bool
+    phase: Phase
+    endpoint: SshEndpoint | None = None
+    private_key: str | None = None
+    deadline: datetime | None = None
+    reason: str | None = None
+
+
+class ExtendRequest(Model):
+    pass
+
+
+class ExtendResult(Model):
+    deadline: datetime
+    extensions_used: int
+    extensions_left: int
+
+
+class EndRequest(Model):
+    reason: str = "ended by student"
+
+
+class CheckRequest(Model):
+    pass
+
+
+class LabStatus(Model):
+    student_id: str
+    lab_name: str
+    session_id: str | None = None
+    phase: Phase
+    started_at: datetime
+    ready_at: datetime | None = None
+    deadline: datetime | None = None
+    extensions_used: int = 0
+    nodes: list[BoundNode] = Field(default_factory=list)
+    last_check: CheckReport | None = None
+    queue_position: int | None = None
+    reason: str | None = None
+
+
+class LabSessionResult(Model):
+    student_id: str
+    lab_name: str
+    session_id: str | None
+    outcome: Phase
+    reason: str
+    score: int = 0
+    max_score: int = 0
+    checks: CheckReport | None = None
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
