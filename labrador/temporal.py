@@ -21,7 +21,7 @@ def data_converter(settings: Settings) -> DataConverter:
     converter = pydantic_data_converter
     try:
         from labrador.codec import codec_from_settings
-    except ModuleNotFoundError:  # codec not built yet
+    except ImportError:  # codec not built yet
         return converter
     codec = codec_from_settings(settings)
     if codec is None:
