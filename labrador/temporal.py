@@ -13,16 +13,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
+from labrador.codec import codec_from_settings
 from labrador.settings import Settings
 
 
 def data_converter(settings: Settings) -> DataConverter:
     """The pydantic converter, plus the payload codec when keys are configured (see labrador.codec)."""
     converter = pydantic_data_converter
-    try:
-        from labrador.codec import codec_from_settings
-    except ImportError:  # codec not built yet
-        return converter
     codec = codec_from_settings(settings)
     if codec is None:
         return converter
