@@ -77,10 +77,11 @@ async def main() -> None:
                     await sim.provision(spec(f"pool-{i}-{n}", role))
                     await sim.mark_free(f"pool-{i}-{n}")
         for concurrency in (1, 10, args.sessions):
-            times = await asyncio.gather(*(one_session(sim, 1000 * concurrency + i, args.ssh) for i in range(concurrency)))
-            times = sorted(times)
-            p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-            print(f"{concurrency:3d} concurrent sessions: p50 {statistics.median(times)*1000:7.1f} ms  p99 {p99*1000:7.1f} ms")
+            times = sorted(
+                await asyncio.gather(*(one_session(sim, 1000 * concurrency + i, args.ssh) for i in range(concurrency)))
+            )
+            p50, p99 = statistics.median(times) * 1000, times[min(len(times) - 1, int(len(times) * 0.99))] * 1000
+            print(f"{concurrency:3d} concurrent sessions: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
         await sim.aclose()
 
         sim = SimulatedCluster(Path(tmp) / "b.sqlite")
