@@ -126,27 +126,23 @@ def _read(path: Path, file: str, errors: list[LocatedError]) -> _Document | None
     finally:
         loader.dispose()
     document = _Document(file, root, data)
-    for dup_path, first_line in duplicates:
-        errors.append(
-            document.at(
-                dup_path,
-                f"duplicate key {dup_path[-1]!r} (first at line {first_line}); YAML keeps only the last one",
-                key=True,
-            )
-        )
+    for dup_path, key_node, first_line in duplicates:
+        mark = key_node.start_mark
+        message = f"duplicate key {dup_path[-1]!r} (first at line {first_line}); YAML keeps only the last one"
+        errors.append(LocatedError(file, mark.line + 1, mark.column + 1, _shown(dup_path), message))
     if not isinstance(data, dict):
         errors.append(document.at((), f"expected a mapping of fields, got {type(data).__name__}"))
         return None
     return document if not duplicates else None
 
 
-def _duplicate_keys(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, int]]:
+def _duplicate_keys(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, yaml.Node, int]]:
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 if key_node.value in first and key_node.value != "<<":
-                    yield (*path, key_node.value), first[key_node.value]
+                    yield (*path, key_node.value), key_node, first[key_node.value]
                 first.setdefault(key_node.value, key_node.start_mark.line + 1)
                 yield from _duplicate_keys(value_node, (*path, key_node.value))
     elif isinstance(node, yaml.SequenceNode):

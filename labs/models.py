@@ -139,7 +139,13 @@ _IMAGE_NAME_RE = re.compile(
 )
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-PINNED_IMAGE_PATTERN = r"^[^\s@]+?(:(?!latest(@|$))[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+_PINNED_IMAGE_SCHEMA = {
+    "type": "string",
+    "anyOf": [
+        {"pattern": r"^[^\s@]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", "not": {"pattern": ":latest$"}},
+        {"pattern": r"^[^\s@]+@sha256:[a-f0-9]{64}$"},
+    ],
+}
 
 
 def _pinned_image(value: str) -> str:
@@ -163,7 +169,7 @@ def _pinned_image(value: str) -> str:
 PinnedImage = Annotated[
     str,
     AfterValidator(_pinned_image),
-    WithJsonSchema({"type": "string", "pattern": PINNED_IMAGE_PATTERN, "not": {"pattern": r"^[^:@]+(/[^:@]+)*$"}}),
+    WithJsonSchema(_PINNED_IMAGE_SCHEMA),
 ]
 
 # Kubernetes label keys ([prefix/]name) and values.
@@ -320,7 +326,9 @@ class NodeGroup(Strict):
     )
     role: Role
     node_class: DnsLabel = Field(alias="class", description="a node class of node-classes.yaml")
-    count: Annotated[int, AfterValidator(_count)] = Field(default=1, description="workers only: how many")
+    count: Annotated[int, AfterValidator(_count), WithJsonSchema({"type": "integer", "minimum": 1})] = Field(
+        default=1, description="workers only: how many"
+    )
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Kubernetes node labels")
     taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints")
 
@@ -516,7 +524,9 @@ class LabFile(_LabFields):
                 )
             if node_classes is not None:
                 problems.extend(self._class_problems(i, group, node_classes))
-        expanded = self.expanded()
+        # A second control plane is reported above; its default name would also read as a duplicate.
+        extra = {("nodes", i) for i in controlplanes[1:]}
+        expanded = [(p, n) for p, n in self.expanded() if p[:2] not in extra]
         problems.extend(_reference_problems([(p, n.name, n.role) for p, n in expanded], self.scripts, self.checks))
         if max_duration is not None and self.effective_duration > max_duration:
             where: tuple[str | int, ...] = ("duration",) if self.duration is not None else ("kind",)
