@@ -341,8 +341,10 @@ ScriptRole = Literal["controlplane", "workers", "all"]
 class Script(Strict):
     name: DnsLabel
     node: DnsLabel | None = Field(default=None, description="run on this lab node")
-    role: ScriptRole | None = Field(default=None, description="or on every node of a role")
-    run: str = Field(description="shell script, run as root with bash -euo pipefail")
+    role: ScriptRole | None = Field(
+        default=None, description="or on every node of a role; neither node nor role: the control plane"
+    )
+    run: str = Field(description="shell script, run as root by bash -c on the node (start with set -euo pipefail)")
     timeout: PositiveDuration = timedelta(minutes=5)
 
 
@@ -407,9 +409,7 @@ def _reference_problems(
                     )
                 )
             script_names.setdefault(script.name, i)
-            if script.node is None and script.role is None:
-                problems.append(Problem(path, "set either node (one lab node) or role (controlplane, workers, all)"))
-            elif script.node is not None and script.role is not None:
+            if script.node is not None and script.role is not None:
                 problems.append(
                     Problem((*path, "role"), f"set node ({script.node!r}) or role ({script.role!r}), not both")
                 )

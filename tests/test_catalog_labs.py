@@ -107,3 +107,11 @@ def test_schema_catches_what_editors_should_flag() -> None:
 
 def test_lab_files_skip_the_node_classes_file() -> None:
     assert NODE_CLASSES_FILE not in [p.name for p in lab_files(LABS)]
+
+
+def test_multi_line_scripts_stop_at_the_first_failure(catalog: Catalog) -> None:
+    # Scripts run through `bash -c`: without errexit a failed step would let setup report success.
+    for lab in catalog.labs.values():
+        for script in [*lab.scripts.setup, *lab.scripts.teardown]:
+            if "\n" in script.run.strip():
+                assert script.run.startswith("set -euo pipefail\n"), f"{lab.name}/{script.name}"

@@ -156,7 +156,6 @@ scripts:
         "rules.yaml:6:12",
         "rules.yaml:7:11",
         "rules.yaml:12:12",
-        "rules.yaml:15:7",
         "rules.yaml:17:13",
         "rules.yaml:19:13",
     ]
