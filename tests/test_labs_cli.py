@@ -104,6 +104,7 @@ def test_list_table_and_json(clean_env: dict[str, str]) -> None:
     assert len(labs) == 8
     assert [n["name"] for n in labs["sandbox"]["nodes"]] == ["controlplane", "node01", "node02"]
     assert labs["sandbox"]["nodes"][1]["class"] == "worker-v1-32"
+    assert labs["sandbox"]["effective_duration"] == "2h" and labs["cluster-upgrade"]["duration"] == "1h30m"
     assert CliRunner().invoke(app, ["labs", "list", str(ROOT / BAD)], env=clean_env).exit_code == 1
 
 
