@@ -486,7 +486,8 @@ class LabFile(_LabFields):
                     "controlplane" if group.role == Role.CONTROLPLANE else f"node{worker_position:02d}"
                 )
                 path: tuple[str | int, ...] = ("nodes", i, "name") if group.name else ("nodes", i)
-                node = LabNode(
+                # Not validated again: the group was (or, for the loader's lenient pass, is known not to matter).
+                node = LabNode.model_construct(
                     name=name, role=group.role, node_class=group.node_class, labels=group.labels, taints=group.taints
                 )
                 result.append((path, node))
@@ -496,6 +497,14 @@ class LabFile(_LabFields):
         self, node_classes: Mapping[str, Role | None] | None = None, max_duration: timedelta | None = None
     ) -> list[Problem]:
         """Cross-field rules. `node_classes` maps known class names to their role (None: unknown role)."""
+        problems = self.structure_problems()
+        if node_classes is not None:
+            problems.extend(self.class_problems(node_classes))
+        problems.extend(self.duration_problems(max_duration))
+        return problems
+
+    def structure_problems(self) -> list[Problem]:
+        """One control plane, names and counts, references of checks and scripts to nodes."""
         problems: list[Problem] = []
         controlplanes = [i for i, g in enumerate(self.nodes) if g.role == Role.CONTROLPLANE]
         if not controlplanes:
@@ -522,22 +531,26 @@ class LabFile(_LabFields):
                         "node; drop it to get node01..nodeNN",
                     )
                 )
-            if node_classes is not None:
-                problems.extend(self._class_problems(i, group, node_classes))
         # A second control plane is reported above; its default name would also read as a duplicate.
         extra = {("nodes", i) for i in controlplanes[1:]}
         expanded = [(p, n) for p, n in self.expanded() if p[:2] not in extra]
         problems.extend(_reference_problems([(p, n.name, n.role) for p, n in expanded], self.scripts, self.checks))
-        if max_duration is not None and self.effective_duration > max_duration:
-            where: tuple[str | int, ...] = ("duration",) if self.duration is not None else ("kind",)
-            problems.append(
-                Problem(
-                    where,
-                    f"duration {format_duration(self.effective_duration)} is longer than the maximum "
-                    f"{format_duration(max_duration)} (setting max_lab_duration)",
-                )
-            )
         return problems
+
+    def class_problems(self, node_classes: Mapping[str, Role | None]) -> list[Problem]:
+        return [p for i, group in enumerate(self.nodes) for p in self._class_problems(i, group, node_classes)]
+
+    def duration_problems(self, max_duration: timedelta | None) -> list[Problem]:
+        if max_duration is None or self.effective_duration <= max_duration:
+            return []
+        where: tuple[str | int, ...] = ("duration",) if self.duration is not None else ("kind",)
+        return [
+            Problem(
+                where,
+                f"duration {format_duration(self.effective_duration)} is longer than the maximum "
+                f"{format_duration(max_duration)} (setting max_lab_duration)",
+            )
+        ]
 
     @staticmethod
     def _class_problems(i: int, group: NodeGroup, node_classes: Mapping[str, Role | None]) -> list[Problem]:
