@@ -37,7 +37,7 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 def _dns_label(value: str) -> str:
-    if not re.match(DNS_LABEL_PATTERN, value):
+    if not re.fullmatch(DNS_LABEL_PATTERN, value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters)"
@@ -121,7 +121,7 @@ def quantity_bytes(quantity: str) -> int:
 
 
 def _quantity(value: str) -> str:
-    if not re.match(QUANTITY_PATTERN, value):
+    if not re.fullmatch(QUANTITY_PATTERN, value):
         raise ValueError(
             f"{value!r} is not a Kubernetes quantity (write e.g. 1536Mi or 2Gi; "
             "suffixes Ki Mi Gi Ti Pi Ei or k M G T P E)"
@@ -153,11 +153,11 @@ def _pinned_image(value: str) -> str:
     last = name.rsplit("/", 1)[-1]
     tag = last.partition(":")[2] if ":" in last else None
     repository = name[: len(name) - len(tag) - 1] if tag is not None else name
-    if not _IMAGE_NAME_RE.match(repository):
+    if not _IMAGE_NAME_RE.fullmatch(repository):
         raise ValueError(f"{value!r} is not an image reference like registry.example/path/name:tag")
-    if digest and not _DIGEST_RE.match(digest):
+    if digest and not _DIGEST_RE.fullmatch(digest):
         raise ValueError(f"{value!r} has a malformed digest (expected @sha256: and 64 hex digits)")
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not _TAG_RE.fullmatch(tag):
         raise ValueError(f"{value!r} has a malformed tag {tag!r}")
     if tag == "latest" and not digest:
         raise ValueError(f"{value!r} is not pinned: ':latest' moves; use a version tag or an @sha256 digest")
@@ -181,13 +181,13 @@ LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
 
 def _label_key(value: str) -> str:
     prefix, _, name = value.rpartition("/")
-    if not re.match(LABEL_KEY_PATTERN, value) or len(prefix) > 253 or len(name) > 63:
+    if not re.fullmatch(LABEL_KEY_PATTERN, value) or len(prefix) > 253 or len(name) > 63:
         raise ValueError(f"{value!r} is not a Kubernetes label key ([prefix/]name, name at most 63 characters)")
     return value
 
 
 def _label_value(value: str) -> str:
-    if not re.match(LABEL_VALUE_PATTERN, value):
+    if not re.fullmatch(LABEL_VALUE_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes label value (at most 63 of A-Z a-z 0-9 - _ .)")
     return value
 

@@ -276,3 +276,9 @@ checks:
     write(tmp_path, {"node-classes.yaml": CLASSES, "typo.yaml": lab})
     [only] = errors_of(tmp_path)
     assert only.startswith("typo.yaml:4:11: nodes[0].role: Input should be 'controlplane' or 'worker'")
+
+
+def test_a_trailing_newline_is_not_a_valid_name() -> None:
+    # `$` in Python regexes also matches before a final newline; names end up in Kubernetes objects.
+    with pytest.raises(ValidationError, match="DNS-1123"):
+        LabNode(name="node01\n", role=Role.WORKER, node_class="wk")
