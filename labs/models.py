@@ -254,12 +254,28 @@ class BuildRecipe(Strict):
     )
 
 
+KUBERNETES_VERSION_PATTERN = r"^1\.[0-9]+\.[0-9]+$"
+
+
+def _kubernetes_version(value: str) -> str:
+    if not re.fullmatch(KUBERNETES_VERSION_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes version like 1.31.4 (major.minor.patch, no 'v')")
+    return value
+
+
+KubernetesVersion = Annotated[
+    str,
+    AfterValidator(_kubernetes_version),
+    WithJsonSchema({"type": "string", "pattern": KUBERNETES_VERSION_PATTERN}),
+]
+
+
 class NodeClass(Strict):
     name: DnsLabel
     description: str = ""
     role: Role
     image: PinnedImage = Field(description="containerDisk image pinned by tag or digest (the base image)")
-    kubernetes_version: Annotated[str, Field(pattern=r"^1\.[0-9]+\.[0-9]+$")]
+    kubernetes_version: KubernetesVersion
     cpu_cores: Annotated[int, Field(ge=1, le=16)] = 1
     memory: Quantity | None = Field(default=None, description="default 1536Mi control plane, 1126Mi worker")
     disk: DiskSource = Field(default_factory=ContainerDiskSource)
