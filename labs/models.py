@@ -296,10 +296,6 @@ class NodeClass(Strict):
     def memory_bytes(self) -> int:
         return quantity_bytes(self.effective_memory)
 
-    @property
-    def minor_version(self) -> int:
-        return int(self.kubernetes_version.split(".")[1])
-
 
 class NodeClassesFile(Strict):
     """The file `node-classes.yaml` of a catalog directory."""
