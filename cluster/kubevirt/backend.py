@@ -412,7 +412,8 @@ class KubeVirtCluster:
             self._list_managed(NETWORK_POLICIES, L.managed_selector()),
         )
         live = [ns for ns in namespaces if L.NODE_ID in _labels(ns) and not is_terminating(ns)]
-        nodes = [record_from_namespace(ns) for ns in live]
+        # Oldest first, like a queue: the real API lists by name, we want creation order.
+        nodes = sorted((record_from_namespace(ns) for ns in live), key=lambda r: (r.created_at, r.node_id))
         sessions: dict[str, dict[str, Any]] = {}
 
         def note(session_id: str, kind: str, workflow_id: str | None = None, run_id: str | None = None) -> None:
