@@ -198,6 +198,7 @@ class KubeApi:
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
         subresource: str | None = None,
+        object_name: str | None = None,
     ) -> Obj:
         plural = resource.plural + (f"/{subresource}" if subresource else "")
         key = (resource.group, plural, verb)
@@ -207,7 +208,7 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        what = describe(resource, namespace, name)
+        what = describe(resource, namespace, name or object_name)
         try:
             request = self.api_client.param_serialize(
                 method,
@@ -250,7 +251,7 @@ class KubeApi:
         namespace, name = meta.get("namespace"), meta["name"]
         try:
             return self._request("create", "POST", resource, namespace, None, body=body,
-                                 content_type="application/json"), True
+                                 content_type="application/json", object_name=name), True
         except HttpError as exc:
             if exc.status != 409:
                 raise exc.mapped() from None
@@ -264,7 +265,7 @@ class KubeApi:
         meta = body.get("metadata", {})
         try:
             self._request("create", "POST", resource, meta.get("namespace"), None, body=body,
-                          content_type="application/json")
+                          content_type="application/json", object_name=meta.get("name"))
             return True
         except HttpError as exc:
             if exc.status == 409:
