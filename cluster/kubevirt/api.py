@@ -166,8 +166,16 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
     configuration = client.Configuration()
     try:
         config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-    except (config.ConfigException, FileNotFoundError, TypeError):
-        config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, FileNotFoundError, TypeError) as kube_config_error:
+        if kubeconfig:
+            raise PermanentClusterError(f"kube_config: {kubeconfig}: {kube_config_error}") from None
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException as exc:
+            raise PermanentClusterError(
+                f"kubevirt backend: no kubeconfig (KUBECONFIG, ~/.kube/config, kube_config) and not running "
+                f"in a cluster ({exc})"
+            ) from None
     return client.ApiClient(configuration)
 
 

@@ -150,7 +150,7 @@ class LabEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(patched)
         if method == "DELETE":
             # The namespace controller deletes everything inside (here at once, not eventually).
-            for (res, ns, obj_name), obj in list(self.objects.items()):
+            for (_, ns, _), obj in list(self.objects.items()):
                 if ns == name and not obj.deleted:
                     obj.delete()
             self.objects[NAMESPACES, None, name].delete()

@@ -59,7 +59,7 @@ async def test_provision_creates_exactly_the_node_objects_once(cluster: KubeVirt
 async def test_bad_input_creates_nothing(cluster: KubeVirtCluster, emulator: LabEmulator) -> None:
     with pytest.raises(PermanentClusterError, match="node_id: 'Bad_Node'"):
         await cluster.provision(spec("Bad_Node"))
-    with pytest.raises(PermanentClusterError, match="memory: '1.5 GiB'"):
+    with pytest.raises(PermanentClusterError, match=r"memory: '1\.5 GiB'"):
         await cluster.provision(spec("ok").model_copy(update={"memory": "1.5 GiB"}))
     assert live(emulator) == set()
 
@@ -89,7 +89,8 @@ async def test_claim_conflict_moves_on_to_the_next_free_node(cluster: KubeVirtCl
     assert L.SESSION not in vm["spec"]["template"]["metadata"]["labels"]
 
 
-async def test_claim_patch_carries_the_resource_version_it_read(cluster: KubeVirtCluster, emulator: LabEmulator) -> None:
+async def test_claim_patch_carries_the_resource_version_it_read(cluster: KubeVirtCluster,
+                                                                emulator: LabEmulator) -> None:
     await cluster.provision(spec("pool-a"))
     await cluster.mark_free("pool-a")
     listed = emulator.live(NAMESPACES, None, "lab-pool-a")
@@ -341,3 +342,33 @@ async def test_every_call_made_is_a_declared_permission(cluster: KubeVirtCluster
     declared = {(g, r, v) for g, r, v, _ in PERMISSIONS}
     assert sync_api.calls <= declared
     assert ("", "secrets", "get") not in sync_api.calls and ("", "secrets", "list") not in sync_api.calls
+
+
+async def test_worker_builds_the_backend_from_settings_and_a_kubeconfig(
+    emulator: LabEmulator, platform_key: tuple[Any, str], tmp_path: Any
+) -> None:
+    import yaml
+
+    import worker
+    from labrador.settings import Settings
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emu",
+        "clusters": [{"name": "emu", "cluster": {"server": str(emulator.url).rstrip("/")}}],
+        "users": [{"name": "emu", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "emu", "context": {"cluster": "emu", "user": "emu"}}],
+    }))
+    settings = Settings(cluster_backend="kubevirt", kube_config=kubeconfig, ssh_private_key=platform_key[0],
+                        kube_namespace="labrador", external_host="labs.example.test")
+    port = worker.build_port(settings)
+    assert isinstance(port, KubeVirtCluster) and port.ssh_public_key == platform_key[1]
+    await port.provision(spec("n1"))
+    assert emulator.live(VMS, "lab-n1", "n1") is not None
+
+
+def test_missing_kubeconfig_is_a_clear_error(tmp_path: Any) -> None:
+    from cluster.kubevirt.api import load_api_client
+
+    with pytest.raises(PermanentClusterError, match="kube_config"):
+        load_api_client(str(tmp_path / "absent"))

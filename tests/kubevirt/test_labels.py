@@ -14,7 +14,9 @@ def test_free_nodes_selector_names_class_and_state() -> None:
 
 
 def test_session_selector() -> None:
-    assert L.session_selector("s-bob-123abc") == "app.kubernetes.io/managed-by=labrador,labrador.io/session=s-bob-123abc"
+    assert L.session_selector("s-bob-123abc") == (
+        "app.kubernetes.io/managed-by=labrador,labrador.io/session=s-bob-123abc"
+    )
 
 
 @pytest.mark.parametrize(
