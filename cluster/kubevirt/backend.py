@@ -412,6 +412,10 @@ class KubeVirtCluster:
             self._list_managed(NETWORK_POLICIES, L.managed_selector()),
         )
         live = [ns for ns in namespaces if L.NODE_ID in _labels(ns) and not is_terminating(ns)]
+        # Objects inside a terminating namespace are on their way out with it: not leftovers.
+        going = {_meta(ns).get("name") for ns in namespaces if is_terminating(ns)}
+        services = [svc for svc in services if _meta(svc).get("namespace") not in going]
+        policies = [pol for pol in policies if _meta(pol).get("namespace") not in going]
         # Oldest first, like a queue: the real API lists by name, we want creation order.
         nodes = sorted((record_from_namespace(ns) for ns in live), key=lambda r: (r.created_at, r.node_id))
         sessions: dict[str, dict[str, Any]] = {}

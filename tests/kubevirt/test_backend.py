@@ -372,3 +372,25 @@ def test_missing_kubeconfig_is_a_clear_error(tmp_path: Any) -> None:
 
     with pytest.raises(PermanentClusterError, match="kube_config"):
         load_api_client(str(tmp_path / "absent"))
+
+
+async def test_concurrent_claimers_never_share_a_node(cluster: KubeVirtCluster, emulator: LabEmulator) -> None:
+    """Six sessions claim at once from four free nodes. Our emulator honours the namespace
+    resourceVersion precondition like the API server, so losers get 409 and move on."""
+    import asyncio
+
+    for i in range(4):
+        await cluster.provision(spec(f"pool-{i}"))
+        await cluster.mark_free(f"pool-{i}")
+    results = await asyncio.gather(*(
+        cluster.claim(ClaimRequest(session=ref(f"s{i}"), wants=[ClaimWant(node_class="cp", count=1)]))
+        for i in range(6)
+    ))
+    claimed = [n.node_id for r in results for n in r.nodes]
+    assert sorted(claimed) == [f"pool-{i}" for i in range(4)]
+    holders = {}
+    for i in range(4):
+        ns = emulator.live(NAMESPACES, None, f"lab-pool-{i}")
+        assert ns is not None
+        holders[f"pool-{i}"] = ns["metadata"]["labels"][L.SESSION]
+    assert {n.node_id: n.session.session_id for r in results for n in r.nodes if n.session} == holders
