@@ -197,25 +197,46 @@ class VirtController:
         names = node_names(node_id)
         return names.namespace, names.vm
 
-    def vm_status(self, node_id: str, printable: str, message: str | None = None) -> None:
-        ns, name = self.where(node_id)
+    # Status bodies as virt-controller/CDI write them (tests validate them against the schemas).
+    @staticmethod
+    def vm_status_body(printable: str, message: str | None = None) -> dict[str, Any]:
         status: dict[str, Any] = {"printableStatus": printable}
         if message:
-            status["conditions"] = [{"type": "Ready", "status": "False", "message": message}]
-        self.emulator.objects[VMS, ns, name]["status"] = status
+            status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Failure", "message": message}]
+        return status
+
+    @staticmethod
+    def vmi_body(namespace: str, name: str, phase: str, *, ready: bool = False, ip: str | None = None,
+                 message: str | None = None) -> dict[str, Any]:
+        condition: dict[str, Any] = {"type": "Ready", "status": "True" if ready else "False"}
+        if message:
+            condition["message"] = message
+        status: dict[str, Any] = {"phase": phase, "conditions": [condition]}
+        if ip:
+            status["interfaces"] = [{"name": "default", "ipAddress": ip, "ipAddresses": [ip]}]
+        return {
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"domain": {"devices": {}}},
+            "status": status,
+        }
+
+    @staticmethod
+    def dv_status_body(phase: str, progress: str = "N/A", restarts: int = 0,
+                       message: str | None = None) -> dict[str, Any]:
+        status: dict[str, Any] = {"phase": phase, "progress": progress, "restartCount": restarts}
+        if message:
+            status["conditions"] = [{"type": "Running", "status": "False", "message": message}]
+        return status
+
+    def vm_status(self, node_id: str, printable: str, message: str | None = None) -> None:
+        ns, name = self.where(node_id)
+        self.emulator.objects[VMS, ns, name]["status"] = self.vm_status_body(printable, message)
 
     def vmi(self, node_id: str, phase: str, *, ready: bool = False, ip: str | None = None,
             message: str | None = None) -> None:
         ns, name = self.where(node_id)
-        status: dict[str, Any] = {"phase": phase, "conditions": [
-            {"type": "Ready", "status": "True" if ready else "False", **({"message": message} if message else {})}
-        ]}
-        if ip:
-            status["interfaces"] = [{"name": "default", "ipAddress": ip}]
-        self.emulator.objects[VMIS, ns, name] = {
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": name, "namespace": ns}, "status": status,
-        }
+        self.emulator.objects[VMIS, ns, name] = self.vmi_body(ns, name, phase, ready=ready, ip=ip, message=message)
 
     def running(self, node_id: str, ip: str) -> None:
         self.vm_status(node_id, "Running")
@@ -226,10 +247,8 @@ class VirtController:
         from cluster.kubevirt.manifests import node_names
 
         names = node_names(node_id)
-        status: dict[str, Any] = {"phase": phase, "progress": progress, "restartCount": restarts}
-        if message:
-            status["conditions"] = [{"type": "Running", "status": "False", "message": message}]
-        self.emulator.objects[DVS, names.namespace, names.datavolume]["status"] = status
+        self.emulator.objects[DVS, names.namespace, names.datavolume]["status"] = self.dv_status_body(
+            phase, progress, restarts, message)
 
     def pvc(self, node_id: str) -> None:
         """CDI creates the target PVC, named like the DataVolume."""

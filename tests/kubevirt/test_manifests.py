@@ -168,3 +168,19 @@ def test_names_are_dns_labels_even_for_long_ids() -> None:
     names = M.node_names(long_id)
     assert len(names.namespace) <= 63 and len(names.datavolume) <= 63
     assert len(M.session_policy_name("s" * 40)) <= 63 and len(M.ssh_service_name("s" * 40)) <= 63
+
+
+def test_status_shapes_the_tests_feed_use_real_field_names() -> None:
+    """The adapter tests play virt-controller and CDI; their status bodies must be what the real
+    controllers write, or status parsing would be tested against invented fields."""
+    from tests.kubevirt.emulator import VirtController
+
+    vm = M.virtual_machine(spec()) | {"status": VirtController.vm_status_body("ErrImagePull", "manifest unknown")}
+    vmi = VirtController.vmi_body("lab-cp-1", "cp-1", "Running", ready=True, ip="10.244.0.9", message="ok")
+    dv = M.datavolume_clone("cp-1", CLONE) | {
+        "status": VirtController.dv_status_body("CloneInProgress", "45.0%", 1, "source in use")
+    }
+    for doc in (vm, vmi, dv):
+        assert schemas.errors(doc) == []
+    vmi["status"]["interfaces"][0]["ip"] = "typo"
+    assert schemas.errors(vmi)
