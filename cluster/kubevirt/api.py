@@ -64,6 +64,9 @@ NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "Netwo
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines", "VirtualMachine")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance")
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
+# For the image pipeline (cluster/kubevirt/export.py, builder.py): declare their calls in PERMISSIONS
+# and deploy/rbac.yaml when they start using it.
+VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports", "VirtualMachineExport")
 
 # Scope of a permission: "cluster" (lab namespaces are created on the fly, so a ClusterRole) or
 # "worker-namespace" (a Role in the worker's own namespace).

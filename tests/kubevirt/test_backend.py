@@ -394,3 +394,20 @@ async def test_concurrent_claimers_never_share_a_node(cluster: KubeVirtCluster, 
         assert ns is not None
         holders[f"pool-{i}"] = ns["metadata"]["labels"][L.SESSION]
     assert {n.node_id: n.session.session_id for r in results for n in r.nodes if n.session} == holders
+
+
+async def test_a_terminating_namespace_is_gone_for_the_pool_and_blocks_reprovisioning(
+    cluster: KubeVirtCluster, emulator: LabEmulator
+) -> None:
+    """On a real cluster namespace deletion takes a while (Terminating): that node is not claimable,
+    not in the inventory, MISSING, and provisioning its ID again waits (retryable) until it is gone."""
+    await cluster.provision(spec("pool-a"))
+    await cluster.mark_free("pool-a")
+    namespace = emulator.objects[NAMESPACES, None, "lab-pool-a"]
+    namespace["metadata"] = dict(namespace.raw["metadata"], deletionTimestamp="2026-01-01T00:00:00Z")
+    assert (await cluster.node_status("pool-a")).phase == NodePhase.MISSING
+    assert (await cluster.inventory()).nodes == []
+    result = await cluster.claim(ClaimRequest(session=ref("s1"), wants=[ClaimWant(node_class="cp", count=1)]))
+    assert result.nodes == []
+    with pytest.raises(ClusterUnavailable, match="terminating"):
+        await cluster.provision(spec("pool-a"))
