@@ -293,13 +293,17 @@ class KubeApi:
             raise exc.mapped() from None
 
     def delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
-        """Delete-if-exists: True if this call deleted it, False if it was already gone."""
+        """Delete-if-exists: True if this call deleted it, False if it was already gone or going.
+
+        404: gone. 409: the API server refuses to delete a namespace that is already terminating
+        ("the system is ensuring all content is removed"); we send no preconditions, so a 409 here
+        can only mean that the deletion is already under way."""
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         try:
             self._request("delete", "DELETE", resource, namespace, name, body=body, content_type="application/json")
             return True
         except HttpError as exc:
-            if exc.status == 404:
+            if exc.status in (404, 409):
                 return False
             raise exc.mapped() from None
 

@@ -149,6 +149,9 @@ class LabEmulator(kmock.KubernetesEmulator):
             self.objects[NAMESPACES, None, name].history.append(patched)
             return aiohttp.web.json_response(patched)
         if method == "DELETE":
+            if current["metadata"].get("deletionTimestamp"):
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on namespaces "{name}": The system '
+                                                "is ensuring all content is removed from this namespace.")
             # The namespace controller deletes everything inside (here at once, not eventually).
             for (_, ns, _), obj in list(self.objects.items()):
                 if ns == name and not obj.deleted:
