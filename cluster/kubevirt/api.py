@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ from cluster.port import ClusterUnavailable, PermanentClusterError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+API_THREADS = 16  # concurrent API calls per worker process (and HTTP connections kept per host)
 Obj = dict[str, Any]
 
 
@@ -167,6 +169,7 @@ def api_error(status: int, message: str, verb: str, what: str) -> Exception:
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """KUBECONFIG (or ~/.kube/config) if present, else the in-cluster service account."""
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = API_THREADS
     try:
         config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
     except (config.ConfigException, FileNotFoundError, TypeError) as kube_config_error:
@@ -318,13 +321,17 @@ class HttpError(Exception):
 
 
 class AsyncKubeApi:
-    """The same calls, awaited: each runs the sync client in a worker thread."""
+    """The same calls, awaited: each runs the sync client in a thread of our own pool.
 
-    def __init__(self, sync: KubeApi) -> None:
+    Our own pool, not asyncio's default one (min(32, cpus + 4) threads, shared with everything
+    else in the worker): a burst of node steps should not queue behind unrelated blocking work."""
+
+    def __init__(self, sync: KubeApi, *, max_workers: int = API_THREADS) -> None:
         self.sync = sync
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube-api")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
         return await self._run(self.sync.get, resource, namespace, name)
