@@ -58,7 +58,7 @@ from cluster.models import (
     SshTarget,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
-from labrador.naming import is_dns_label
+from labrador.naming import is_dns_label, short_hash
 from labrador.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
@@ -334,7 +334,7 @@ class KubeVirtCluster:
             if need <= 0:
                 continue
             candidates = await self._list_managed(NAMESPACES, L.free_nodes_selector(want.node_class))
-            for ns in sorted(candidates, key=lambda n: str(_meta(n).get("name"))):
+            for ns in claim_order(candidates, session.session_id):
                 if need <= 0:
                     break
                 if is_terminating(ns):
@@ -451,6 +451,17 @@ class KubeVirtCluster:
             exposed_ports_in_use=len(exposed),
             exposed_ports_capacity=self.nodeport_capacity,
         )
+
+
+def claim_order(candidates: list[Obj], session_id: str) -> list[Obj]:
+    """Free nodes in name order, rotated by a hash of the session: concurrent claimers start at
+    different nodes instead of all racing for the first one (fewer 409s), and a retried claim of
+    the same session walks the same order."""
+    ordered = sorted(candidates, key=lambda n: str(_meta(n).get("name")))
+    if not ordered:
+        return ordered
+    start = int(short_hash(session_id), 16) % len(ordered)
+    return ordered[start:] + ordered[:start]
 
 
 def _node_port(service: Obj) -> int | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ class Fault:
     status: int
     remaining: int
     message: str
+    hits: list[str] = field(default_factory=list)
 
 
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
@@ -97,6 +98,7 @@ class LabEmulator(kmock.KubernetesEmulator):
         for fault in self.faults:
             if fault.remaining > 0 and fault.method == raw_request.method and fault.path.search(raw_request.path):
                 fault.remaining -= 1
+                fault.hits.append(raw_request.path)
                 return _status(fault.status, "Injected", fault.message)
         match = _NS_PATH.match(raw_request.path)
         if match:

@@ -75,18 +75,33 @@ async def test_claim_conflict_moves_on_to_the_next_free_node(cluster: KubeVirtCl
     for node_id in ("pool-a", "pool-b"):
         await cluster.provision(spec(node_id))
         await cluster.mark_free(node_id)
-    # Another worker wins pool-a between our list and our patch: the API answers 409.
-    fault = emulator.inject("PATCH", r"^/api/v1/namespaces/lab-pool-a$", 409, message="the object has been modified")
+    # Another worker wins the first node we try between our list and our patch: the API answers 409.
+    fault = emulator.inject("PATCH", r"^/api/v1/namespaces/lab-pool-[ab]$", 409,
+                            message="the object has been modified")
     result = await cluster.claim(ClaimRequest(session=ref("s1"), wants=[ClaimWant(node_class="cp", count=1)]))
-    assert fault.remaining == 0
-    assert [n.node_id for n in result.nodes] == ["pool-b"]
-    ns = emulator.live(NAMESPACES, None, "lab-pool-b")
+    assert len(fault.hits) == 1
+    lost = fault.hits[0].rsplit("/lab-", 1)[1]
+    (won,) = [n.node_id for n in result.nodes]
+    assert won != lost
+    ns = emulator.live(NAMESPACES, None, f"lab-{won}")
     assert ns is not None and ns["metadata"]["labels"][L.SESSION] == "s1"
     assert ns["metadata"]["annotations"][L.WORKFLOW_ID] == "lab-session/s1"
     assert ns["metadata"]["annotations"][L.RUN_ID] == "run-s1"
-    vm = emulator.live(VMS, "lab-pool-b", "pool-b")
+    vm = emulator.live(VMS, f"lab-{won}", won)
     assert vm is not None and vm["metadata"]["labels"][L.STATE] == "claimed"
     assert L.SESSION not in vm["spec"]["template"]["metadata"]["labels"]
+    other = emulator.live(NAMESPACES, None, f"lab-{lost}")
+    assert other is not None and other["metadata"]["labels"][L.STATE] == "free"
+
+
+def test_claim_order_spreads_sessions_over_the_pool() -> None:
+    from cluster.kubevirt.backend import claim_order
+
+    pool = [{"metadata": {"name": f"lab-pool-{i}"}} for i in range(8)]
+    firsts = {claim_order(pool, f"s{i}")[0]["metadata"]["name"] for i in range(20)}
+    assert len(firsts) > 3  # not everyone races for lab-pool-0
+    assert claim_order(pool, "s1") == claim_order(list(reversed(pool)), "s1")  # stable per session
+    assert sorted(n["metadata"]["name"] for n in claim_order(pool, "s1")) == [f"lab-pool-{i}" for i in range(8)]
 
 
 async def test_claim_patch_carries_the_resource_version_it_read(cluster: KubeVirtCluster,
