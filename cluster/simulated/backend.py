@@ -96,16 +96,21 @@ class SimulatedCluster:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatedCluster:
+    def from_settings(cls, settings: Settings, *, base_scenario: Scenario | None = None) -> SimulatedCluster:
+        """The backend of `labrador dev` and the worker. `base_scenario`: answers the caller needs
+        from every node (e.g. the platform's setup steps); rules of `sim_scenario_file` come first."""
         faults_file = settings.sim_faults_file
         scenario_file = settings.sim_scenario_file
+        default_scenario = Scenario.from_file(scenario_file) if scenario_file else Scenario()
+        if base_scenario is not None:
+            default_scenario = Scenario(rules=[*default_scenario.rules, *base_scenario.rules])
         return cls(
             settings.data_dir / STATE_FILE,
             boot_seconds=settings.sim_boot_seconds,
             faults=FaultPlan.from_file(faults_file) if faults_file else None,
             external_host=settings.external_host,
             ssh_idle_seconds=settings.sim_ssh_idle_seconds,
-            default_scenario=Scenario.from_file(scenario_file) if scenario_file else None,
+            default_scenario=default_scenario,
         )
 
     # --- knobs for tests and the dev stack ------------------------------------------------

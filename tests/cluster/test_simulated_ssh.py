@@ -117,14 +117,21 @@ async def test_scenario_from_a_yaml_file_via_settings(tmp_path: Path, client_key
         "    exit_code: 1\n"
         "    stderr: 'etcd is down'\n"
     )
-    sim = SimulatedCluster.from_settings(Settings(data_dir=tmp_path, sim_scenario_file=scenario_file))
+    platform = Scenario(
+        rules=[ScenarioRule(match="crictl", stdout="shadowed\n"), ScenarioRule(match="kubeadm token", stdout="join\n")]
+    )
+    sim = SimulatedCluster.from_settings(
+        Settings(data_dir=tmp_path, sim_scenario_file=scenario_file), base_scenario=platform
+    )
     try:
         await sim.provision(spec("cp-1"))
         target = await sim.ssh_target("cp-1")
         ok = await run(target.host, target.port, client_key, "crictl ps")
         bad = await run(target.host, target.port, client_key, "/opt/check-etcd")
+        base = await run(target.host, target.port, client_key, "kubeadm token create --print-join-command")
         assert (ok.exit_status, ok.stdout) == (0, "CONTAINER  IMAGE\n")
         assert (bad.exit_status, bad.stderr) == (1, "etcd is down")
+        assert base.stdout == "join\n"
     finally:
         await sim.aclose()
     scenario_file.write_text("- match: '['\n")
