@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -46,6 +47,8 @@ from labs.models import Role, quantity_bytes
 
 if TYPE_CHECKING:
     from labrador.settings import Settings
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -214,11 +217,19 @@ class SimulatedCluster:
         """A restarted worker serves the SSH endpoints the previous one handed out (same port, key).
         With idle reaping on, node listeners come back on the next ssh_target instead."""
         nodes, exposures = await self._db(self._store.endpoints_to_restore)
+        # One listener that cannot come back must not fail every later call: the next
+        # ssh_target/expose of that node tries again and reports the error to its caller.
         if self.ssh_idle_seconds is None:
             for node_id, port, key in nodes:
-                await self._serve_node(node_id, key, port)
+                try:
+                    await self._serve_node(node_id, key, port)
+                except ClusterUnavailable as exc:
+                    log.warning("simulated cluster: not restoring %s: %s", node_id, exc)
         for session_id, node_id, port, key in exposures:
-            await self._serve_exposure(session_id, node_id, key, port)
+            try:
+                await self._serve_exposure(session_id, node_id, key, port)
+            except ClusterUnavailable as exc:
+                log.warning("simulated cluster: not restoring the exposure of %s: %s", session_id, exc)
 
     async def _reap_idle_listeners(self, idle: float) -> None:
         """Close orchestrator listeners nobody used for `idle` seconds (ssh_target reopens them on
@@ -333,6 +344,9 @@ class SimulatedCluster:
             if endpoint is None or (await self._db(self._store.node, node_id)) is None:
                 raise NodeNotFound(f"node {node_id}: not found (no SSH target)")
             port = await self._serve_node(node_id, endpoint[1], endpoint[0])
+            if await self._db(self._store.node, node_id) is None:  # deleted while the listener started
+                await self._ssh.stop(f"node:{node_id}")
+                raise NodeNotFound(f"node {node_id}: not found (deleted)")
         return SshTarget(node_id=node_id, host=self.ssh_host, port=port)
 
     async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None) -> int:
@@ -418,6 +432,9 @@ class SimulatedCluster:
         if endpoint is None:
             raise NodeNotFound(f"expose session {session_id}: node {exposed_node} not found")
         port = await self._serve_exposure(session_id, exposed_node, endpoint[1], port)
+        if await self._db(self._store.exposure, session_id) is None:  # released meanwhile
+            await self._ssh.stop(f"expose:{session_id}")
+            raise NodeNotFound(f"expose session {session_id}: released while exposing")
         return SshEndpoint(host=self.external_host, port=port)
 
     async def unexpose(self, session_id: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from cluster.port import NodeNotFound
 from cluster.simulated import Scenario, ScenarioRule, SimulatedCluster
 from cluster.simulated.clock import ManualClock
 from labrador.settings import Settings
@@ -241,3 +243,33 @@ async def test_idle_node_listeners_close_and_reopen_on_the_same_port(
         assert (await run(target.host, target.port, client_key, "true")).exit_status == 0
     finally:
         await sim.aclose()
+
+
+async def test_a_node_deleted_while_its_listener_starts_gets_no_target(sim: SimulatedCluster) -> None:
+    await sim.provision(spec("cp-1"))
+    # ssh_target yields while its listener starts; delete_node runs in that gap.
+    target, _ = await asyncio.gather(sim.ssh_target("cp-1"), sim.delete_node("cp-1"), return_exceptions=True)
+    assert isinstance(target, NodeNotFound), target
+    with pytest.raises(NodeNotFound, match="cp-1"):
+        await sim.ssh_target("cp-1")
+
+
+async def test_a_restarted_backend_moves_an_endpoint_whose_port_was_taken(
+    state_file: Path, client_key: asyncssh.SSHKey
+) -> None:
+    first = SimulatedCluster(state_file)
+    await first.provision(spec("cp-1"))
+    old = await first.ssh_target("cp-1")
+    await first.aclose()
+    squatter = socket.socket()
+    squatter.bind((old.host, old.port))
+    squatter.listen()
+    second = SimulatedCluster(state_file)
+    try:
+        new = await second.ssh_target("cp-1")
+        assert new.port != old.port
+        assert (await run(new.host, new.port, client_key, "true")).exit_status == 0
+        assert await second.ssh_target("cp-1") == new
+    finally:
+        squatter.close()
+        await second.aclose()
