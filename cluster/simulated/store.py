@@ -338,25 +338,7 @@ class Store:
                 (node_id, session_id, via, command, exit_code, at),
             )
 
-    def commands(self, node_id: str) -> list[CommandRow]:
-        rows = self.db.execute(
-            "SELECT node_id, session_id, via, command, exit_code, at FROM commands WHERE node_id = ? ORDER BY id",
-            (node_id,),
-        )
-        return [CommandRow(*r) for r in rows]
-
     # --- scenarios ----------------------------------------------------------------------------
-    def set_scenario(self, scope: str, body: str | None) -> None:
-        with self.tx() as db:
-            if body is None:
-                db.execute("DELETE FROM scenarios WHERE scope = ?", (scope,))
-            else:
-                db.execute(
-                    "INSERT INTO scenarios (scope, body) VALUES (?, ?)"
-                    " ON CONFLICT (scope) DO UPDATE SET body = excluded.body",
-                    (scope, body),
-                )
-
     def scenario_bodies(self, scopes: list[str]) -> dict[str, str]:
         marks = ",".join("?" for _ in scopes)
         rows = self.db.execute(f"SELECT scope, body FROM scenarios WHERE scope IN ({marks})", scopes)
