@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -97,6 +98,9 @@ class SimulatedCluster:
         self._restored: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._watched: list[_Watched] = []
+        self._next_file_check = 0.0
+        self.reload_interval = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, base_scenario: Scenario | None = None) -> SimulatedCluster:
@@ -107,7 +111,7 @@ class SimulatedCluster:
         default_scenario = Scenario.from_file(scenario_file) if scenario_file else Scenario()
         if base_scenario is not None:
             default_scenario = Scenario(rules=[*default_scenario.rules, *base_scenario.rules])
-        return cls(
+        sim = cls(
             settings.data_dir / STATE_FILE,
             boot_seconds=settings.sim_boot_seconds,
             faults=FaultPlan.from_file(faults_file) if faults_file else None,
@@ -115,6 +119,37 @@ class SimulatedCluster:
             ssh_idle_seconds=settings.sim_ssh_idle_seconds,
             default_scenario=default_scenario,
         )
+        # Edits to the files apply to the running dev stack (checked at most once per reload_interval).
+        if faults_file:
+            sim._watched.append(_Watched(faults_file, _stamp(faults_file), sim._reload_faults))
+        if scenario_file:
+            base = base_scenario or Scenario()
+            sim._watched.append(
+                _Watched(scenario_file, _stamp(scenario_file), lambda p: sim._reload_scenario(p, base))
+            )
+        return sim
+
+    def _reload_faults(self, path: Path) -> None:
+        self.faults = FaultPlan.from_file(path)
+
+    def _reload_scenario(self, path: Path, base: Scenario) -> None:
+        self.default_scenario = Scenario(rules=[*Scenario.from_file(path).rules, *base.rules])
+
+    def _check_files(self) -> None:
+        now = time.monotonic()
+        if now < self._next_file_check:
+            return
+        self._next_file_check = now + self.reload_interval
+        for watched in self._watched:
+            stamp = _stamp(watched.path)
+            if stamp == watched.stamp:
+                continue
+            watched.stamp = stamp
+            try:
+                watched.reload(watched.path)
+                log.info("simulated cluster: reloaded %s", watched.path)
+            except ValueError as exc:  # keep the previous plan; the message names file and field
+                log.warning("simulated cluster: keeping the previous settings: %s", exc)
 
     # --- knobs for tests and the dev stack ------------------------------------------------
     @property
@@ -205,6 +240,8 @@ class SimulatedCluster:
 
     async def _enter(self, method: str) -> None:
         """Injected API errors first (nothing changes when one fires), then restore listeners."""
+        if self._watched:
+            self._check_files()
         if self._api_errors.should_fail(method):
             raise ClusterUnavailable(f"simulated API error in {method} (fault plan api_error_rate)")
         if self._restored is None:
@@ -474,6 +511,8 @@ class SimulatedCluster:
 
     # --- SSH commands ---------------------------------------------------------------------
     async def _on_command(self, node_id: str, via: str, command: str) -> Answer:
+        if self._watched:
+            self._check_files()
         chosen: list[Answer] = []
 
         def answer(session_id: str | None, bodies: dict[str, str]) -> int:
@@ -519,6 +558,21 @@ class SimulatedCluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+@dataclass
+class _Watched:
+    path: Path
+    stamp: tuple[int, int] | None
+    reload: Callable[[Path], None]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

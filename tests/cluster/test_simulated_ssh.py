@@ -273,3 +273,22 @@ async def test_a_restarted_backend_moves_an_endpoint_whose_port_was_taken(
     finally:
         squatter.close()
         await second.aclose()
+
+
+async def test_the_dev_stack_picks_up_edits_to_the_scenario_file(tmp_path: Path, client_key: asyncssh.SSHKey) -> None:
+    scenario_file = tmp_path / "scenario.yaml"
+    scenario_file.write_text("- match: 'kubectl'\n  exit_code: 1\n")
+    base = Scenario(rules=[ScenarioRule(match="kubeadm", stdout="base\n")])
+    settings = Settings(data_dir=tmp_path, sim_scenario_file=scenario_file)
+    sim = SimulatedCluster.from_settings(settings, base_scenario=base)
+    sim.reload_interval = 0.0
+    try:
+        await sim.provision(spec("cp-1"))
+        target = await sim.ssh_target("cp-1")
+        assert (await run(target.host, target.port, client_key, "kubectl get nodes")).exit_status == 1
+        scenario_file.write_text("- match: 'kubectl'\n  stdout: 'fixed'\n")
+        fixed = await run(target.host, target.port, client_key, "kubectl get nodes")
+        assert (fixed.exit_status, fixed.stdout) == (0, "fixed")
+        assert (await run(target.host, target.port, client_key, "kubeadm version")).stdout == "base\n"
+    finally:
+        await sim.aclose()
