@@ -34,7 +34,6 @@ from cluster.models import (
     NodeState,
     NodeStatus,
     SessionLeftovers,
-    SessionRef,
     SessionWiring,
     SshEndpoint,
     SshTarget,
@@ -44,7 +43,7 @@ from cluster.simulated.faults import ApiErrors, FaultPlan
 from cluster.simulated.scenario import SUCCESS, Answer, Scenario
 from cluster.simulated.sshd import ListenerError, SshServers, generate_host_key
 from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
-from labs.models import Role, quantity_bytes
+from labs.models import quantity_bytes
 
 if TYPE_CHECKING:
     from labrador.settings import Settings
@@ -281,23 +280,27 @@ class SimulatedCluster:
 
     @staticmethod
     def _record(row: NodeRow, sessions: dict[str, SessionRow]) -> NodeRecord:
-        ref = None
+        # model_validate of a plain dict is the fastest way to build a record (pydantic-core does
+        # it all); inventory builds one per node on the event loop.
+        session = None
         if row.session_id is not None:
             s = sessions.get(row.session_id)
-            ref = SessionRef(
-                session_id=row.session_id,
-                workflow_id=(s.workflow_id if s else None) or "",
-                run_id=(s.run_id if s else None) or "",
-            )
-        return NodeRecord(
-            node_id=row.node_id,
-            node_class=row.node_class,
-            role=Role(row.role),
-            image=row.image,
-            state=NodeState(row.state),
-            session=ref,
-            memory_bytes=row.memory_bytes,
-            created_at=datetime.fromtimestamp(row.created_at, UTC),
+            session = {
+                "session_id": row.session_id,
+                "workflow_id": (s.workflow_id if s else None) or "",
+                "run_id": (s.run_id if s else None) or "",
+            }
+        return NodeRecord.model_validate(
+            {
+                "node_id": row.node_id,
+                "node_class": row.node_class,
+                "role": row.role,
+                "image": row.image,
+                "state": row.state,
+                "session": session,
+                "memory_bytes": row.memory_bytes,
+                "created_at": datetime.fromtimestamp(row.created_at, UTC),
+            }
         )
 
     async def _records(self, rows: list[NodeRow]) -> list[NodeRecord]:
@@ -490,9 +493,14 @@ class SimulatedCluster:
     # --- pool -----------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
-        rows = await self._db_thread(self._store.all_nodes)
-        leftovers = await self._db_thread(self._store.leftovers)
-        exposures = await self._db_thread(self._store.all_exposures)
+        # Read and build on the database thread: with thousands of nodes this is the one call that
+        # takes long enough to matter, and there it only shares the GIL with the loop.
+        return await self._db_thread(self._inventory)
+
+    def _inventory(self) -> Inventory:
+        rows = self._store.all_nodes()
+        leftovers = self._store.leftovers()
+        exposures = self._store.all_exposures()
         sessions = {ref.session_id: ref for ref, _kinds in leftovers}
         return Inventory(
             nodes=[self._record(r, sessions) for r in rows],
