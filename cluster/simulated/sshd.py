@@ -213,8 +213,11 @@ class SshServers:
             process.stdout.write(answer.stdout)
             process.stderr.write(answer.stderr)
             process.exit(answer.exit_code)
-        except (asyncssh.Error, OSError, asyncio.CancelledError):
+        except (asyncssh.Error, OSError):  # the client went away
             process.close()
+        except asyncio.CancelledError:
+            process.close()
+            raise
         except Exception:
             log.exception("simulated sshd %s: command handling failed", node_id)
             process.exit(255)
