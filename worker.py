@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +24,13 @@ from labrador.temporal import connect
 def workflow_classes() -> list[type]:
     from workflows.lab_session import LabSessionWorkflow
 
-    return [LabSessionWorkflow]
+    return [LabSessionWorkflow, *image_workflow_classes()]
+
+
+def image_workflow_classes() -> list[type]:
+    from workflows.image_build import ImageBuildWorkflow
+
+    return [ImageBuildWorkflow]
 
 
 def build_port(settings: Settings) -> Any:
@@ -38,7 +47,34 @@ def build_port(settings: Settings) -> Any:
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
 
-    return [*ClusterActivities(port).all()]
+    return [*ClusterActivities(port).all(), *image_activities(settings).shared()]
+
+
+@functools.cache
+def image_worker_queue(task_queue: str) -> str:
+    """This process's own queue for the image file chain (worker-specific task queue pattern)."""
+    return f"{task_queue}-images-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+@functools.cache
+def _image_activities(settings_json: str) -> Any:
+    from activities.image_activities import ImageActivities
+
+    settings = Settings.model_validate_json(settings_json)
+    return ImageActivities(settings, image_worker_queue(settings.task_queue))
+
+
+def image_activities(settings: Settings) -> Any:
+    """One ImageActivities per process and settings: the shared and the pinned worker must agree on
+    the queue that `image_worker_queue` hands out."""
+    return _image_activities(settings.model_dump_json())
+
+
+def build_image_queue_worker(client: Client, settings: Settings, activities: Any | None = None) -> Worker:
+    """The second worker of the process: polls only this process's own image queue."""
+    acts = activities or image_activities(settings)
+    return Worker(client, task_queue=acts.worker_queue_name, activities=acts.pinned(),
+                  max_concurrent_activities=4)
 
 
 def build_worker(
@@ -61,9 +97,10 @@ async def run(settings: Settings) -> None:
     client = await connect(settings)
     port = build_port(settings)
     worker = build_worker(client, settings, port)
-    logging.info("worker on %s, task queue %s, backend %s", settings.temporal_address,
-                 settings.task_queue, settings.cluster_backend)
-    await worker.run()
+    image_worker = build_image_queue_worker(client, settings)
+    logging.info("worker on %s, task queue %s (+ %s), backend %s", settings.temporal_address,
+                 settings.task_queue, image_worker.task_queue, settings.cluster_backend)
+    await asyncio.gather(worker.run(), image_worker.run())
 
 
 def main() -> None:

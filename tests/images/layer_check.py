@@ -62,3 +62,7 @@ def assert_containerdisk(entries: list[LayerEntry], dir_mode: int, file_mode: in
     assert entries[0].name == "disk" and entries[1].name.startswith("disk/")
     assert all((e.uid, e.gid) == (107, 107) for e in entries), entries
     assert (entries[0].mode, entries[1].mode) == (dir_mode, file_mode)
+
+
+def qemu_check(path: Path) -> None:
+    subprocess.run(["qemu-img", "check", "-f", "qcow2", str(path)], check=True, capture_output=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,8 @@ from image_pipeline.layer import layer_size
 from image_pipeline.progress import Progress
 from image_pipeline.reference import ImageRef
 from image_pipeline.registry import RegistryClient
-from tests.images.layer_check import assert_containerdisk, pull_single_layer, skopeo_inspect
+from tests.images.layer_check import assert_containerdisk, pull_single_layer, qemu_check, skopeo_inspect
 from tests.images.servers import Registry
-
-
-def qemu_check(path: Path) -> None:
-    subprocess.run(["qemu-img", "check", "-f", "qcow2", str(path)], check=True, capture_output=True)
 
 
 @pytest.mark.timeout(60)
