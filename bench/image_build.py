@@ -29,13 +29,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from image_pipeline.builders import make_builder  # noqa: E402
-from image_pipeline.download import download_export  # noqa: E402
-from image_pipeline.errors import PipelineError  # noqa: E402
-from image_pipeline.reference import ImageRef  # noqa: E402
-from tests.images.servers import ExportServer, run_dockerd, run_registry  # noqa: E402
+from image_pipeline.builders import make_builder
+from image_pipeline.download import download_export
+from image_pipeline.errors import PipelineError
+from image_pipeline.reference import ImageRef
+from tests.images.servers import ExportServer, run_dockerd, run_registry
 
 UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -104,8 +104,7 @@ async def registry_ingest(disk: Path, registry: str) -> float:
     return time.perf_counter() - start
 
 
-async def resume_extra(disk: Path, work: Path, chunk: int = 1 << 20) -> dict[str, int]:
-    size = disk.stat().st_size
+async def resume_extra(disk: Path, size: int, work: Path, chunk: int = 1 << 20) -> dict[str, int]:
     server = ExportServer(disk, token="bench", cut_at=int(size * 0.9))
     runner = web.AppRunner(server.app())
     await runner.setup()
@@ -152,7 +151,7 @@ async def main() -> None:
             build, push = docker_cli(disk, registry.host, docker_host, work)
             figures["docker_cli_build"], figures["docker_cli_push"] = build, push
             figures["docker_cli"] = build + push
-        figures["resume"] = await resume_extra(disk, work)
+        figures["resume"] = await resume_extra(disk, figures["qcow2_bytes"], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures["daemonless_speedup_vs_docker_cli"] = figures["docker_cli"] / figures["daemonless"]
