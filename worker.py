@@ -56,18 +56,17 @@ def image_worker_queue(task_queue: str) -> str:
     return f"{task_queue}-images-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
-@functools.cache
-def _image_activities(settings_json: str) -> Any:
-    from activities.image_activities import ImageActivities
-
-    settings = Settings.model_validate_json(settings_json)
-    return ImageActivities(settings, image_worker_queue(settings.task_queue))
+_IMAGE_ACTIVITIES: dict[str, Any] = {}
 
 
 def image_activities(settings: Settings) -> Any:
-    """One ImageActivities per process and settings: the shared and the pinned worker must agree on
-    the queue that `image_worker_queue` hands out."""
-    return _image_activities(settings.model_dump_json())
+    """One ImageActivities per process and task queue: the shared and the pinned worker must agree
+    on the queue that `image_worker_queue` hands out."""
+    if settings.task_queue not in _IMAGE_ACTIVITIES:
+        from activities.image_activities import ImageActivities
+
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+    return _IMAGE_ACTIVITIES[settings.task_queue]
 
 
 def build_image_queue_worker(client: Client, settings: Settings, activities: Any | None = None) -> Worker:
@@ -93,14 +92,18 @@ def build_worker(
     )
 
 
+def build_workers(client: Client, settings: Settings, port: Any) -> list[Worker]:
+    """Both workers a process runs: the shared queue and its own image queue (run them together)."""
+    return [build_worker(client, settings, port), build_image_queue_worker(client, settings)]
+
+
 async def run(settings: Settings) -> None:
     client = await connect(settings)
     port = build_port(settings)
-    worker = build_worker(client, settings, port)
-    image_worker = build_image_queue_worker(client, settings)
-    logging.info("worker on %s, task queue %s (+ %s), backend %s", settings.temporal_address,
-                 settings.task_queue, image_worker.task_queue, settings.cluster_backend)
-    await asyncio.gather(worker.run(), image_worker.run())
+    workers = build_workers(client, settings, port)
+    logging.info("worker on %s, task queues %s, backend %s", settings.temporal_address,
+                 ", ".join(w.task_queue for w in workers), settings.cluster_backend)
+    await asyncio.gather(*(w.run() for w in workers))
 
 
 def main() -> None:
