@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -41,13 +42,12 @@ def auth_registry(images_root: Path) -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def docker_host(images_root: Path) -> Iterator[str]:
     # Short path: unix socket paths are limited to 108 bytes.
-    root = Path(subprocess.run(["mktemp", "-d", "/tmp/lbd-XXXX"], capture_output=True, text=True,
-                               check=True).stdout.strip())
+    root = Path(tempfile.mkdtemp(prefix="lbd-", dir="/tmp"))
     try:
         with run_dockerd(root) as host:
             yield host
     finally:
-        subprocess.run(["rm", "-rf", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
