@@ -54,6 +54,17 @@ class Settings(BaseModel):
     kube_namespace: str = Field("labrador", description="namespace of the worker (kubevirt backend)")
     external_host: str = Field("127.0.0.1", description="host students use to reach exposed SSH")
     ssh_private_key: Path | None = Field(None, description="platform SSH key the orchestrator logs in with")
+    kube_config: Path | None = Field(None, description="kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster)")
+    kube_nodeport_range: str = Field("30000-32767", description="the API server's --service-node-port-range")
+    kube_clone_stall_timeout: float = Field(600.0, description="seconds without PVC-clone progress before a retry")
+    kube_clone_restart_limit: int = Field(3, description="clone pod restarts tolerated before a retry")
+    kube_clone_max_attempts: int = Field(3, description="PVC-clone attempts before the node fails")
+    kube_clone_backoff: float = Field(30.0, description="seconds before the first clone retry (doubles each time)")
+    sim_boot_seconds: float = Field(0.0, ge=0.0, description="simulated backend: seconds until a new node is ready")
+    sim_faults_file: Path | None = Field(None, description="simulated backend: YAML fault plan (docs/simulated.md)")
+    sim_scenario_file: Path | None = Field(
+        None, description="simulated backend: YAML SSH scenario answered by every node (docs/simulated.md)"
+    )
 
     # Images
     registry: str = Field("127.0.0.1:5000", description="registry for containerDisk images")
