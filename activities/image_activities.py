@@ -109,25 +109,21 @@ class Heartbeat:
         activity.heartbeat(self.details())
 
 
-def default_api_client() -> Any:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
-    from kubernetes import client, config
+def default_api_client(settings: Settings) -> Any:
+    """The kubevirt backend's client: kube_config / KUBECONFIG / ~/.kube/config, else in-cluster."""
+    from cluster.kubevirt.api import load_api_client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+    return load_api_client(str(settings.kube_config) if settings.kube_config else None)
 
 
 class ImageActivities:
     def __init__(self, settings: Settings, worker_queue: str, *,
-                 api_client_factory: Callable[[], Any] = default_api_client,
+                 api_client_factory: Callable[[], Any] | None = None,
                  golden_builder: Any | None = None, published_images: Any | None = None) -> None:
         self.settings = settings
         self.worker_queue_name = worker_queue
         self.work_root = settings.image_work_dir or settings.data_dir / "image-work"
-        self._api_client_factory = api_client_factory
+        self._api_client_factory = api_client_factory or (lambda: default_api_client(settings))
         self._api_client: Any = None
         self._golden_builder = golden_builder
         self._published_images = published_images
@@ -237,13 +233,15 @@ class ImageActivities:
         """Token Secret + export, then wait for Ready. The token stays in this worker's scratch dir."""
         work = self.work_dir(request.key)
         token_file = work / "export-token"
-        if not token_file.exists():
+        new_token = not token_file.exists()
+        if new_token:
             token_file.touch(mode=0o600)
             token_file.write_text(secrets.token_urlsafe(32))
         token = token_file.read_text()
         client = self._export_client(request.api_version)
-        await asyncio.to_thread(client.ensure, request.namespace, request.name, request.source_kind,
-                                request.source_name, token)
+        await asyncio.to_thread(functools.partial(
+            client.ensure, request.namespace, request.name, request.source_kind, request.source_name, token,
+            new_token=new_token))
         async with Heartbeat("export") as beat:
             status = await asyncio.to_thread(
                 client.wait_ready, request.namespace, request.name, timeout=25 * 60, poll=self.export_poll,

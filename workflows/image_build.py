@@ -174,7 +174,8 @@ class ImageBuildWorkflow:
                 namespace = (golden.namespace if golden else source.namespace) or ""
                 source_name = (golden.pvc or golden.name) if golden else source.name or ""
                 request = ExportRequest(
-                    key=key.key, namespace=namespace, name=dns_label("labrador-export", source_name, run_hash),
+                    # One export (and token) per worker attempt: a new worker never meets the old token.
+                    key=key.key, namespace=namespace, name=dns_label("labrador-export", source_name, key.key),
                     source_kind="VirtualMachine" if source.kind == SourceKind.VM else "PersistentVolumeClaim",
                     source_name=source_name, api_version=params.export_api_version)
                 export = ExportRef(namespace=namespace, name=request.name, api_version=params.export_api_version)

@@ -88,8 +88,14 @@ class ExportClient:
         self.core: Any = client.CoreV1Api(api_client)
         self.custom: Any = client.CustomObjectsApi(api_client)  # dict bodies, as the API takes them
 
-    def ensure(self, namespace: str, name: str, source_kind: SourceKind, source_name: str, token: str) -> None:
-        """Create-or-update the token Secret, create-or-keep the export. Safe to repeat."""
+    def ensure(self, namespace: str, name: str, source_kind: SourceKind, source_name: str, token: str, *,
+               new_token: bool = False) -> None:
+        """Create the token Secret and the export, keeping what exists. Safe to repeat.
+
+        A Secret that exists holds the token of an earlier try of this same step, unless the
+        caller made up a `new_token` (it lost the old one): then the Secret is deleted and written
+        again. The worker may only create and delete Secrets, never read or patch them.
+        """
         from kubernetes.client import ApiException
 
         secret = token_secret_manifest(namespace, name, token)
@@ -98,8 +104,9 @@ class ExportClient:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            # The token is ours and may be new (another worker retried): overwrite, never read.
-            self.core.patch_namespaced_secret(secret["metadata"]["name"], namespace, {"stringData": {"token": token}})
+            if new_token:
+                self._delete_secret(namespace, name)
+                self.core.create_namespaced_secret(namespace, secret)
         try:
             self.custom.create_namespaced_custom_object(
                 EXPORT_GROUP, self.api_version, namespace, EXPORT_PLURAL,
@@ -131,13 +138,18 @@ class ExportClient:
         """Delete the export and its token Secret; missing objects are fine."""
         from kubernetes.client import ApiException
 
-        for call in (
-            lambda: self.custom.delete_namespaced_custom_object(
-                EXPORT_GROUP, self.api_version, namespace, EXPORT_PLURAL, name),
-            lambda: self.core.delete_namespaced_secret(token_secret_name(name), namespace),
-        ):
-            try:
-                call()
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        try:
+            self.custom.delete_namespaced_custom_object(EXPORT_GROUP, self.api_version, namespace, EXPORT_PLURAL, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        self._delete_secret(namespace, name)
+
+    def _delete_secret(self, namespace: str, export_name: str) -> None:
+        from kubernetes.client import ApiException
+
+        try:
+            self.core.delete_namespaced_secret(token_secret_name(export_name), namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

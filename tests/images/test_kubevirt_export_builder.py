@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -113,17 +114,18 @@ def live(emu: Any, plural: str) -> dict[str, Any]:
     return {n: o for (r, _, n), o in emu.objects.items() if r.plural == plural and not o.deleted}
 
 
-async def test_export_ensure_is_idempotent_and_a_retry_rotates_the_token(cluster: Any) -> None:
+async def test_export_ensure_is_idempotent_and_a_lost_token_is_replaced(cluster: Any) -> None:
     emu, api = cluster
     client = ExportClient(api, "v1")
     await asyncio.to_thread(client.ensure, "golden", "exp", "VirtualMachine", "builder", "first")
-    await asyncio.to_thread(client.ensure, "golden", "exp", "VirtualMachine", "builder", "second")
+    await asyncio.to_thread(client.ensure, "golden", "exp", "VirtualMachine", "builder", "first")
     assert list(live(emu, "virtualmachineexports")) == ["exp"]
+    assert live(emu, "secrets")["exp-token"]["stringData"] == {"token": "first"}
+    await asyncio.to_thread(functools.partial(client.ensure, "golden", "exp", "VirtualMachine", "builder", "second",
+                                              new_token=True))
     assert live(emu, "secrets")["exp-token"]["stringData"] == {"token": "second"}
-    reads = [r for r in emu._requests if r.resource is not None and r.resource.plural == "secrets"
-             and str(r.action).rsplit(".", 1)[-1].lower() in ("fetch", "list", "watch")]
-    assert reads == [], "the worker never reads Secrets"
-    assert len([r for r in emu._requests if r.resource is not None and r.resource.plural == "secrets"]) == 3
+    verbs = {r.method for r in emu._requests if r.resource is not None and r.resource.plural == "secrets"}
+    assert verbs == {"POST", "DELETE"}, "Secrets are only created and deleted (RBAC: create, delete)"
 
 
 async def test_export_wait_ready_returns_the_raw_and_gzip_links(cluster: Any) -> None:
@@ -201,3 +203,46 @@ async def test_a_builder_that_never_powers_off_times_out_with_advice(tmp_path: P
     builder.start("b", "ns", NODE_CLASS)
     with pytest.raises(PermanentError, match="serial console"):
         await wait_powered_off(builder, "b", "ns", limit=0.2, poll=0.05)
+
+
+async def test_every_call_is_declared_for_the_rbac(cluster: Any) -> None:
+    from cluster.kubevirt.api import PERMISSIONS
+
+    emu, api = cluster
+    exports, builders = ExportClient(api, "v1"), BuilderClient(api)
+    await asyncio.to_thread(exports.ensure, "golden", "exp", "VirtualMachine", "builder", "t")
+    await asyncio.to_thread(exports.status, "golden", "exp")
+    await asyncio.to_thread(exports.delete, "golden", "exp")
+    await asyncio.to_thread(builders.create, builder_vm_manifest("b", "golden", NODE_CLASS))
+    await asyncio.to_thread(builders.observe, "golden", "b", False)
+    await asyncio.to_thread(builders.delete, "golden", "b")
+    verbs = {"POST": "create", "GET": "get", "DELETE": "delete", "PATCH": "patch"}
+    used = {(r.resource.group, r.resource.plural, verbs[r.method]) for r in emu._requests if r.resource is not None}
+    declared = {(g, r, v) for g, r, v, _ in PERMISSIONS}
+    assert used - declared == set()
+
+
+async def test_kubevirt_mode_publishes_to_the_configmap_store(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from image_pipeline.publish import publish, published_images_store
+    from labrador.settings import Settings
+
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        emu.resources["v1/configmaps"] = {}
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "k",
+            "clusters": [{"name": "k", "cluster": {"server": str(server.url)}}],
+            "users": [{"name": "k", "user": {"token": "t"}}],
+            "contexts": [{"name": "k", "context": {"cluster": "k", "user": "k"}}],
+        }))
+        settings = Settings(data_dir=tmp_path, cluster_backend="kubevirt", kube_config=kubeconfig,
+                            kube_namespace="labrador")
+        store = published_images_store(settings)
+        at = datetime(2026, 11, 24, tzinfo=UTC)
+        await asyncio.to_thread(publish, store, "cp", "r/x@sha256:" + "a" * 64, "sha256:" + "a" * 64, "cp-1", at)
+        await asyncio.to_thread(publish, store, "w", "r/x@sha256:" + "b" * 64, "sha256:" + "b" * 64, "w-1", at)
+        images = await asyncio.to_thread(store.all)
+    assert {name: image.tag for name, image in images.items()} == {"cp": "cp-1", "w": "w-1"}
+    assert not (tmp_path / "published-images.json").exists()
