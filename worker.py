@@ -72,6 +72,9 @@ def image_activities(settings: Settings) -> Any:
 def build_image_queue_worker(client: Client, settings: Settings, activities: Any | None = None) -> Worker:
     """The second worker of the process: polls only this process's own image queue."""
     acts = activities or image_activities(settings)
+    swept = acts.sweep_stale()
+    if swept:
+        logging.info("removed %d stale image scratch dirs: %s", len(swept), ", ".join(swept))
     return Worker(client, task_queue=acts.worker_queue_name, activities=acts.pinned(),
                   max_concurrent_activities=4)
 

@@ -12,6 +12,7 @@ import functools
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -329,6 +330,22 @@ class ImageActivities:
     async def cleanup_files(self, key: WorkKey) -> None:
         path = self.work_dir(key.key)
         await asyncio.to_thread(shutil.rmtree, path, True)
+
+    def sweep_stale(self, max_age_seconds: float = 24 * 3600) -> list[str]:
+        """Remove scratch dirs nobody touched for a day: chains whose worker died before cleanup.
+
+        Run when a worker starts (its queue is new, so no live chain of this process owns them).
+        """
+        if not self.work_root.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for entry in self.work_root.iterdir():
+            newest = max((p.stat().st_mtime for p in entry.rglob("*")), default=entry.stat().st_mtime)
+            if entry.is_dir() and now - max(newest, entry.stat().st_mtime) > max_age_seconds:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
 
     # --- registration -------------------------------------------------------------------------------
 

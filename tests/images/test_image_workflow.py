@@ -188,3 +188,19 @@ async def test_export_of_a_stopped_vm_resumes_after_a_cut_and_deletes_the_export
     assert export_server.sent[1] <= size - int(size * 0.9) + (1 << 20)
     assert result.disk_sha256 is not None and result.published
     assert json.loads((settings.data_dir / "published-images.json").read_text())["cp-small"]["digest"] == result.digest
+
+
+def test_stale_scratch_dirs_are_swept_and_fresh_ones_kept(registry: Registry, tmp_path: Path) -> None:
+    import os
+    import time
+
+    settings = settings_for(tmp_path, registry)
+    acts = ImageActivities(settings, "q")
+    old, fresh = acts.work_dir("abc-1"), acts.work_dir("def-1")
+    (old / "export.img.part").write_bytes(b"x")
+    (fresh / "disk.qcow2").write_bytes(b"y")
+    two_days_ago = time.time() - 2 * 86400
+    for path in (old / "export.img.part", old):
+        os.utime(path, (two_days_ago, two_days_ago))
+    assert acts.sweep_stale() == ["abc-1"]
+    assert not old.exists() and (fresh / "disk.qcow2").exists()
