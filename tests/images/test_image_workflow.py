@@ -157,7 +157,11 @@ async def fake_export_controller(emu: kmock.KubernetesEmulator, server: ExportSe
 
 @pytest.mark.timeout(90)
 async def test_export_of_a_stopped_vm_resumes_after_a_cut_and_deletes_the_export(
-        dev_env: WorkflowEnvironment, registry: Registry, export_server: ExportServer, tmp_path: Path) -> None:
+        dev_env: WorkflowEnvironment, registry: Registry, export_server: ExportServer, moto_endpoint: str,
+        tmp_path: Path) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket="exports")
     size = export_server.disk.stat().st_size
     export_server.cut_at = int(size * 0.9)
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
@@ -165,13 +169,15 @@ async def test_export_of_a_stopped_vm_resumes_after_a_cut_and_deletes_the_export
         emu.resources["v1/secrets"] = {}
         config = kubernetes.client.Configuration()
         config.host = str(server.url)
-        settings = settings_for(tmp_path, registry, cluster_backend="kubevirt", export_api_version="v1beta1")
+        settings = settings_for(tmp_path, registry, cluster_backend="kubevirt", export_api_version="v1beta1",
+                                aws_endpoint_url=moto_endpoint)
         acts = ImageActivities(settings, f"{settings.task_queue}-pinned",
                                api_client_factory=lambda: kubernetes.client.ApiClient(config),
                                published_images=JsonFilePublishedImages.in_data_dir(settings.data_dir))
         acts.export_poll = 0.1
         controller = asyncio.create_task(fake_export_controller(emu, export_server))
         params = ImageBuildInput(node_class=NODE_CLASS, registry=registry.host, export_api_version="v1beta1",
+                                 archive_bucket="exports",
                                  source=ImageSource(kind=SourceKind.VM, namespace="golden", name="builder-vm"))
         try:
             async for _ in run_workers(dev_env.client, acts, settings):
@@ -187,6 +193,10 @@ async def test_export_of_a_stopped_vm_resumes_after_a_cut_and_deletes_the_export
     assert len(export_server.sent) == 2 and export_server.ranges[1] is not None
     assert export_server.sent[1] <= size - int(size * 0.9) + (1 << 20)
     assert result.disk_sha256 is not None and result.published
+    assert result.archive is not None and result.archive.startswith("s3://exports/cp-small/")
+    archived = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").get_object(
+        Bucket="exports", Key=result.archive.removeprefix("s3://exports/"))["Body"].read()
+    assert archived == export_server.disk.read_bytes()
     assert json.loads((settings.data_dir / "published-images.json").read_text())["cp-small"]["digest"] == result.digest
 
 
