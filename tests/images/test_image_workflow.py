@@ -214,3 +214,23 @@ def test_stale_scratch_dirs_are_swept_and_fresh_ones_kept(registry: Registry, tm
         os.utime(path, (two_days_ago, two_days_ago))
     assert acts.sweep_stale() == ["abc-1"]
     assert not old.exists() and (fresh / "disk.qcow2").exists()
+
+
+@pytest.mark.timeout(120)
+async def test_docker_builder_through_the_workflow_leaves_no_local_image(
+        dev_env: WorkflowEnvironment, registry: Registry, docker_host: str, tmp_path: Path) -> None:
+    import docker
+
+    settings = settings_for(tmp_path, registry, docker_host=docker_host)
+    acts = ImageActivities(settings, f"{settings.task_queue}-pinned")
+    disk = make_qcow2_disk(tmp_path / "golden.qcow2")
+    params = ImageBuildInput(node_class=NODE_CLASS.model_copy(update={"name": "w-docker"}), builder="docker",
+                             source=ImageSource(kind=SourceKind.DISK, path=str(disk)), registry=registry.host)
+    async for _ in run_workers(dev_env.client, acts, settings):
+        result = await start(dev_env.client, settings, params)
+    assert skopeo_inspect(registry, result.tagged)["Digest"] == result.digest
+    entries, pulled = pull_single_layer(registry, result.reference, tmp_path)
+    assert_containerdisk(entries, dir_mode=0o755, file_mode=0o644)
+    qemu_check(pulled)
+    client = docker.APIClient(base_url=docker_host)
+    assert not [i for i in client.images() if any(result.tagged == t for t in i.get("RepoTags") or [])]
