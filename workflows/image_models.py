@@ -6,11 +6,12 @@ No credential ever appears here: the worker resolves registry credentials and ex
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from labs.models import NodeClass
 
@@ -69,10 +70,15 @@ class ImageSource(Model):
         return f"{self.kind.value} {self.namespace}/{self.name}"
 
 
+_REGISTRY_RE = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                          r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?$")
+_REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+
 class ImageBuildInput(Model):
     node_class: NodeClass
     source: ImageSource
-    registry: str
+    registry: str = Field(description="registry host[:port], no scheme, no path")
     repository: str = "labrador/node-images"
     builder: Literal["daemonless", "docker"] = "daemonless"
     insecure: bool = False
@@ -84,6 +90,21 @@ class ImageBuildInput(Model):
         timedelta(minutes=2), description="how long a pinned step waits for its worker before it is declared gone")
     golden_timeout: timedelta = timedelta(hours=1)
     step_timeout: timedelta = timedelta(hours=2)
+
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_a_host(cls, value: str) -> str:
+        if not _REGISTRY_RE.match(value):
+            raise ValueError(f"{value!r} is not a registry host[:port] (no scheme, no path)")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _repository_is_valid(cls, value: str) -> str:
+        if not _REPOSITORY_RE.match(value):
+            raise ValueError(f"{value!r} is not a repository name (lowercase path like labrador/node-images)")
+        return value
 
 
 class ImageBuildStatus(Model):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, err_console, fail, print_json
@@ -160,7 +161,12 @@ def build(
         fail(f"--golden: node class {node_class!r} has no build recipe")
     if golden:
         source = source.model_copy(update={"namespace": settings.kube_namespace})
-    params = build_input(classes[node_class], settings, source)
+    try:
+        params = build_input(classes[node_class], settings, source)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = {"registry": "--registry", "repository": "image_repository"}.get(str(error["loc"][0]), error["loc"][0])
+        fail(f"{field}: {error['msg'].removeprefix('Value error, ')}")
     result = asyncio.run(_build(settings, params, as_json))
     if as_json:
         print_json(result)
