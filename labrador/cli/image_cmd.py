@@ -150,7 +150,7 @@ def build(
     as_json: JsonFlag = False,
 ) -> None:
     """Build and push a containerDisk image for a node class, then publish its digest."""
-    from labrador.image_schedules import build_input
+    from image_pipeline.schedules import build_input
 
     settings = _settings({"registry": registry, "image_builder": builder.value if builder else None})
     classes = _node_classes(settings)

@@ -8,7 +8,7 @@ from pathlib import Path
 from temporalio.client import Schedule
 from temporalio.testing import WorkflowEnvironment
 
-from labrador.image_schedules import rebuild_schedule_specs, temporal_schedule
+from image_pipeline.schedules import image_rebuild_schedules, rebuild_schedule_specs, temporal_schedule
 from labrador.settings import Settings
 from labs.models import NodeClass
 from workflows.image_models import SourceKind
@@ -31,7 +31,7 @@ def test_one_schedule_per_class_with_a_recipe(tmp_path: Path) -> None:
     assert set(specs) == {"weekly", "nightly"}
     assert specs["weekly"].cron == "0 3 * * 0" and specs["nightly"].cron == "0 2 * * *"
     spec = specs["weekly"]
-    assert spec.schedule_id == "image-rebuild/weekly" and spec.workflow_id == "image-build/weekly"
+    assert spec.schedule_id == "labrador-image-rebuild-weekly" and spec.workflow_id == "image-build/weekly"
     assert spec.input.source.kind == SourceKind.GOLDEN and spec.input.source.namespace == "labrador-images"
     assert spec.input.registry == "registry.example:5000"
     other = Settings(data_dir=tmp_path, image_rebuild_schedule="30 4 * * 6")
@@ -49,3 +49,14 @@ async def test_the_dev_server_accepts_the_schedules(dev_env: WorkflowEnvironment
         assert description.schedule.spec.cron_expressions or description.schedule.spec.calendars
         assert description.schedule.action.workflow == "ImageBuildWorkflow"  # type: ignore[attr-defined]
         await handle.delete()
+
+
+def test_the_hook_reads_the_catalog_and_skips_classes_without_a_recipe(tmp_path: Path) -> None:
+    from labs.loader import load_catalog
+
+    settings = Settings(data_dir=tmp_path)
+    catalog = load_catalog(settings.catalog_dir)
+    pairs = image_rebuild_schedules(settings)
+    assert {sid for sid, _ in pairs} == {f"labrador-image-rebuild-{n}" for n, c in catalog.node_classes.items()
+                                         if c.build is not None}
+    assert all(isinstance(schedule, Schedule) for _, schedule in pairs)

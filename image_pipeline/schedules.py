@@ -27,7 +27,7 @@ class RebuildScheduleSpec:
 
 
 def schedule_id(node_class: str) -> str:
-    return f"image-rebuild/{node_class}"
+    return f"labrador-image-rebuild-{node_class}"
 
 
 def build_input(node_class: NodeClass, settings: Settings, source: ImageSource, *, registry: str | None = None,
@@ -53,6 +53,15 @@ def rebuild_schedule_specs(node_classes: dict[str, NodeClass], settings: Setting
             workflow=IMAGE_BUILD_WORKFLOW, workflow_id=f"image-build/{name}", task_queue=settings.task_queue,
             input=build_input(node_class, settings, source)))
     return specs
+
+
+def image_rebuild_schedules(settings: Settings) -> list[tuple[str, object]]:
+    """`(schedule ID, temporalio Schedule)` per node class with a recipe, from the configured catalog:
+    the hook `labrador schedules apply` (labrador.schedules.image_schedules) calls."""
+    from labs.loader import load_catalog
+
+    classes = dict(load_catalog(settings.catalog_dir).node_classes)
+    return [(spec.schedule_id, temporal_schedule(spec)) for spec in rebuild_schedule_specs(classes, settings)]
 
 
 def temporal_schedule(spec: RebuildScheduleSpec) -> object:
