@@ -9,10 +9,14 @@ wins, the next week catches up).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from labrador.settings import Settings
 from labs.models import NodeClass
 from workflows.image_models import IMAGE_BUILD_WORKFLOW, ImageBuildInput, ImageSource, SourceKind
+
+if TYPE_CHECKING:
+    from temporalio.client import Schedule
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def rebuild_schedule_specs(node_classes: dict[str, NodeClass], settings: Setting
     return specs
 
 
-def image_rebuild_schedules(settings: Settings) -> list[tuple[str, object]]:
+def image_rebuild_schedules(settings: Settings) -> list[tuple[str, Schedule]]:
     """`(schedule ID, temporalio Schedule)` per node class with a recipe, from the configured catalog:
     the hook `labrador schedules apply` (labrador.schedules.image_schedules) calls."""
     from labs.loader import load_catalog
@@ -64,7 +68,7 @@ def image_rebuild_schedules(settings: Settings) -> list[tuple[str, object]]:
     return [(spec.schedule_id, temporal_schedule(spec)) for spec in rebuild_schedule_specs(classes, settings)]
 
 
-def temporal_schedule(spec: RebuildScheduleSpec) -> object:
+def temporal_schedule(spec: RebuildScheduleSpec) -> Schedule:
     """The temporalio.client.Schedule for a spec (create_schedule / update with it)."""
     from temporalio.client import (
         Schedule,
