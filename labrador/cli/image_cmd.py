@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, err_console, fail, print_json
 from labrador.settings import Settings, SettingsError, load_settings
@@ -90,9 +90,10 @@ async def _follow(client: Any, handle: Any, show: bool) -> Any:
     result_task = asyncio.create_task(handle.result())
     if not show:
         return await result_task
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[detail]}"))
     with Progress(*columns, console=err_console, transient=True) as progress:
-        bar = progress.add_task("starting", total=None)
+        bar = progress.add_task("starting", total=None, detail="")
         while not result_task.done():
             try:
                 status: ImageBuildStatus = await handle.query("status", result_type=ImageBuildStatus)
@@ -101,8 +102,10 @@ async def _follow(client: Any, handle: Any, show: bool) -> Any:
                 beat, status = None, None  # type: ignore[assignment]
             if status is not None:
                 total = beat.get("total") if beat else None
-                progress.update(bar, description=status.step, total=total,
-                                completed=(beat or {}).get("done", 0) if total else 0)
+                done = (beat or {}).get("done", 0)
+                detail = f"{done / 2**20:,.0f}/{total / 2**20:,.0f} MiB" if total and total > 1000 else ""
+                progress.update(bar, description=status.step, total=total, completed=done if total else 0,
+                                detail=detail)
             await asyncio.wait({result_task}, timeout=0.5)
     return await result_task
 
