@@ -200,11 +200,11 @@ class ImageActivities:
 
         observation = await wait_powered_off(
             self.golden_builder(), request.name, namespace, limit=request.timeout.total_seconds(),
-            poll=self.settings_poll(), seen_running=seen_running, on_poll=beat)
+            poll=self._builder_poll_seconds(), seen_running=seen_running, on_poll=beat)
         return GoldenState(name=request.name, namespace=namespace, phase=observation.phase,
                            disk_path=observation.disk_path, pvc=observation.pvc)
 
-    def settings_poll(self) -> float:
+    def _builder_poll_seconds(self) -> float:
         return 0.2 if self.settings.cluster_backend == "simulated" else 5.0
 
     @activity.defn(name=ImageActivityName.GOLDEN_DELETE)
