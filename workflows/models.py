@@ -177,6 +177,10 @@ class ProvisionInput(Model):
     spec: NodeSpec
 
 
+class ReleaseResult(Model):
+    nodes_deleted: int = 0
+
+
 # --- messages -------------------------------------------------------------------------------------
 
 
@@ -224,6 +228,7 @@ class LabStatus(Model):
     last_check: CheckReport | None = None
     queue_position: int | None = None
     reason: str | None = None
+    detail: str | None = None
 
 
 class LabSessionResult(Model):
@@ -236,3 +241,5 @@ class LabSessionResult(Model):
     max_score: int = 0
     checks: CheckReport | None = None
     phase_seconds: dict[str, float] = Field(default_factory=dict)
+    detail: str = Field(default="", description="a sentence explaining the reason")
+    teardown_problems: list[str] = Field(default_factory=list, description="teardown steps that gave up")
