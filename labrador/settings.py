@@ -65,6 +65,9 @@ class Settings(BaseModel):
     sim_scenario_file: Path | None = Field(
         None, description="simulated backend: YAML SSH scenario answered by every node (docs/simulated.md)"
     )
+    sim_ssh_idle_seconds: float | None = Field(
+        None, ge=0.0, description="simulated backend: close node SSH listeners idle this long (None: never)"
+    )
 
     # Images
     registry: str = Field("127.0.0.1:5000", description="registry for containerDisk images")

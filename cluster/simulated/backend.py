@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from cluster.models import (
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from cluster.simulated.faults import ApiErrors, FaultPlan
 from cluster.simulated.scenario import SUCCESS, Answer, Scenario
-from cluster.simulated.sshd import SshServers, generate_host_key
+from cluster.simulated.sshd import ListenerError, SshServers, generate_host_key
 from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
 from labs.models import Role, quantity_bytes
 
@@ -71,6 +72,7 @@ class SimulatedCluster:
         authorized_keys: list[str] | None = None,
         default_scenario: Scenario | None = None,
         exposed_ports_capacity: int | None = None,
+        ssh_idle_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if boot_seconds < 0:
@@ -81,13 +83,16 @@ class SimulatedCluster:
         self.ssh_host = ssh_host
         self.default_scenario = default_scenario or Scenario()
         self.exposed_ports_capacity = exposed_ports_capacity
+        self.ssh_idle_seconds = ssh_idle_seconds
         self.clock = clock
         self._faults = faults or FaultPlan()
         self._api_errors = ApiErrors(self._faults)
         self._store = Store(self.path)
+        self._lock = threading.Lock()  # one user of the connection at a time (loop or db thread)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-cluster-db")
         self._ssh = SshServers(self._on_command, bind_host=ssh_host, authorized_keys=authorized_keys)
         self._restored: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -99,6 +104,7 @@ class SimulatedCluster:
             boot_seconds=settings.sim_boot_seconds,
             faults=FaultPlan.from_file(faults_file) if faults_file else None,
             external_host=settings.external_host,
+            ssh_idle_seconds=settings.sim_ssh_idle_seconds,
             default_scenario=Scenario.from_file(scenario_file) if scenario_file else None,
         )
 
@@ -155,12 +161,38 @@ class SimulatedCluster:
 
     # --- plumbing -------------------------------------------------------------------------
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one short store call. Fast path: on the loop thread, never waiting for a lock (a
+        transaction here takes tens of microseconds, a thread hop ten times that). When another
+        process holds the write lock, or a bulk read is running, wait on the database thread."""
         if self._closed:
             raise ClusterUnavailable("simulated cluster: this instance is closed")
+        if self._lock.acquire(blocking=False):
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise ClusterUnavailable(f"simulated cluster state {self.path}: {exc}") from exc
+            finally:
+                self._lock.release()
+        return await self._db_thread(fn, *args, **kwargs)
+
+    async def _db_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store call on the database thread, waiting up to 10 s for another writer."""
+        if self._closed:
+            raise ClusterUnavailable("simulated cluster: this instance is closed")
+
+        def call() -> T:
+            with self._lock:
+                self._store.db.execute("PRAGMA busy_timeout = 10000")
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._store.db.execute("PRAGMA busy_timeout = 0")
+
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-        except sqlite3.OperationalError as exc:  # locked/busy: another process holds the file
+            return await loop.run_in_executor(self._executor, call)
+        except sqlite3.OperationalError as exc:  # still locked after the wait, disk I/O error...
             raise ClusterUnavailable(f"simulated cluster state {self.path}: {exc}") from exc
 
     async def _enter(self, method: str) -> None:
@@ -169,15 +201,27 @@ class SimulatedCluster:
             raise ClusterUnavailable(f"simulated API error in {method} (fault plan api_error_rate)")
         if self._restored is None:
             self._restored = asyncio.create_task(self._restore_listeners())
+            if self.ssh_idle_seconds is not None:
+                self._reaper = asyncio.create_task(self._reap_idle_listeners(self.ssh_idle_seconds))
         await asyncio.shield(self._restored)
 
     async def _restore_listeners(self) -> None:
-        """A restarted worker serves the SSH endpoints the previous one handed out (same port, key)."""
+        """A restarted worker serves the SSH endpoints the previous one handed out (same port, key).
+        With idle reaping on, node listeners come back on the next ssh_target instead."""
         nodes, exposures = await self._db(self._store.endpoints_to_restore)
-        for node_id, port, key in nodes:
-            await self._serve_node(node_id, key, port)
+        if self.ssh_idle_seconds is None:
+            for node_id, port, key in nodes:
+                await self._serve_node(node_id, key, port)
         for session_id, node_id, port, key in exposures:
             await self._serve_exposure(session_id, node_id, key, port)
+
+    async def _reap_idle_listeners(self, idle: float) -> None:
+        """Close orchestrator listeners nobody used for `idle` seconds (ssh_target reopens them on
+        the same port), so a worker holding thousands of labs keeps one socket per exposure only."""
+        while True:
+            await asyncio.sleep(max(idle / 2, 0.01))
+            for name in self._ssh.idle("node:", idle):
+                await self._ssh.stop(name)
 
     def _now(self) -> float:
         return self.clock()
@@ -286,14 +330,20 @@ class SimulatedCluster:
             port = await self._serve_node(node_id, endpoint[1], endpoint[0])
         return SshTarget(node_id=node_id, host=self.ssh_host, port=port)
 
+    async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None) -> int:
+        try:
+            return await self._ssh.ensure(name, node_id, via, host_key, remembered)
+        except ListenerError as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
     async def _serve_node(self, node_id: str, host_key: str, remembered: int | None) -> int:
-        port = await self._ssh.ensure(f"node:{node_id}", node_id, "node", host_key, remembered)
+        port = await self._listen(f"node:{node_id}", node_id, "node", host_key, remembered)
         if port != remembered:
             await self._db(self._store.set_endpoint_port, node_id, port)
         return port
 
     async def _serve_exposure(self, session_id: str, node_id: str, host_key: str, remembered: int | None) -> int:
-        port = await self._ssh.ensure(f"expose:{session_id}", node_id, "exposed", host_key, remembered)
+        port = await self._listen(f"expose:{session_id}", node_id, "exposed", host_key, remembered)
         if port != remembered:
             await self._db(self._store.set_exposure_port, session_id, port)
         return port
@@ -349,7 +399,7 @@ class SimulatedCluster:
         existing = await self._db(self._store.exposure, session_id)
         if existing is None:
             if self.exposed_ports_capacity is not None:
-                in_use = len(await self._db(self._store.all_exposures))
+                in_use = len(await self._db_thread(self._store.all_exposures))
                 if in_use >= self.exposed_ports_capacity:
                     raise ClusterUnavailable(
                         f"expose session {session_id}: all {self.exposed_ports_capacity} exposed ports are in use"
@@ -381,9 +431,9 @@ class SimulatedCluster:
     # --- pool -----------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
-        rows = await self._db(self._store.all_nodes)
-        leftovers = await self._db(self._store.leftovers)
-        exposures = await self._db(self._store.all_exposures)
+        rows = await self._db_thread(self._store.all_nodes)
+        leftovers = await self._db_thread(self._store.leftovers)
+        exposures = await self._db_thread(self._store.all_exposures)
         sessions = {ref.session_id: ref for ref, _kinds in leftovers}
         return Inventory(
             nodes=[self._record(r, sessions) for r in rows],
@@ -418,7 +468,7 @@ class SimulatedCluster:
             return result.exit_code
 
         await self._db(self._store.record_command, node_id, via, command, self._now(), answer)
-        return chosen[0]
+        return chosen[-1]  # a busy retry may have asked twice
 
     # --- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -427,17 +477,30 @@ class SimulatedCluster:
             return
         if self._restored is not None:
             await asyncio.gather(self._restored, return_exceptions=True)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         await self._ssh.close()
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._store.close)
+        await self._db_thread_close()
         self._executor.shutdown(wait=False)
+
+    async def _db_thread_close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                self._store.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
 
     async def __aenter__(self) -> SimulatedCluster:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 @functools.lru_cache(maxsize=256)

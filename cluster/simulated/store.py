@@ -109,6 +109,8 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
+        # Never wait on the caller's thread; the backend retries busy calls on its database thread.
+        self.db.execute("PRAGMA busy_timeout = 0")
 
     def close(self) -> None:
         self.db.close()

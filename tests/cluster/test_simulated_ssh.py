@@ -215,3 +215,22 @@ async def test_restarted_backend_serves_the_same_endpoints_with_the_same_host_ke
         assert second.commands("cp-1") == ["echo before", "echo after", "true"]
     finally:
         await second.aclose()
+
+
+async def test_idle_node_listeners_close_and_reopen_on_the_same_port(
+    state_file: Path, client_key: asyncssh.SSHKey
+) -> None:
+    sim = SimulatedCluster(state_file, ssh_idle_seconds=0.05)
+    try:
+        await sim.provision(spec("cp-1", session="s1"))
+        target = await sim.ssh_target("cp-1")
+        endpoint = await sim.expose("s1", "cp-1")
+        await asyncio.sleep(0.2)
+        with pytest.raises(OSError):
+            await run(target.host, target.port, client_key, "true")
+        # The student's endpoint is never reaped.
+        assert (await run(endpoint.host, endpoint.port, client_key, "true")).exit_status == 0
+        assert await sim.ssh_target("cp-1") == target
+        assert (await run(target.host, target.port, client_key, "true")).exit_status == 0
+    finally:
+        await sim.aclose()
