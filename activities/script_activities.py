@@ -217,7 +217,10 @@ class ScriptActivities:
         async with heartbeating(lambda: progress):
             await self._bootstrap(data, by_name, platform_step)
             await self._setup_scripts(data, progress, step)
-        return SetupResult(scripts=progress.scripts, host_keys=dict(progress.host_keys))
+        script_order = {s.name: i for i, s in enumerate(data.lab.scripts.setup)}
+        node_order = {n.name: i for i, n in enumerate(data.lab.nodes)}
+        ordered = sorted(progress.scripts, key=lambda r: (script_order.get(r.script, -1), node_order.get(r.node, -1)))
+        return SetupResult(scripts=ordered, host_keys=dict(progress.host_keys))
 
     async def _bootstrap(
         self,

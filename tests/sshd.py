@@ -112,15 +112,17 @@ class LoopbackSshd:
         work = asyncio.ensure_future(asyncio.gather(pump(child.stdout, process.stdout),
                                                     pump(child.stderr, process.stderr), child.wait()))
         closed = asyncio.ensure_future(process.channel.wait_closed())
-        await asyncio.wait({work, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():  # the client went away (timeout): kill what it started
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            await child.wait()
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
+        for future in (work, closed):  # whatever happens below, their outcome counts as seen
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.wait({work, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not work.done():  # the client went away (timeout) or the server stops: kill what ran
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                work.cancel()
+        if work.cancelled() or work.exception() is not None:
             return
-        closed.cancel()
         code = child.returncode or 0
         process.exit(code if code >= 0 else 128 - code)
