@@ -90,8 +90,7 @@ def client_key() -> asyncssh.SSHKey:
 async def cluster(tmp_path: Path, client_key: asyncssh.SSHKey) -> AsyncIterator[Cluster]:
     authorized = [client_key.export_public_key("openssh").decode()]
     servers: dict[str, LoopbackSshd] = {}
-    for index, (name, role) in enumerate([("controlplane", "controlplane"), ("node01", "worker"),
-                                          ("node02", "worker")]):
+    for index, name in enumerate(["controlplane", "node01", "node02"]):
         servers[name] = await LoopbackSshd(tmp_path / name, authorized, node_id=f"wk-{index}").start()
     port = Port({s.node_id: s.target for s in servers.values()})
     nodes = [
