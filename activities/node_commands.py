@@ -44,6 +44,19 @@ def create_session_key(session_id: str) -> str:
     )
 
 
+def parse_public_key(output: str) -> str:
+    """The last line of `output` that is an OpenSSH public key; ValueError when there is none."""
+    import asyncssh  # only here: node_commands stays importable without the SSH library loaded
+
+    for line in reversed(output.strip().splitlines()):
+        try:
+            asyncssh.import_public_key(line.strip())
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+        return " ".join(line.split())
+    raise ValueError("the control plane printed no public key")
+
+
 def ssh_config(hosts: dict[str, str]) -> str:
     """`ssh node01` from the control plane: a marked block in root's ~/.ssh/config, replaced each time."""
     lines = ["# BEGIN labrador"]
@@ -107,3 +120,20 @@ def label_and_taint(nodes: list[LabNode]) -> str | None:
 
 def wait_nodes_ready(timeout_seconds: int) -> str:
     return f"{KUBECONFIG} && kubectl wait --for=condition=Ready node --all --timeout={timeout_seconds}s"
+
+
+# What a simulated node (cluster.simulated, which records commands and answers success with no
+# output by default) must print for the platform's setup steps to succeed: rules in the simulated
+# backend's scenario format. Use them as its default scenario in `labrador dev` and in tests.
+SIMULATED_PLATFORM_ANSWERS: list[dict[str, str]] = [
+    {
+        "match": r"^kubeadm token create --print-join-command",
+        "stdout": "kubeadm join 10.244.0.2:6443 --token simula.tedtoken000000 "
+        "--discovery-token-ca-cert-hash sha256:" + "0" * 64 + "\n",
+    },
+    {
+        "match": r"ssh-keygen -q -t ed25519 .*cat ~/\.ssh/id_ed25519\.pub$",
+        "stdout": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAfU2RQbOkTBez34KBSBCZ4u6PTrF4bc/lowmJPQ6W0B "
+        "labrador-session-simulated\n",
+    },
+]

@@ -236,7 +236,12 @@ class ScriptActivities:
         if workers:
             created = await platform_step(cp, "session-key", commands.create_session_key(data.session.session_id),
                                           PLATFORM_STEP_TIMEOUT)
-            session_public_key = created.stdout.strip().splitlines()[-1]
+            try:
+                session_public_key = commands.parse_public_key(created.stdout)
+            except ValueError as exc:
+                raise ApplicationError(
+                    f"setup step 'session-key' on node {cp!r}: {exc}", type="SetupFailed", non_retryable=True
+                ) from exc
             await asyncio.gather(*(
                 platform_step(w.name, "trust-session-key", commands.install_authorized_key(session_public_key),
                               PLATFORM_STEP_TIMEOUT)
