@@ -113,7 +113,7 @@ async def test_history_holds_no_private_key_or_script_output(
     assert b"PRIVATE KEY" not in raw and key_body(outcome.private_key)[:40] not in raw
     assert b"binary/encrypted" in raw
 
-    with pytest.raises(Exception, match="binary/encrypted|[Ee]ncod|decode"):  # no codec, no result
+    with pytest.raises(Exception, match=r"binary/encrypted|[Ee]ncod|decode"):  # no codec, no result
         await dev_env.client.get_workflow_handle(handle.id, result_type=ProbeResult).result()
 
 
@@ -124,7 +124,7 @@ async def test_failed_setup_reason_is_encrypted_but_readable_with_the_codec(
     servers, key = nodes
     lab = make_lab(bootstrap="none", nodes=TWO_NODES, scripts={"setup": [
         {"name": "break", "node": "node01", "run": f"echo {OUTPUT_MARKER}-failure >&2; exit 7"}]})
-    client, handle, outcome = await run_probe(dev_env, servers, key, lab, [])
+    _, handle, outcome = await run_probe(dev_env, servers, key, lab, [])
 
     assert isinstance(outcome, WorkflowFailureError)
     cause = outcome.cause.cause if isinstance(outcome.cause.cause, ApplicationError) else outcome.cause
