@@ -70,8 +70,9 @@ def build_app(codec: PayloadCodec, ui_origins: Sequence[str] = DEFAULT_UI_ORIGIN
         return web.Response(text=json.dumps({"ok": True}), content_type="application/json")
 
     app = web.Application(middlewares=[cors], client_max_size=MAX_BODY)
-    app.router.add_post("/encode", endpoint(encode))
-    app.router.add_post("/decode", endpoint(decode))
+    for prefix in ("", "/{namespace}"):  # the CLI's --codec-endpoint may template the namespace in
+        app.router.add_post(f"{prefix}/encode", endpoint(encode))
+        app.router.add_post(f"{prefix}/decode", endpoint(decode))
     app.router.add_get("/healthz", health)
     app.router.add_route("OPTIONS", "/{tail:.*}", health)
     return app

@@ -159,6 +159,8 @@ async def test_codec_server_encodes_and_decodes_over_http() -> None:
                 assert response.headers["Access-Control-Allow-Credentials"] == "true"
             async with http.post(f"{url}/decode", json=body, headers={"Origin": "https://evil.example"}) as response:
                 assert "Access-Control-Allow-Origin" not in response.headers
+            async with http.post(f"{url}/default/decode", json=encoded) as response:  # namespace-templated path
+                assert response.status == 200 and await response.json() == body
             async with http.post(f"{url}/decode", data="not json") as response:
                 assert response.status == 400
             foreign = (await codec(new_key_entry("other")).encode([plain("x")]))[0]
