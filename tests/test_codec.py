@@ -170,3 +170,22 @@ async def test_codec_server_encodes_and_decodes_over_http() -> None:
                 assert r.status == 400 and "not among the configured keys" in (await r.json())["error"]
     finally:
         await runner.cleanup()
+
+
+def test_cli_codec_key_and_codec_server_without_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from labrador.cli.main import app
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # no running dev stack leaks its settings in
+    monkeypatch.delenv("LABRADOR_CODEC_KEYS", raising=False)
+    monkeypatch.delenv("LABRADOR_CODEC_KEYS_FILE", raising=False)
+    runner = CliRunner()
+    made = runner.invoke(app, ["codec-key", "2027-01", "--json"])
+    assert made.exit_code == 0
+    assert parse_keys(json.loads(made.stdout)["entry"])[0][0] == "2027-01"
+    refused = runner.invoke(app, ["codec-key", "no spaces"])
+    assert refused.exit_code == 1
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    no_keys = runner.invoke(app, ["codec-server", "--config", str(tmp_path / "empty.yaml")])
+    assert no_keys.exit_code == 1 and "no codec keys configured" in no_keys.stderr
