@@ -38,14 +38,9 @@ def build_port(settings: Settings) -> Any:
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
 
-    functions: list[Callable[..., Any]] = [*ClusterActivities(port).all()]
-    try:
-        from activities.script_activities import ScriptActivities
-    except ImportError as exc:  # the SSH activities are built in their own branch
-        logging.warning("script activities unavailable (%s): setup, checks and teardown scripts will not run", exc)
-    else:
-        functions += ScriptActivities(port, settings).all()
-    return functions
+    from activities.script_activities import ScriptActivities
+
+    return [*ClusterActivities(port).all(), *ScriptActivities(port, settings).all()]
 
 
 def build_worker(

@@ -90,6 +90,10 @@ class BoundNode(Model):
     warm: bool = Field(description="claimed from the pool (True) or cold-provisioned (False)")
     address: str | None = None
     healthy: bool = True
+    host_key: str | None = Field(
+        default=None,
+        description="SSH host key ('algorithm base64') pinned at first contact; later connections must match",
+    )
 
 
 # --- scripts and checks (activities/script_activities.py) ---------------------------------------
@@ -120,6 +124,10 @@ class ScriptResult(Model):
 
 class SetupResult(Model):
     scripts: list[ScriptResult] = Field(default_factory=list)
+    host_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="lab node name -> host key seen at first contact; copy into BoundNode.host_key",
+    )
 
 
 class ChecksInput(Model):
