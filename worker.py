@@ -37,7 +37,6 @@ def build_port(settings: Settings) -> Any:
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
-
     from activities.script_activities import ScriptActivities
 
     return [*ClusterActivities(port).all(), *ScriptActivities(port, settings).all()]

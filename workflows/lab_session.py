@@ -129,6 +129,7 @@ SCRIPT_RETRY = RetryPolicy(
 )
 # Checks are not re-run on a failing script (that is a result); only infrastructure errors retry once.
 CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
+SCRIPT_HEARTBEAT = timedelta(seconds=30)  # the script activities heartbeat every 2 s
 MAX_WAIT_READY = timedelta(minutes=5)
 
 
@@ -408,9 +409,15 @@ class LabSessionWorkflow:
             ),
             result_type=SetupResult,
             start_to_close_timeout=scripts_time + timedelta(minutes=2),
+            heartbeat_timeout=SCRIPT_HEARTBEAT,
             retry_policy=SCRIPT_RETRY,
             summary="setup scripts",
         )
+        # Host keys seen at first contact are pinned for every later connection (checks, teardown).
+        self._nodes = [
+            node.model_copy(update={"host_key": result.host_keys.get(node.name, node.host_key)})
+            for node in self._nodes
+        ]
         for script in result.scripts:
             if script.timed_out or script.exit_code != 0:
                 what = "timed out" if script.timed_out else f"exited with {script.exit_code}"
@@ -485,6 +492,7 @@ class LabSessionWorkflow:
             ChecksInput(session=self._session, checks=self._lab.checks, nodes=self._nodes),
             result_type=CheckReport,
             start_to_close_timeout=checks_time + timedelta(minutes=1),
+            heartbeat_timeout=SCRIPT_HEARTBEAT,
             retry_policy=CHECK_RETRY,
             summary="checks",
         )
