@@ -247,8 +247,8 @@ class LabClient:
         return status
 
     async def result(self, student_id: str) -> LabSessionResult:
-        result: LabSessionResult = await self._handle(student_id).result()
-        return result
+        handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))
+        return await handle.result()
 
     async def list(self, phase: str | None = None) -> list[SessionSummary]:
         """Sessions by phase (visibility); without a phase, the running ones."""

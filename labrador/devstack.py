@@ -146,15 +146,18 @@ class DevStack:
             remove_state(state_file)
             await self._stop_server()
 
-    async def _start_server(self, settings: Settings) -> Client:
+    def _spawn_server(self) -> subprocess.Popen[bytes]:
         self._server_log = open(self.config.data_dir / "temporal.log", "ab")
-        self.server = subprocess.Popen(
+        return subprocess.Popen(
             server_command(self.config),
             stdout=self._server_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # our shutdown order, not the terminal's Ctrl-C, stops it
         )
+
+    async def _start_server(self, settings: Settings) -> Client:
+        self.server = self._spawn_server()
         deadline = asyncio.get_running_loop().time() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
         while asyncio.get_running_loop().time() < deadline:
