@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -51,3 +53,18 @@ async def start_session(
 
 # Health checks every 20 min keep time-skipping histories short; health has its own tests.
 SLOW_HEALTH = timedelta(minutes=20)
+
+
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+
+
+async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With LABRADOR_RECORD_HISTORIES=1, keep this finished session's history for the replay test.
+
+    Only sessions run with the script stand-ins are recorded: their credentials are fake strings.
+    """
+    if os.environ.get("LABRADOR_RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -22,7 +22,7 @@ from workflows.models import (
 )
 
 from .fakes import MemoryCluster, ScriptStandIns, make_lab
-from .helpers import SLOW_HEALTH, session_worker, start_session
+from .helpers import SLOW_HEALTH, record_history, session_worker, start_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +47,7 @@ async def test_lab_expires_at_its_duration_counted_from_ready_then_is_graded_and
         assert {n.name: n.warm for n in status.nodes} == {"controlplane": True, "node01": False, "node02": False}
 
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "expired")
 
     assert result.outcome == Phase.EXPIRED and result.reason == "expired"
     assert close_to(result.phase_seconds["running"], timedelta(minutes=45))
@@ -78,6 +79,7 @@ async def test_extend_moves_the_deadline_and_is_refused_past_the_limit(time_env:
         assert (await handle.query(LabSessionWorkflow.status)).deadline == second.deadline
 
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "extended")
 
     assert result.outcome == Phase.EXPIRED
     assert close_to(result.phase_seconds["running"], timedelta(hours=1, minutes=30))
@@ -90,6 +92,7 @@ async def test_unclaimed_lab_ends_after_the_timeout_without_grading(time_env: Wo
     async with session_worker(time_env.client, port, scripts.all()) as tq:
         handle = await start_session(time_env.client, tq, make_lab(workers=0), timings=timings)
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "unclaimed")
 
     assert (result.outcome, result.reason) == (Phase.ENDED, "unclaimed")
     assert close_to(result.phase_seconds["ready"], timedelta(minutes=7))
@@ -107,6 +110,7 @@ async def test_overdue_provisioning_fails_the_session_and_cleans_up(time_env: Wo
     async with session_worker(time_env.client, port, scripts.all()) as tq:
         handle = await start_session(time_env.client, tq, make_lab(), timings=timings)
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "overdue")
         status = await handle.query(LabSessionWorkflow.status)
 
     assert (result.outcome, result.reason) == (Phase.FAILED, "overdue")
@@ -122,6 +126,7 @@ async def test_failed_node_fails_the_session_naming_node_and_cause(time_env: Wor
     async with session_worker(time_env.client, port, scripts.all()) as tq:
         handle = await start_session(time_env.client, tq, make_lab(workers=1))
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "node-failed")
 
     assert result.outcome == Phase.FAILED
     assert "node controlplane" in result.reason or "node node01" in result.reason
@@ -147,5 +152,6 @@ async def test_check_runs_now_and_is_refused_before_ready(time_env: WorkflowEnvi
         assert (await handle.query(LabSessionWorkflow.status)).last_check == report
         await handle.signal(LabSessionWorkflow.end, EndRequest())
         result: LabSessionResult = await handle.result()
+        await record_history(handle, "checked-and-ended")
     assert result.outcome == Phase.ENDED and result.reason == "ended by student"
     assert scripts.check_runs == 2  # the student's check and the final grading
