@@ -155,3 +155,35 @@ async def test_check_runs_now_and_is_refused_before_ready(time_env: WorkflowEnvi
         await record_history(handle, "checked-and-ended")
     assert result.outcome == Phase.ENDED and result.reason == "ended by student"
     assert scripts.check_runs == 2  # the student's check and the final grading
+
+
+async def test_a_node_that_stays_down_past_the_grace_fails_the_session(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1), timings=timings)
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        node01 = next(n.node_id for n in (await handle.query(LabSessionWorkflow.status)).nodes if n.name == "node01")
+        port.not_ready_calls[node01] = 1000
+        result: LabSessionResult = await handle.result()
+        await record_history(handle, "node-down")
+
+    assert result.outcome == Phase.FAILED
+    assert result.reason.startswith("node node01 is not-ready") and "not recovered" in result.reason
+    assert 3 * 60 <= result.phase_seconds["running"] <= 5 * 60  # noticed within an interval, failed after the grace
+    assert port.session_objects() == []
+
+
+async def test_a_node_that_recovers_within_the_grace_does_not_end_the_lab(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1, duration=timedelta(minutes=20)),
+                                     timings=timings)
+        await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        node01 = next(n.node_id for n in (await handle.query(LabSessionWorkflow.status)).nodes if n.name == "node01")
+        port.not_ready_calls[node01] = 2  # down for two checks (2 min), then back
+        result: LabSessionResult = await handle.result()
+
+    assert (result.outcome, result.reason) == (Phase.EXPIRED, "expired")
