@@ -233,7 +233,7 @@ async def run_hold(args: argparse.Namespace) -> None:
             before = rss_mib()
             began = time.perf_counter()
             students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
-            semaphore = asyncio.Semaphore(100)
+            semaphore = asyncio.Semaphore(20)
 
             async def hold(student: str) -> None:
                 async with semaphore:
@@ -241,9 +241,9 @@ async def run_hold(args: argparse.Namespace) -> None:
                     assert started.ready is not None and started.ready.ready, started
 
             done = 0
-            for chunk in range(0, len(students), 500):
-                await asyncio.gather(*(hold(s) for s in students[chunk:chunk + 500]))
-                done += len(students[chunk:chunk + 500])
+            for chunk in range(0, len(students), 250):
+                await asyncio.gather(*(hold(s) for s in students[chunk:chunk + 250]))
+                done += len(students[chunk:chunk + 250])
                 print(f"  {done} labs running, RSS {rss_mib():.0f} MiB, {time.perf_counter() - began:.0f} s",
                       flush=True)
             await asyncio.sleep(5)
