@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import signal
 import statistics
 import tempfile
 import time
@@ -59,7 +60,6 @@ LAB = "networkpolicy-db"
 # The same server options `labrador dev` uses (eager activity dispatch: see docs/session.md).
 DEV_SERVER_ARGS: list[str] = []
 STEPS = 8
-WORKER_OPTIONS: dict[str, Any] = {}
 
 
 # --- the engine's floor -----------------------------------------------------------------------------
@@ -167,7 +167,6 @@ class Bench:
             activities = [a for a in activities if activity_name(a) not in names]
             activities += STUB_SCRIPTS
         self.worker = Worker(client, task_queue=self.settings.task_queue, workflows=[*workflow_classes(), BareSteps],
-                             **WORKER_OPTIONS,
                              activities=[*activities, noop], max_concurrent_activities=200)
 
     async def session(self) -> float:
@@ -225,9 +224,10 @@ async def run_hold(args: argparse.Namespace) -> None:
         search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
         dev_server_extra_args=DEV_SERVER_ARGS,
     )
-    # Health checks every 10 min: at 30 s, 5,000 labs x 3 nodes would be 500 checks a second on 2 cores.
+    # Health checks every --hold-health (default 1 h): at 30 s, 5,000 labs x 3 nodes would be 500 checks a
+    # second, and with 1,000 cached workflows every check of an evicted lab is a replay (see docs/session.md).
     bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), False,
-                  SessionTimings(health_interval=timedelta(minutes=10), unclaimed_timeout=timedelta(hours=1)))
+                  SessionTimings(health_interval=args.hold_health, unclaimed_timeout=timedelta(hours=2)))
     try:
         async with bench.worker:
             before = rss_mib()
@@ -259,9 +259,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="samples per measurement (at least 2x concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--ssh", action="store_true", help="real SSH script activities instead of no-ops")
+    parser.add_argument("--hold-health", type=lambda v: timedelta(seconds=float(v)), default=timedelta(hours=1),
+                        help="hold mode: node-health interval in seconds")
     parser.add_argument("--hold", type=int, default=0, help="hold mode: RSS of one worker with N running labs")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops its dev server (finally blocks)
     asyncio.run(run_hold(args) if args.hold else run_overhead(args))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

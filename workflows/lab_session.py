@@ -149,7 +149,11 @@ def _cause(error: BaseException) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__
 
 
-@workflow.defn(name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS))
+# Not sandboxed: the sandbox re-imports the workflow per run, which cost ~25-35 % of start->ready and
+# most of the memory per cached lab (bench/session_overhead.py, docs/session.md). Determinism is guarded
+# by the import contract (no I/O modules), tests/session/test_determinism_guard.py (no clock, randomness
+# or threads) and the replay of recorded histories.
+@workflow.defn(name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False)
 class LabSessionWorkflow:
     @workflow.init
     def __init__(self, request: LabSessionInput) -> None:
