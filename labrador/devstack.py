@@ -122,23 +122,23 @@ class DevStack:
         state_file = dev_state_file()
         try:
             client = await self._start_server(settings)
-            from worker import build_port, build_worker
+            from worker import build_port, build_workers
 
             port = build_port(settings)
-            worker = build_worker(client, settings, port)
+            workers = build_workers(client, settings, port)
             write_state(state_file, settings, self.config.ui_url)
             if on_ready is not None:
                 on_ready(settings)
-            worker_task = asyncio.create_task(worker.run())
+            running = asyncio.gather(*(worker.run() for worker in workers))
             stop_task = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({worker_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if worker_task in done:
+            done, _ = await asyncio.wait({running, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if running in done:
                 stop_task.cancel()
-                worker_task.result()  # the worker died: say why
+                running.result()  # a worker died: say why
             else:
-                await worker.shutdown()
+                await asyncio.gather(*(worker.shutdown() for worker in workers))
                 with contextlib.suppress(asyncio.CancelledError):
-                    await worker_task
+                    await running
             close = getattr(port, "aclose", None)
             if close is not None:
                 await close()

@@ -72,6 +72,18 @@ class Settings(BaseModel):
     # Images
     registry: str = Field("127.0.0.1:5000", description="registry for containerDisk images")
     registry_insecure: bool = Field(False, description="plain HTTP to the registry (loopback registries)")
+    image_repository: str = Field("labrador/node-images", description="repository of the containerDisk images")
+    image_builder: Literal["daemonless", "docker"] = Field("daemonless", description="containerDisk builder")
+    registry_auth: Literal["auto", "docker-config", "ecr", "none"] = Field(
+        "auto", description="registry credentials: ECR for ECR hosts (auto), else a docker config.json")
+    docker_config: Path | None = Field(None, description="docker config.json with registry credentials")
+    docker_host: str | None = Field(None, description="docker daemon for the docker builder (DOCKER_HOST)")
+    aws_endpoint_url: str | None = Field(None, description="S3/ECR endpoint override (S3-compatible stores)")
+    image_archive_bucket: str | None = Field(None, description="S3 bucket to archive raw exports in (optional)")
+    image_work_dir: Path | None = Field(None, description="scratch space for disks (default: data_dir/image-work)")
+    export_api_version: Literal["v1beta1", "v1"] = Field(
+        "v1", description="export.kubevirt.io version: v1beta1 before KubeVirt 1.9, v1 from 1.9")
+    image_rebuild_schedule: str = Field("0 3 * * 0", description="default cron of image rebuilds (weekly)")
 
     # Payload encryption
     codec_keys: SecretStr | None = Field(

@@ -66,8 +66,8 @@ NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "Netwo
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines", "VirtualMachine")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance")
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
-# For the image pipeline (cluster/kubevirt/export.py, builder.py): declare their calls in PERMISSIONS
-# and deploy/rbac.yaml when they start using it.
+# The image pipeline (cluster/kubevirt/export.py, builder.py) calls the official client directly,
+# with both export API versions; its calls are declared in PERMISSIONS below.
 VIRTUAL_MACHINE_EXPORTS = Resource("export.kubevirt.io", "v1", "virtualmachineexports", "VirtualMachineExport")
 
 # Scope of a permission: "cluster" (lab namespaces are created on the fly, so a ClusterRole) or
@@ -107,6 +107,12 @@ PERMISSIONS: frozenset[tuple[str, str, str, str]] = frozenset(
         # Not an HTTP call of ours: CDI authorises a cross-namespace clone by checking that the
         # DataVolume's creator may `create` `datavolumes/source` in the source PVC's namespace.
         ("cdi.kubevirt.io", "datavolumes/source", "create", CLUSTER),
+        # The image pipeline (cluster/kubevirt/export.py, builder.py): exports of stopped VMs/PVCs
+        # anywhere, builder VMs (their DataVolumes go with them through the owner reference).
+        ("export.kubevirt.io", "virtualmachineexports", "create", CLUSTER),
+        ("export.kubevirt.io", "virtualmachineexports", "get", CLUSTER),
+        ("export.kubevirt.io", "virtualmachineexports", "delete", CLUSTER),
+        ("kubevirt.io", "virtualmachines", "delete", CLUSTER),
         ("", "configmaps", "get", WORKER_NAMESPACE),
         ("", "configmaps", "create", WORKER_NAMESPACE),
         ("", "configmaps", "patch", WORKER_NAMESPACE),
