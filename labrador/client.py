@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -79,6 +80,7 @@ class StartedSession(BaseModel):
     workflow_id: str
     run_id: str
     session_id: str
+    ready: WaitReadyResult | None = None
 
 
 class SessionSummary(BaseModel):
@@ -157,8 +159,10 @@ class LabClient:
 
     # --- messages -------------------------------------------------------------------------------
 
-    async def start(self, student_id: str, lab_name: str) -> StartedSession:
-        """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running."""
+    async def start(self, student_id: str, lab_name: str, wait: timedelta | None = None) -> StartedSession:
+        """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
+
+        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`."""
         workflow_id = self._workflow_id(student_id)
         lab = self.catalog.labs.get(lab_name)
         if lab is None:
@@ -169,31 +173,42 @@ class LabClient:
             {name: cls for name, cls in self.catalog.node_classes.items() if name in used}, self.published.all()
         )
         request = LabSessionInput(student_id=student_id, lab=lab, node_classes=classes, timings=self.timings)
+        options: dict[str, Any] = dict(
+            id=workflow_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search_attributes.STUDENT_ID, student_id),
+                    SearchAttributePair(search_attributes.LAB_NAME, lab.name),
+                    SearchAttributePair(search_attributes.LAB_PHASE, Phase.CLAIMING.value),
+                ]
+            ),
+            static_summary=f"{lab.name} for {student_id}",
+        )
+        ready: WaitReadyResult | None = None
         try:
-            handle = await self.client.start_workflow(
-                LabSessionWorkflow.run,
-                request,
-                id=workflow_id,
-                task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(search_attributes.STUDENT_ID, student_id),
-                        SearchAttributePair(search_attributes.LAB_NAME, lab.name),
-                        SearchAttributePair(search_attributes.LAB_PHASE, Phase.CLAIMING.value),
-                    ]
-                ),
-                static_summary=f"{lab.name} for {student_id}",
-            )
+            if wait is None:
+                handle = await self.client.start_workflow(LabSessionWorkflow.run, request, **options)
+            else:
+                # Start and the first wait_ready in one call (update-with-start): one round trip less.
+                operation = WithStartWorkflowOperation(LabSessionWorkflow.run, request, **options)
+                ready = await self.client.execute_update_with_start_workflow(
+                    LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait),
+                    start_workflow_operation=operation, id=f"wait-ready-{uuid.uuid4()}",
+                )
+                handle = await operation.workflow_handle()
         except WorkflowAlreadyStartedError:
             raise await self._conflict(student_id) from None
+        except WorkflowUpdateFailedError as exc:
+            raise LabError(_message(exc)) from exc
         except RPCError as exc:
             raise self._rpc_error(exc) from exc
-        run_id = handle.result_run_id or ""
+        run_id = handle.result_run_id or handle.run_id or ""
         return StartedSession(
             student_id=student_id, lab_name=lab.name, workflow_id=workflow_id, run_id=run_id,
-            session_id=session_id(student_id, run_id),
+            session_id=session_id(student_id, run_id), ready=ready,
         )
 
     async def wait_ready(self, student_id: str, wait: timedelta = timedelta(seconds=20)) -> WaitReadyResult:

@@ -256,6 +256,8 @@ class LabSessionWorkflow:
         return None
 
     async def _prepare(self) -> None:
+        # The student's key pair depends on nothing: made while the nodes are claimed and readied.
+        credentials = asyncio.create_task(self._create_credentials())
         await self._claim_warm_nodes()
         self._enter(Phase.PROVISIONING)
         await self._provision_missing_nodes()
@@ -263,6 +265,7 @@ class LabSessionWorkflow:
         self._enter(Phase.WIRING)
         await self._wire()
         self._enter(Phase.SETTING_UP)
+        self._credentials = await credentials
         await self._set_up_session()
         self._enter(Phase.EXPOSING)
         await self._expose()
@@ -395,10 +398,14 @@ class LabSessionWorkflow:
         )
         await _local(ActivityName.WIRE_SESSION, wiring, None, CLUSTER_CALL)
 
-    async def _set_up_session(self) -> None:
-        self._credentials = await _local(
+    async def _create_credentials(self) -> SessionCredentials:
+        credentials: SessionCredentials = await _local(
             ActivityName.CREATE_SESSION_CREDENTIALS, self._session, SessionCredentials, CREDENTIALS_CALL
         )
+        return credentials
+
+    async def _set_up_session(self) -> None:
+        assert self._credentials is not None
         self._set_up = True  # from here on, teardown scripts may have something to undo
         scripts_time = sum((s.timeout for s in self._lab.scripts.setup), timedelta())
         result: SetupResult = await workflow.execute_activity(

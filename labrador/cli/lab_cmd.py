@@ -98,17 +98,15 @@ def start(
     _student(student)
 
     async def action(client: LabClient) -> dict[str, Any]:
-        started = await client.start(student, lab)
-        out: dict[str, Any] = {"started": started.model_dump(mode="json")}
+        deadline = time.monotonic() + timeout
+        started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
+        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
         if not wait:
             return out
-        deadline = time.monotonic() + timeout
-        result: WaitReadyResult | None = None
-        while time.monotonic() < deadline:
+        result: WaitReadyResult | None = started.ready
+        while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
             poll = min(20.0, max(0.0, deadline - time.monotonic()))
             result = await client.wait_ready(student, timedelta(seconds=poll))
-            if result.ready or result.phase in TERMINAL_PHASES:
-                break
         if result is None or not result.ready:
             phase = result.phase if result else "unknown"
             reason = f": {result.reason}" if result and result.reason else ""

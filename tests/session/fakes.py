@@ -54,6 +54,7 @@ class MemoryCluster:
         self.fail_reason: str | None = None
         self.provision_calls: list[str] = []
         self.unavailable_calls = 0  # the next N calls raise ClusterUnavailable
+        self.not_ready_calls: dict[str, int] = {}  # node ID -> how many status calls answer not-ready
 
     def _maybe_unavailable(self) -> None:
         if self.unavailable_calls > 0:
@@ -87,6 +88,9 @@ class MemoryCluster:
         if node_id not in self.nodes:
             return NodeStatus(node_id=node_id, phase=NodePhase.MISSING)
         phase = self.statuses[node_id]
+        if self.not_ready_calls.get(node_id, 0) > 0:
+            self.not_ready_calls[node_id] -= 1
+            phase = NodePhase.NOT_READY
         return NodeStatus(
             node_id=node_id, phase=phase, address="10.0.0.1" if phase == NodePhase.READY else None,
             reason=self.fail_reason if phase == NodePhase.FAILED else None,

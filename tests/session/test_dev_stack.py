@@ -30,26 +30,30 @@ def listening(port: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_dev_stack_serves_the_lab_commands_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    port, ui_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABRADOR_")}
     env.update(XDG_STATE_HOME=str(tmp_path / "state"), HOME=str(tmp_path))
     state_file = tmp_path / "state" / "labrador" / "dev.json"
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "labrador", "dev", "--data-dir", str(tmp_path / "data"), "--port", str(port),
-         "--ui-port", str(ui_port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    for _attempt in range(3):  # a port picked as free may be taken by a parallel test before the server binds
+        port, ui_port = free_port(), free_port()
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "labrador", "dev", "--data-dir", str(tmp_path / "data"), "--port", str(port),
+             "--ui-port", str(ui_port)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not state_file.exists() and dev.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if state_file.exists():
+            break
+        output, _ = dev.communicate(timeout=30)
+        assert "already in use" in (tmp_path / "data" / "temporal.log").read_text(), output
+    assert state_file.exists(), "the dev stack did not come up"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "labrador", *args], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
 
     try:
-        deadline = time.monotonic() + 60
-        while not state_file.exists():
-            assert dev.poll() is None, dev.stdout.read() if dev.stdout else ""
-            assert time.monotonic() < deadline, "the dev stack did not come up"
-            time.sleep(0.2)
         state = json.loads(state_file.read_text())
         assert state["settings"]["temporal_address"] == f"127.0.0.1:{port}"
         assert (tmp_path / "data" / "temporal.sqlite").exists()  # Temporal keeps its state in the data dir

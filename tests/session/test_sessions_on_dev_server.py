@@ -59,6 +59,10 @@ async def test_a_session_runs_start_to_end_and_leaves_the_cluster_empty(stack: S
     assert (await cluster.inventory()).nodes == []
     with pytest.raises(NoSession, match="no lab running"):
         await stack.labs.end(who)
+    after = await stack.labs.wait_ready(who, timedelta(seconds=1))
+    assert (after.ready, after.phase) == (False, Phase.ENDED)
+    with pytest.raises(LabError):
+        await stack.labs.extend(who)
     again = await stack.labs.start(who, "scheduler-down")  # the student may start again
     assert again.session_id != started.session_id
     await stack.labs.end(who)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from cluster.models import NodePhase
@@ -15,13 +16,14 @@ from workflows.models import (
     CheckRequest,
     EndRequest,
     ExtendRequest,
+    LabSessionInput,
     LabSessionResult,
     Phase,
     SessionTimings,
     WaitReadyRequest,
 )
 
-from .fakes import MemoryCluster, ScriptStandIns, make_lab
+from .fakes import NODE_CLASSES, MemoryCluster, ScriptStandIns, make_lab
 from .helpers import SLOW_HEALTH, record_history, session_worker, start_session
 
 pytestmark = pytest.mark.timeout(60)
@@ -155,3 +157,72 @@ async def test_check_runs_now_and_is_refused_before_ready(time_env: WorkflowEnvi
         await record_history(handle, "checked-and-ended")
     assert result.outcome == Phase.ENDED and result.reason == "ended by student"
     assert scripts.check_runs == 2  # the student's check and the final grading
+
+
+async def test_a_node_that_stays_down_past_the_grace_fails_the_session(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1), timings=timings)
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        node01 = next(n.node_id for n in (await handle.query(LabSessionWorkflow.status)).nodes if n.name == "node01")
+        port.not_ready_calls[node01] = 1000
+        result: LabSessionResult = await handle.result()
+        await record_history(handle, "node-down")
+
+    assert result.outcome == Phase.FAILED
+    assert result.reason.startswith("node node01 is not-ready") and "not recovered" in result.reason
+    assert 3 * 60 <= result.phase_seconds["running"] <= 5 * 60  # noticed within an interval, failed after the grace
+    assert port.session_objects() == []
+
+
+async def test_a_node_that_recovers_within_the_grace_does_not_end_the_lab(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1, duration=timedelta(minutes=20)),
+                                     timings=timings)
+        await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        node01 = next(n.node_id for n in (await handle.query(LabSessionWorkflow.status)).nodes if n.name == "node01")
+        port.not_ready_calls[node01] = 2  # down for two checks (2 min), then back
+        result: LabSessionResult = await handle.result()
+
+    assert (result.outcome, result.reason) == (Phase.EXPIRED, "expired")
+
+
+async def test_cancelling_a_session_still_tears_it_down(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1))
+        await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert port.session_objects() != []
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        assert isinstance(failure.value.cause, CancelledError)
+        status = await handle.query(LabSessionWorkflow.status)
+
+    assert (status.phase, status.reason) == (Phase.ENDED, "cancelled")
+    assert port.session_objects() == []
+
+
+async def test_a_bug_fails_the_session_after_tearing_it_down(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    port.add_warm("warm-cp-1", "cp-1-31", Role.CONTROLPLANE)
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        # The input lacks the worker class: the workflow's lookup raises (a bug, not a retryable task failure).
+        handle = await time_env.client.start_workflow(
+            LabSessionWorkflow.run,
+            LabSessionInput(student_id="buggy", lab=make_lab(workers=1),
+                            node_classes={"cp-1-31": NODE_CLASSES["cp-1-31"]},
+                            timings=SessionTimings(health_interval=SLOW_HEALTH)),
+            id=f"lab-session/buggy-{tq}", task_queue=tq,
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await handle.query(LabSessionWorkflow.status)
+
+    assert "KeyError" in str(failure.value.cause) or "worker-1-31" in str(failure.value.cause)
+    assert status.phase == Phase.FAILED and status.reason is not None and status.reason.startswith("internal error")
+    assert port.session_objects() == [] and port.nodes == {}  # the claimed warm node went with the session
