@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -32,7 +34,6 @@ from cluster.models import (
     NodeState,
     NodeStatus,
     SessionLeftovers,
-    SessionRef,
     SessionWiring,
     SshEndpoint,
     SshTarget,
@@ -42,10 +43,12 @@ from cluster.simulated.faults import ApiErrors, FaultPlan
 from cluster.simulated.scenario import SUCCESS, Answer, Scenario
 from cluster.simulated.sshd import ListenerError, SshServers, generate_host_key
 from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
-from labs.models import Role, quantity_bytes
+from labs.models import quantity_bytes
 
 if TYPE_CHECKING:
     from labrador.settings import Settings
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -94,19 +97,58 @@ class SimulatedCluster:
         self._restored: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._watched: list[_Watched] = []
+        self._next_file_check = 0.0
+        self.reload_interval = 1.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatedCluster:
+    def from_settings(cls, settings: Settings, *, base_scenario: Scenario | None = None) -> SimulatedCluster:
+        """The backend of `labrador dev` and the worker. `base_scenario`: answers the caller needs
+        from every node (e.g. the platform's setup steps); rules of `sim_scenario_file` come first."""
         faults_file = settings.sim_faults_file
         scenario_file = settings.sim_scenario_file
-        return cls(
+        default_scenario = Scenario.from_file(scenario_file) if scenario_file else Scenario()
+        if base_scenario is not None:
+            default_scenario = Scenario(rules=[*default_scenario.rules, *base_scenario.rules])
+        sim = cls(
             settings.data_dir / STATE_FILE,
             boot_seconds=settings.sim_boot_seconds,
             faults=FaultPlan.from_file(faults_file) if faults_file else None,
             external_host=settings.external_host,
             ssh_idle_seconds=settings.sim_ssh_idle_seconds,
-            default_scenario=Scenario.from_file(scenario_file) if scenario_file else None,
+            default_scenario=default_scenario,
         )
+        # Edits to the files apply to the running dev stack (checked at most once per reload_interval).
+        if faults_file:
+            sim._watched.append(_Watched(faults_file, _stamp(faults_file), sim._reload_faults))
+        if scenario_file:
+            base = base_scenario or Scenario()
+            sim._watched.append(
+                _Watched(scenario_file, _stamp(scenario_file), lambda p: sim._reload_scenario(p, base))
+            )
+        return sim
+
+    def _reload_faults(self, path: Path) -> None:
+        self.faults = FaultPlan.from_file(path)
+
+    def _reload_scenario(self, path: Path, base: Scenario) -> None:
+        self.default_scenario = Scenario(rules=[*Scenario.from_file(path).rules, *base.rules])
+
+    def _check_files(self) -> None:
+        now = time.monotonic()
+        if now < self._next_file_check:
+            return
+        self._next_file_check = now + self.reload_interval
+        for watched in self._watched:
+            stamp = _stamp(watched.path)
+            if stamp == watched.stamp:
+                continue
+            watched.stamp = stamp
+            try:
+                watched.reload(watched.path)
+                log.info("simulated cluster: reloaded %s", watched.path)
+            except ValueError as exc:  # keep the previous plan; the message names file and field
+                log.warning("simulated cluster: keeping the previous settings: %s", exc)
 
     # --- knobs for tests and the dev stack ------------------------------------------------
     @property
@@ -197,6 +239,8 @@ class SimulatedCluster:
 
     async def _enter(self, method: str) -> None:
         """Injected API errors first (nothing changes when one fires), then restore listeners."""
+        if self._watched:
+            self._check_files()
         if self._api_errors.should_fail(method):
             raise ClusterUnavailable(f"simulated API error in {method} (fault plan api_error_rate)")
         if self._restored is None:
@@ -209,11 +253,19 @@ class SimulatedCluster:
         """A restarted worker serves the SSH endpoints the previous one handed out (same port, key).
         With idle reaping on, node listeners come back on the next ssh_target instead."""
         nodes, exposures = await self._db(self._store.endpoints_to_restore)
+        # One listener that cannot come back must not fail every later call: the next
+        # ssh_target/expose of that node tries again and reports the error to its caller.
         if self.ssh_idle_seconds is None:
             for node_id, port, key in nodes:
-                await self._serve_node(node_id, key, port)
+                try:
+                    await self._serve_node(node_id, key, port)
+                except ClusterUnavailable as exc:
+                    log.warning("simulated cluster: not restoring %s: %s", node_id, exc)
         for session_id, node_id, port, key in exposures:
-            await self._serve_exposure(session_id, node_id, key, port)
+            try:
+                await self._serve_exposure(session_id, node_id, key, port)
+            except ClusterUnavailable as exc:
+                log.warning("simulated cluster: not restoring the exposure of %s: %s", session_id, exc)
 
     async def _reap_idle_listeners(self, idle: float) -> None:
         """Close orchestrator listeners nobody used for `idle` seconds (ssh_target reopens them on
@@ -228,23 +280,27 @@ class SimulatedCluster:
 
     @staticmethod
     def _record(row: NodeRow, sessions: dict[str, SessionRow]) -> NodeRecord:
-        ref = None
+        # model_validate of a plain dict is the fastest way to build a record (pydantic-core does
+        # it all); inventory builds one per node on the event loop.
+        session = None
         if row.session_id is not None:
             s = sessions.get(row.session_id)
-            ref = SessionRef(
-                session_id=row.session_id,
-                workflow_id=(s.workflow_id if s else None) or "",
-                run_id=(s.run_id if s else None) or "",
-            )
-        return NodeRecord(
-            node_id=row.node_id,
-            node_class=row.node_class,
-            role=Role(row.role),
-            image=row.image,
-            state=NodeState(row.state),
-            session=ref,
-            memory_bytes=row.memory_bytes,
-            created_at=datetime.fromtimestamp(row.created_at, UTC),
+            session = {
+                "session_id": row.session_id,
+                "workflow_id": (s.workflow_id if s else None) or "",
+                "run_id": (s.run_id if s else None) or "",
+            }
+        return NodeRecord.model_validate(
+            {
+                "node_id": row.node_id,
+                "node_class": row.node_class,
+                "role": row.role,
+                "image": row.image,
+                "state": row.state,
+                "session": session,
+                "memory_bytes": row.memory_bytes,
+                "created_at": datetime.fromtimestamp(row.created_at, UTC),
+            }
         )
 
     async def _records(self, rows: list[NodeRow]) -> list[NodeRecord]:
@@ -328,6 +384,9 @@ class SimulatedCluster:
             if endpoint is None or (await self._db(self._store.node, node_id)) is None:
                 raise NodeNotFound(f"node {node_id}: not found (no SSH target)")
             port = await self._serve_node(node_id, endpoint[1], endpoint[0])
+            if await self._db(self._store.node, node_id) is None:  # deleted while the listener started
+                await self._ssh.stop(f"node:{node_id}")
+                raise NodeNotFound(f"node {node_id}: not found (deleted)")
         return SshTarget(node_id=node_id, host=self.ssh_host, port=port)
 
     async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None) -> int:
@@ -413,6 +472,9 @@ class SimulatedCluster:
         if endpoint is None:
             raise NodeNotFound(f"expose session {session_id}: node {exposed_node} not found")
         port = await self._serve_exposure(session_id, exposed_node, endpoint[1], port)
+        if await self._db(self._store.exposure, session_id) is None:  # released meanwhile
+            await self._ssh.stop(f"expose:{session_id}")
+            raise NodeNotFound(f"expose session {session_id}: released while exposing")
         return SshEndpoint(host=self.external_host, port=port)
 
     async def unexpose(self, session_id: str) -> None:
@@ -431,9 +493,14 @@ class SimulatedCluster:
     # --- pool -----------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
-        rows = await self._db_thread(self._store.all_nodes)
-        leftovers = await self._db_thread(self._store.leftovers)
-        exposures = await self._db_thread(self._store.all_exposures)
+        # Read and build on the database thread: with thousands of nodes this is the one call that
+        # takes long enough to matter, and there it only shares the GIL with the loop.
+        return await self._db_thread(self._inventory)
+
+    def _inventory(self) -> Inventory:
+        rows = self._store.all_nodes()
+        leftovers = self._store.leftovers()
+        exposures = self._store.all_exposures()
         sessions = {ref.session_id: ref for ref, _kinds in leftovers}
         return Inventory(
             nodes=[self._record(r, sessions) for r in rows],
@@ -452,6 +519,8 @@ class SimulatedCluster:
 
     # --- SSH commands ---------------------------------------------------------------------
     async def _on_command(self, node_id: str, via: str, command: str) -> Answer:
+        if self._watched:
+            self._check_files()
         chosen: list[Answer] = []
 
         def answer(session_id: str | None, bodies: dict[str, str]) -> int:
@@ -497,6 +566,21 @@ class SimulatedCluster:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+@dataclass
+class _Watched:
+    path: Path
+    stamp: tuple[int, int] | None
+    reload: Callable[[Path], None]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -15,6 +15,7 @@ import asyncio
 import errno
 import logging
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ def generate_host_key() -> str:
 
 @dataclass
 class _Listener:
-    acceptor: asyncssh.SSHAcceptor
+    acceptor: asyncio.Server
     port: int
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
@@ -120,16 +121,28 @@ class SshServers:
         async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
             await self._handle(node_id, via, process)
 
-        async def listen(on_port: int) -> asyncssh.SSHAcceptor:
-            return await asyncssh.create_server(
-                lambda: _Server(ref, self._authorized),
-                self._bind_host,
-                on_port,
-                server_host_keys=[key],
-                process_factory=handle,
-                reuse_address=True,
-                encoding="utf-8",
-            )
+        async def listen(on_port: int) -> asyncio.Server:
+            # Bind the socket ourselves: asyncssh would resolve the host on a thread first.
+            sock = socket.socket(socket.AF_INET6 if ":" in self._bind_host else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self._bind_host, on_port))
+                sock.listen(100)
+                sock.setblocking(False)
+                # asyncssh.listen() would also build its options on a thread; with no config file
+                # to read, building them here is cheaper than the hop.
+                loop = asyncio.get_running_loop()
+                options = asyncssh.SSHServerConnectionOptions(
+                    server_factory=lambda: _Server(ref, self._authorized),
+                    server_host_keys=[key],
+                    process_factory=handle,
+                    encoding="utf-8",
+                    loop=loop,
+                )
+                return await loop.create_server(lambda: asyncssh.SSHServerConnection(loop, options), sock=sock)
+            except BaseException:
+                sock.close()
+                raise
 
         try:
             try:
@@ -200,8 +213,11 @@ class SshServers:
             process.stdout.write(answer.stdout)
             process.stderr.write(answer.stderr)
             process.exit(answer.exit_code)
-        except (asyncssh.Error, OSError, asyncio.CancelledError):
+        except (asyncssh.Error, OSError):  # the client went away
             process.close()
+        except asyncio.CancelledError:
+            process.close()
+            raise
         except Exception:
             log.exception("simulated sshd %s: command handling failed", node_id)
             process.exit(255)
