@@ -293,6 +293,7 @@ class ScriptActivities:
                 record = _script_result(node.name, script.name, result)
                 progress.scripts.append(record)
                 progress.done.append(key)
+                activity.heartbeat(progress)  # record it now: a retried attempt must not run it again
                 if not result.ok:
                     how = (f"timed out after {script.timeout.total_seconds():g}s" if result.timed_out
                            else f"exit code {result.exit_code}")
