@@ -31,6 +31,7 @@ from cluster.models import SessionRef, SshTarget
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from labrador.settings import Settings
 from labrador.ssh import (
+    CommandInterrupted,
     CommandResult,
     HostKeyMismatch,
     RetryPolicy,
@@ -63,6 +64,8 @@ NODES_READY_TIMEOUT = 300
 REASON_OUTPUT_CHARS = 2000
 EXCERPT_CHARS = 1000
 TEARDOWN_RETRY = RetryPolicy(attempts=2, initial_backoff=0.5, connect_timeout=10.0)
+CHECK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.5, connect_timeout=10.0)
+"""Checks answer a waiting student (the `check` update): give up on an unreachable node sooner."""
 
 
 class SetupProgress(BaseModel):
@@ -290,6 +293,7 @@ class ScriptActivities:
                 record = _script_result(node.name, script.name, result)
                 progress.scripts.append(record)
                 progress.done.append(key)
+                activity.heartbeat(progress)  # record it now: a retried attempt must not run it again
                 if not result.ok:
                     how = (f"timed out after {script.timeout.total_seconds():g}s" if result.timed_out
                            else f"exit code {result.exit_code}")
@@ -316,6 +320,8 @@ class ScriptActivities:
             except ApplicationError as exc:
                 targets[node.name] = exc.message
         finished = 0
+        runner = self.runner.with_retry(CHECK_RETRY)
+        unreachable: dict[str, str] = {}  # one node found unreachable: its other checks fail at once
 
         async def one(check: Check) -> CheckResult:
             nonlocal finished
@@ -332,10 +338,14 @@ class ScriptActivities:
             if isinstance(target, str):
                 return failed(target)
             async with limits[check.node]:
+                if check.node in unreachable:
+                    return failed(unreachable[check.node])
                 try:
-                    result = await self.runner.run(target, check.run, timeout_seconds=check.timeout.total_seconds(),
-                                                   host_key=node.host_key, node=node.name)
+                    result = await runner.run(target, check.run, timeout_seconds=check.timeout.total_seconds(),
+                                              host_key=node.host_key, node=node.name)
                 except SshError as exc:
+                    if not isinstance(exc, CommandInterrupted):
+                        unreachable[check.node] = f"not run: {exc}"
                     return failed(f"not run: {exc}")
                 finally:
                     finished += 1

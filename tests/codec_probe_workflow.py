@@ -27,6 +27,7 @@ class ProbeInput(Model):
     lab: Lab
     nodes: list[BoundNode]
     checks: list[Check]
+    heartbeat_seconds: float = 10.0
 
 
 class ProbeResult(Model):
@@ -48,7 +49,7 @@ class CodecProbeWorkflow:
             SetupInput(session=data.session, lab=data.lab, nodes=data.nodes,
                        student_public_key=credentials.public_key),
             result_type=SetupResult,
-            heartbeat_timeout=timedelta(seconds=10),
+            heartbeat_timeout=timedelta(seconds=data.heartbeat_seconds),
             **options,
         )
         nodes = [n.model_copy(update={"host_key": setup.host_keys.get(n.name)}) for n in data.nodes]

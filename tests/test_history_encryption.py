@@ -7,8 +7,11 @@ byte (payload data is raw bytes in the protobuf, so plaintext JSON would appear 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +138,50 @@ async def test_failed_setup_reason_is_encrypted_but_readable_with_the_codec(
     raw = await raw_history(dev_env, handle.id)
     assert b"SetupScriptFailed" in raw  # the failure is there...
     assert OUTPUT_MARKER.encode() not in raw  # ...its message and details are not readable
+
+
+@pytest.mark.timeout(60)
+async def test_setup_resumes_from_heartbeat_after_the_worker_dies(
+    dev_env: WorkflowEnvironment, nodes: tuple[list[LoopbackSshd], asyncssh.SSHKey]
+) -> None:
+    servers, key = nodes
+    cp = servers[0]
+    lab = make_lab(bootstrap="none", nodes=TWO_NODES, scripts={"setup": [
+        {"name": "once", "run": "echo ran >> once.log"},
+        # first attempt: hangs until the worker dies; the resumed attempt finishes
+        {"name": "slow", "run": "if [ -f slow.started ]; then echo resumed; else touch slow.started; sleep 30; fi"},
+    ]})
+    settings = Settings(codec_keys=SecretStr(new_key_entry("k1")), data_dir=Path("/nonexistent"))
+    client = Client(dev_env.client.service_client, namespace=dev_env.client.namespace,
+                    data_converter=data_converter(settings))
+    activities = ScriptActivities(Port({s.node_id: s.target for s in servers}), settings,  # type: ignore[arg-type]
+                                  runner=SshRunner(key, retry=RetryPolicy(attempts=2)))
+    queue = f"resume-{uuid.uuid4().hex[:8]}"
+    bound = [BoundNode(name=n, node_id=s.node_id, role="controlplane" if n == "controlplane" else "worker",
+                       warm=True) for n, s in zip(("controlplane", "node01"), servers, strict=True)]
+    session = SessionRef(session_id="s-res", workflow_id=f"probe-{queue}", run_id="r")
+
+    def worker() -> Worker:
+        # a short sticky timeout: the workflow task meant for the dead worker moves on quickly
+        return Worker(client, task_queue=queue, workflows=[CodecProbeWorkflow], activities=activities.all(),
+                      sticky_queue_schedule_to_start_timeout=timedelta(seconds=1))
+
+    first = worker()
+    running = asyncio.create_task(first.run())
+    handle = await client.start_workflow(
+        CodecProbeWorkflow.run, ProbeInput(session=session, lab=lab, nodes=bound, checks=[], heartbeat_seconds=3),
+        id=session.workflow_id, task_queue=queue, result_type=ProbeResult,
+    )
+    async with asyncio.timeout(20):
+        while not (cp.root / "slow.started").exists():  # noqa: ASYNC110 (a file written by the node)
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(3)  # a heartbeat carrying "once is done" reaches the server
+    running.cancel()  # the worker dies with `slow` running
+    with contextlib.suppress(BaseException):
+        await running
+
+    async with worker():
+        result = await handle.result()
+    assert (cp.root / "once.log").read_text() == "ran\n"  # not run again by the resumed attempt
+    assert [(s.script, s.output.strip()) for s in result.setup.scripts] == [("once", ""), ("slow", "resumed")]
+    assert cp.commands.count("echo ran >> once.log") == 1

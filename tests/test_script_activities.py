@@ -336,3 +336,16 @@ def test_join_command_parsing_rejects_noise() -> None:
 def test_commands_quote_what_they_embed() -> None:
     command = node_commands.install_authorized_key("ssh-ed25519 AAAA it's;$(reboot)")
     assert shlex.quote("ssh-ed25519 AAAA it's;$(reboot)") in command
+
+
+@pytest.mark.timeout(30)
+async def test_checks_on_an_unreachable_node_fail_without_holding_the_others(cluster: Cluster) -> None:
+    await cluster.servers["node02"].stop()  # the student broke node02's network
+    checks = [check(f"n2-{i}", "true", node="node02", points=2) for i in range(6)] + [check("cp", "true", points=1)]
+    report = await cluster.env().run(cluster.activities.run_checks,
+                                     ChecksInput(session=SESSION, checks=checks, nodes=cluster.nodes))
+    results = {r.name: r for r in report.results}
+    assert results["cp"].passed and report.score == 1 and report.max_score == 13
+    assert all(not results[f"n2-{i}"].passed for i in range(6))
+    assert all("node 'node02'" in results[f"n2-{i}"].output_excerpt for i in range(6))
+    assert max(r.duration_seconds for r in report.results) < 5  # gave up after the short check retries
