@@ -129,9 +129,9 @@ class DevStack:
             write_state(state_file, settings, self.config.ui_url)
             if on_ready is not None:
                 on_ready(settings)
-            running = asyncio.gather(*(worker.run() for worker in workers))
-            stop_task = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({running, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers))
+            stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait([running, stop_task], return_when=asyncio.FIRST_COMPLETED)
             if running in done:
                 stop_task.cancel()
                 running.result()  # a worker died: say why
