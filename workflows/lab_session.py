@@ -130,6 +130,8 @@ SCRIPT_RETRY = RetryPolicy(
 # Checks are not re-run on a failing script (that is a result); only infrastructure errors retry once.
 CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
 SCRIPT_HEARTBEAT = timedelta(seconds=30)  # the script activities heartbeat every 2 s
+# The platform part of setup (student key, kubeadm join, nodes Ready) on top of the lab's own scripts.
+SETUP_PLATFORM_STEPS = timedelta(minutes=10)
 MAX_WAIT_READY = timedelta(minutes=5)
 
 
@@ -419,7 +421,7 @@ class LabSessionWorkflow:
                 student_public_key=self._credentials.public_key,
             ),
             result_type=SetupResult,
-            start_to_close_timeout=scripts_time + timedelta(minutes=2),
+            start_to_close_timeout=scripts_time + SETUP_PLATFORM_STEPS,
             heartbeat_timeout=SCRIPT_HEARTBEAT,
             retry_policy=SCRIPT_RETRY,
             summary="setup scripts",
