@@ -190,6 +190,7 @@ class LabSessionWorkflow:
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
         self._version = 0
         self._seen_version = 0
+        self._evicted = False
 
     # --- the story --------------------------------------------------------------------------------
 
@@ -206,6 +207,11 @@ class LabSessionWorkflow:
                 outcome, self._reason = await self._run_until_the_end()
                 if self._reason != "unclaimed":
                     checks = await self._final_grading()
+        except GeneratorExit:
+            # Evicted from the worker's cache (or the worker stops): the run goes on elsewhere from its
+            # history. Nothing may be torn down here, and workflow calls would fail outside the loop.
+            self._evicted = True
+            raise
         except SessionFailed as failure:
             outcome, self._reason, self._detail = Phase.FAILED, failure.reason, failure.detail
         except ActivityError as error:
@@ -217,9 +223,10 @@ class LabSessionWorkflow:
             outcome, self._reason = Phase.FAILED, f"internal error: {type(bug).__name__}: {bug}"
             raise
         finally:
-            await self._abandon_preparation()
-            await self._teardown()
-            self._enter(outcome)
+            if not self._evicted:
+                await self._abandon_preparation()
+                await self._teardown()
+                self._enter(outcome)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return LabSessionResult(
             student_id=request.student_id,

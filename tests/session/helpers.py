@@ -23,7 +23,8 @@ from .fakes import NODE_CLASSES
 
 @asynccontextmanager
 async def session_worker(
-    client: Client, port: Any, scripts: Sequence[Callable[..., Any]], task_queue: str | None = None
+    client: Client, port: Any, scripts: Sequence[Callable[..., Any]], task_queue: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[str]:
     task_queue = task_queue or f"tq-{uuid.uuid4().hex[:8]}"
     async with Worker(
@@ -31,6 +32,7 @@ async def session_worker(
         task_queue=task_queue,
         workflows=[LabSessionWorkflow],
         activities=[*ClusterActivities(port).all(), *scripts],
+        **options,
     ):
         yield task_queue
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -189,3 +190,20 @@ async def test_search_attributes_follow_the_phase_and_lab_list_filters_by_it(sta
     await stack.labs.result(who)
     await listed_in("ended")
     assert (await handle.query(LabSessionWorkflow.status)).phase == Phase.ENDED
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+async def test_a_worker_that_stops_mid_session_leaves_the_session_to_the_next_worker(stack: Stack) -> None:
+    """Stopping a worker stops nothing in the cluster: the session is the run's, the next worker finishes it."""
+    cluster = await stack.start_worker()
+    who = student()
+    started = await stack.labs.start(who, "scheduler-down", wait=timedelta(seconds=15))
+    assert started.ready is not None and started.ready.ready
+    await stack.stop()
+    gc.collect()
+    cluster = await stack.start_worker()
+    held = [n for n in (await cluster.inventory()).nodes if n.session and n.session.session_id == started.session_id]
+    assert len(held) == 2  # nothing was torn down by the stopped worker
+    await stack.labs.end(who)
+    result = await stack.labs.result(who)
+    assert result.outcome == Phase.ENDED and (await cluster.inventory()).nodes == []

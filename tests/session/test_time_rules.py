@@ -226,3 +226,21 @@ async def test_a_bug_fails_the_session_after_tearing_it_down(time_env: WorkflowE
     assert "KeyError" in str(failure.value.cause) or "worker-1-31" in str(failure.value.cause)
     assert status.phase == Phase.FAILED and status.reason is not None and status.reason.startswith("internal error")
     assert port.session_objects() == [] and port.nodes == {}  # the claimed warm node went with the session
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+async def test_a_session_evicted_after_every_task_behaves_the_same(time_env: WorkflowEnvironment) -> None:
+    """No workflow cache: every task replays the history and the previous instance is thrown away. The
+    thrown-away instances must not run their teardown (it belongs to the run, not to the instance)."""
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    async with session_worker(time_env.client, port, scripts.all(), max_cached_workflows=0) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=1, duration=timedelta(minutes=30)))
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        await handle.execute_update(LabSessionWorkflow.extend, ExtendRequest())
+        result: LabSessionResult = await handle.result()
+
+    assert (result.outcome, result.reason) == (Phase.EXPIRED, "expired")
+    assert close_to(result.phase_seconds["running"], timedelta(minutes=45))
+    assert scripts.teardowns == 1 and port.session_objects() == []
+
