@@ -124,6 +124,7 @@ async def test_worker_killed_during_provisioning_a_new_worker_completes_the_sess
     assert (await cluster.inventory()).nodes == []
 
 
+@pytest.mark.timeout(120)
 async def test_with_faults_injected_every_session_ends_in_a_terminal_phase_and_the_cluster_is_empty(
     stack: Stack,
 ) -> None:
@@ -139,13 +140,15 @@ async def test_with_faults_injected_every_session_ends_in_a_terminal_phase_and_t
         await stack.labs.start(who, "kubelet-broken-worker")
 
     async def drive(who: str) -> LabSessionResult:
-        ready = await stack.labs.wait_ready(who, timedelta(seconds=20))
+        ready = await stack.labs.wait_ready(who, timedelta(seconds=5))
+        while not ready.ready and ready.phase not in TERMINAL_PHASES:  # slow under load: keep polling
+            ready = await stack.labs.wait_ready(who, timedelta(seconds=5))
         if ready.ready:
             await asyncio.sleep(3.5)  # long enough for a dying node to outlast the 2 s grace
-            try:
-                await stack.labs.end(who)
-            except NoSession:
-                pass
+        try:
+            await stack.labs.end(who)
+        except NoSession:
+            pass  # it failed on its own
         return await stack.labs.result(who)
 
     results = await asyncio.gather(*(drive(who) for who in students))
