@@ -39,15 +39,26 @@ def build_port(settings: Settings) -> Any:
         from cluster.kubevirt.backend import KubeVirtCluster
 
         return KubeVirtCluster.from_settings(settings)
+    from activities.node_commands import SIMULATED_PLATFORM_ANSWERS
     from cluster.simulated.backend import SimulatedCluster
+    from cluster.simulated.scenario import Scenario, ScenarioRule
 
-    return SimulatedCluster.from_settings(settings)
+    cluster = SimulatedCluster.from_settings(settings)
+    if settings.sim_scenario_file is None:
+        # Simulated nodes answer the platform's setup commands (join command, session key) like real ones.
+        cluster.default_scenario = Scenario(rules=[ScenarioRule(**rule) for rule in SIMULATED_PLATFORM_ANSWERS])
+    return cluster
 
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
+    from activities.script_activities import ScriptActivities
 
-    return [*ClusterActivities(port).all(), *image_activities(settings).shared()]
+    return [
+        *ClusterActivities(port).all(),
+        *ScriptActivities(port, settings).all(),
+        *image_activities(settings).shared(),
+    ]
 
 
 @functools.cache

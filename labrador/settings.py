@@ -96,13 +96,22 @@ class Settings(BaseModel):
     max_vms: int = Field(200, description="global cap on lab VMs")
     max_memory: str = Field("512Gi", description="global cap on lab VM memory")
 
+    # Session time rules (copied into each session's input at start)
+    session_unclaimed_timeout: str = Field("10m", description="a ready lab whose credentials nobody fetched ends")
+    session_provisioning_overdue: str = Field("15m", description="a lab not ready within this fails (overdue)")
+    session_health_interval: str = Field("30s", description="how often a running lab's nodes are checked")
+    session_health_grace: str = Field("2m", description="how long a node may stay not-ready before the lab fails")
+
     @field_validator("*")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
         # `~/.ssh/key` from an environment variable or a config file means the user's home.
         return value.expanduser() if isinstance(value, Path) else value
 
-    @field_validator("max_lab_duration")
+    @field_validator(
+        "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",
+        "session_health_grace",
+    )
     @classmethod
     def _is_duration(cls, value: str) -> str:
         if not isinstance(parse_duration(value), timedelta):
