@@ -49,6 +49,11 @@ class Settings(BaseModel):
     kube_namespace: str = Field("labrador", description="namespace of the worker (kubevirt backend)")
     external_host: str = Field("127.0.0.1", description="host students use to reach exposed SSH")
     ssh_private_key: Path | None = Field(None, description="platform SSH key the orchestrator logs in with")
+    sim_boot_seconds: float = Field(0.0, ge=0.0, description="simulated backend: seconds until a new node is ready")
+    sim_faults_file: Path | None = Field(None, description="simulated backend: YAML fault plan (docs/simulated.md)")
+    sim_scenario_file: Path | None = Field(
+        None, description="simulated backend: YAML SSH scenario answered by every node (docs/simulated.md)"
+    )
 
     # Images
     registry: str = Field("127.0.0.1:5000", description="registry for containerDisk images")

@@ -1,0 +1,94 @@
+"""The backends the cluster-port contract runs against.
+
+Adding a backend is one entry in BACKENDS: a factory that yields a `Backend` (the port plus the few
+test-side hooks the contract needs) and the set of markers the backend cannot honour. A case marked
+with such a marker is skipped for that backend only, with the reason shown by `-ra`.
+
+Markers:
+- needs_real_concurrency: exclusivity under truly concurrent writers (the Kubernetes API emulator
+  accepts stale resourceVersions, so it cannot prove it).
+- needs_label_selectors: list filtering by label selector (the emulator ignores selectors).
+- needs_ssh_server: the backend serves a reachable SSH endpoint that records commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from cluster.port import ClusterPort
+from cluster.simulated import SimulatedCluster
+from cluster.simulated.clock import ManualClock
+
+MARKERS = {
+    "needs_real_concurrency": "needs exclusive claims under truly concurrent writers",
+    "needs_label_selectors": "needs list filtering by label selector",
+    "needs_ssh_server": "needs a reachable SSH endpoint that records commands",
+}
+
+
+@dataclass
+class Backend:
+    name: str
+    port: ClusterPort
+    make_ready: Callable[[str], Awaitable[None]]
+    """Let the node become ready (simulated: boot latency passes; kubevirt: the VMI reports Ready)."""
+    commands: Callable[[str], list[str]] | None = None
+    """SSH commands the node received, in order (None: not observable on this backend)."""
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    factory: Callable[[Path], AbstractAsyncContextManager[Backend]]
+    unsupported: frozenset[str] = frozenset()
+
+
+@asynccontextmanager
+async def simulated_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    clock = ManualClock()
+    boot_seconds = 30.0
+    sim = SimulatedCluster(tmp_path / "simulated-cluster.sqlite", boot_seconds=boot_seconds, clock=clock)
+
+    async def make_ready(node_id: str) -> None:
+        clock.advance(boot_seconds)
+
+    try:
+        yield Backend("simulated", sim, make_ready, sim.commands, {"sim": sim, "clock": clock})
+    finally:
+        await sim.aclose()
+
+
+BACKENDS: dict[str, BackendKind] = {
+    "simulated": BackendKind(simulated_backend),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    kind = BACKENDS[request.param]
+    for marker in request.node.iter_markers():
+        if marker.name in kind.unsupported:
+            pytest.skip(f"{request.param} backend cannot honour {marker.name}: {MARKERS[marker.name]}")
+    async with kind.factory(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def port(backend: Backend) -> ClusterPort:
+    return backend.port
+
+
+@pytest.fixture(scope="session")
+def client_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519")
