@@ -19,7 +19,6 @@ from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from labrador.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
 from workflows.pool_models import (
-    CAPACITY_BROKER_WORKFLOW_ID,
     CapacityBrokerInput,
     CapacityLimits,
     CapacityRelease,
@@ -34,6 +33,7 @@ from workflows.pool_models import (
     PoolReservation,
     PoolReservationResult,
     SessionRunRef,
+    capacity_broker_id,
 )
 
 
@@ -109,7 +109,8 @@ class PoolActivities:
     @activity.defn(name=PoolActivityName.RELEASE_CAPACITY)
     async def release_capacity(self, release: CapacityRelease) -> None:
         try:
-            await self.client().get_workflow_handle(CAPACITY_BROKER_WORKFLOW_ID).signal("release", release)
+            broker = capacity_broker_id(activity.info().task_queue)
+            await self.client().get_workflow_handle(broker).signal("release", release)
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise  # no broker: nothing is held
@@ -117,7 +118,7 @@ class PoolActivities:
     @activity.defn(name=PoolActivityName.RESERVE_POOL_CAPACITY)
     async def reserve_pool_capacity(self, reservation: PoolReservation) -> PoolReservationResult:
         await self._signal_with_start("limits", reservation.limits, reservation.limits)
-        handle = self.client().get_workflow_handle(CAPACITY_BROKER_WORKFLOW_ID)
+        handle = self.client().get_workflow_handle(capacity_broker_id(activity.info().task_queue))
         return await handle.execute_update("reserve_pool", reservation, result_type=PoolReservationResult)
 
     async def _signal_with_start(self, signal: str, arg: Any, limits: CapacityLimits) -> None:
@@ -125,7 +126,7 @@ class PoolActivities:
         await self.client().start_workflow(
             "CapacityBrokerWorkflow",
             CapacityBrokerInput(limits=limits),
-            id=CAPACITY_BROKER_WORKFLOW_ID,
+            id=capacity_broker_id(info.task_queue),
             task_queue=info.task_queue,
             start_signal=signal,
             start_signal_args=[arg],

@@ -1,6 +1,7 @@
 """CapacityBrokerWorkflow: the one place that decides who may add VMs when the global cap is near.
 
-A singleton (ID `labrador-capacity-broker`), started on first use by signal-with-start from an activity.
+A singleton per task queue (ID `labrador-capacity-broker/<task queue>`), started on first use by
+signal-with-start from an activity.
 
 - A session asks (signal `request`) for room for all its nodes. Requests wait in a FIFO queue; the
   head is granted as soon as it fits under the cap (max VMs and max memory), then the next one, and

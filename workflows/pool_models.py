@@ -16,7 +16,13 @@ from labs.models import NodeClass
 
 POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
 POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
-CAPACITY_BROKER_WORKFLOW_ID = "labrador-capacity-broker"
+CAPACITY_BROKER_WORKFLOW_PREFIX = "labrador-capacity-broker"
+
+
+def capacity_broker_id(task_queue: str) -> str:
+    """One broker per deployment (task queue): the workers of that queue run it."""
+    return f"{CAPACITY_BROKER_WORKFLOW_PREFIX}/{task_queue}"
+
 POOL_STATUS_WORKFLOW_PREFIX = "labrador-pool-status"
 
 
