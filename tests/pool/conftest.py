@@ -22,6 +22,7 @@ from labs.models import NodeClass, Role
 from workflows.capacity_broker import CapacityBrokerWorkflow
 from workflows.pool_refill import PoolRefillWorkflow
 
+
 @workflow.defn(sandboxed=False)
 class IdleSession:
     """Stands in for a lab session run that holds nodes (the leak collector only asks if it runs)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from temporalio.client import Client
@@ -19,7 +19,10 @@ pytestmark = pytest.mark.timeout(60)
 
 def fixed(cp: int, worker: int, **extra: object) -> PoolRefillInput:
     return PoolRefillInput(
-        sizing={CP.name: ClassSizing(min_size=cp, max_size=cp), WORKER.name: ClassSizing(min_size=worker, max_size=worker)},
+        sizing={
+            CP.name: ClassSizing(min_size=cp, max_size=cp),
+            WORKER.name: ClassSizing(min_size=worker, max_size=worker),
+        },
         **extra,  # type: ignore[arg-type]
     )
 
