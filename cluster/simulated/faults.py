@@ -13,7 +13,14 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first validation error as 'field: message (got value)'."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{where}: {err['msg']} (got {err.get('input')!r})"
 
 
 def _regex(value: str | None) -> str | None:
@@ -82,8 +89,8 @@ class FaultPlan(_Strict):
             raise ValueError(f"fault plan {path}: {exc}") from exc
         try:
             return cls.model_validate(data)
-        except ValueError as exc:
-            raise ValueError(f"fault plan {path}: {exc}") from exc
+        except ValidationError as exc:
+            raise ValueError(f"fault plan {path}: {one_line(exc)}") from None
 
     def _draw(self, kind: str, index: int, node_id: str) -> float:
         digest = hashlib.sha256(f"{self.seed}:{kind}:{index}:{node_id}".encode()).digest()

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cluster.simulated.faults import one_line
 
 
 class _Strict(BaseModel):
@@ -61,5 +63,5 @@ class Scenario(_Strict):
             data = {"rules": data}
         try:
             return cls.model_validate(data)
-        except ValueError as exc:
-            raise ValueError(f"scenario {path}: {exc}") from exc
+        except ValidationError as exc:
+            raise ValueError(f"scenario {path}: {one_line(exc)}") from None
