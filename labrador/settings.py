@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from labs.models import parse_duration
 
 ENV_PREFIX = "LABRADOR_"
 DEFAULT_CONFIG_FILE = Path("~/.config/labrador/config.yaml")
@@ -69,6 +72,13 @@ class Settings(BaseModel):
     max_lab_duration: str = Field("4h", description="longest duration a lab file may ask for")
     max_vms: int = Field(200, description="global cap on lab VMs")
     max_memory: str = Field("512Gi", description="global cap on lab VM memory")
+
+    @field_validator("max_lab_duration")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        if not isinstance(parse_duration(value), timedelta):
+            raise ValueError(f"{value!r} is not a duration like '1h', '90m' or '1h30m'")
+        return value
 
 
 def _env_values(environ: dict[str, str]) -> dict[str, Any]:

@@ -1,1 +1,302 @@
-"""Reads lab YAML files into labs.models with located errors (FILE:LINE:COL: field.path: message)."""
+"""Reads lab YAML files into labs.models with located errors (FILE:LINE:COL: field.path: message).
+
+Every file is read and every problem reported (YAML syntax, duplicate keys, schema errors, cross-field
+and cross-file rules) before anything is returned: a catalog with one error loads nothing.
+Locations come from the YAML node tree (`yaml.compose`), so an error points at the offending value,
+or at the key of an unknown field, or at the mapping that lacks a required field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from labs.models import (
+    Catalog,
+    ContainerDiskSource,
+    Lab,
+    LabFile,
+    NodeClass,
+    NodeClassesFile,
+    Problem,
+    PvcCloneSource,
+    Role,
+    format_path,
+)
+
+NODE_CLASSES_FILE = "node-classes.yaml"
+LAB_SUFFIXES = (".yaml", ".yml")
+
+Path_ = tuple[str | int, ...]
+# pydantic puts the tag of a discriminated union in an error's loc; the file has no such key.
+_UNION_TAGS: dict[str | int, type[BaseModel]] = {"containerDisk": ContainerDiskSource, "pvcClone": PvcCloneSource}
+
+
+@dataclass(frozen=True)
+class LocatedError:
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
+
+
+class CatalogError(ValueError):
+    def __init__(self, errors: list[LocatedError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass
+class _Document:
+    """One YAML file: its node tree (for locations) and its data."""
+
+    file: str
+    root: yaml.Node | None
+    data: Any
+
+    def at(self, path: Path_, message: str, *, key: bool = False) -> LocatedError:
+        node = _locate(self.root, path, key=key) if self.root is not None else None
+        mark = node.start_mark if node is not None else None
+        return LocatedError(
+            self.file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, _shown(path), message
+        )
+
+
+def _shown(path: Path_) -> str:
+    """The field path as the author sees it: no union tags, no pydantic '[key]' marker."""
+    return format_path(tuple(p for p in path if p != "[key]" and p not in _UNION_TAGS))
+
+
+def _locate(root: yaml.Node, path: Path_, *, key: bool) -> yaml.Node:
+    """The deepest node along `path`; parts absent from the file (union tags, missing fields) are skipped."""
+    node = root
+    for index, part in enumerate(path):
+        last = index == len(path) - 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    node = (
+                        key_node
+                        if (last and key) or (index + 1 < len(path) and path[index + 1] == "[key]")
+                        else value_node
+                    )
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+    return node
+
+
+def _read(path: Path, file: str, errors: list[LocatedError]) -> _Document | None:
+    """Parse one YAML file; syntax errors and duplicate keys go to `errors`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(LocatedError(file, 1, 1, "(file)", f"cannot read: {exc}"))
+        return None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            errors.append(LocatedError(file, 1, 1, "(root)", "the file is empty"))
+            return None
+        duplicates = list(_duplicate_keys(root, ()))
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        errors.append(
+            LocatedError(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "(yaml)", message)
+        )
+        return None
+    except yaml.YAMLError as exc:
+        errors.append(LocatedError(file, 1, 1, "(yaml)", str(exc)))
+        return None
+    finally:
+        loader.dispose()
+    document = _Document(file, root, data)
+    for dup_path, key_node, first_line in duplicates:
+        mark = key_node.start_mark
+        message = f"duplicate key {dup_path[-1]!r} (first at line {first_line}); YAML keeps only the last one"
+        errors.append(LocatedError(file, mark.line + 1, mark.column + 1, _shown(dup_path), message))
+    if not isinstance(data, dict):
+        errors.append(document.at((), f"expected a mapping of fields, got {type(data).__name__}"))
+        return None
+    return document if not duplicates else None
+
+
+def _duplicate_keys(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, yaml.Node, int]]:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in first and key_node.value != "<<":
+                    yield (*path, key_node.value), key_node, first[key_node.value]
+                first.setdefault(key_node.value, key_node.start_mark.line + 1)
+                yield from _duplicate_keys(value_node, (*path, key_node.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*path, i))
+
+
+def _validate(document: _Document, model: type[BaseModel], errors: list[LocatedError]) -> Any:
+    try:
+        return model.model_validate(document.data)
+    except ValidationError as exc:
+        found = exc.errors(include_url=False)
+        for err in found:
+            if err["type"] == "missing" and _explained_by_typo(err, found, model):
+                continue  # `clas: x` already reported as "unknown field 'clas' (did you mean 'class'?)"
+            errors.append(_pydantic_error(document, model, err))
+        return None
+
+
+def _explained_by_typo(missing: Any, found: list[Any], model: type[BaseModel]) -> bool:
+    parent, field = tuple(missing["loc"][:-1]), str(missing["loc"][-1])
+    return any(
+        err["type"] == "extra_forbidden"
+        and tuple(err["loc"][:-1]) == parent
+        and difflib.get_close_matches(str(err["loc"][-1]), _known_fields(model, parent), n=1) == [field]
+        for err in found
+    )
+
+
+def _pydantic_error(document: _Document, model: type[BaseModel], err: Any) -> LocatedError:
+    loc: Path_ = tuple(err["loc"])
+    kind, message = err["type"], str(err["msg"])
+    if kind == "extra_forbidden":
+        message = f"unknown field {loc[-1]!r}"
+        known = _known_fields(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        elif known:
+            message += f" (fields: {', '.join(known)})"
+        return document.at(loc, message, key=True)
+    if kind == "missing":
+        return document.at(loc, "required field is missing")
+    message = message.removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, str | int | float | bool) and repr(value) not in message:
+        message += f" (got {value!r})"
+    return document.at(loc, message)
+
+
+def _known_fields(model: type[BaseModel], path: Path_) -> list[str]:
+    """Field names (aliases) of the model found at `path` inside `model`, for 'did you mean'."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int) or part in _UNION_TAGS:
+            current = _UNION_TAGS.get(part, current)
+            continue
+        fields = current.model_fields if isinstance(current, type) and issubclass(current, BaseModel) else {}
+        field = next((f for n, f in fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problem_error(document: _Document, problem: Problem) -> LocatedError:
+    return document.at(problem.path, problem.message)
+
+
+def _raw_name(document: _Document) -> str | None:
+    name = document.data.get("name") if isinstance(document.data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _load_node_classes(
+    directory: Path, errors: list[LocatedError]
+) -> tuple[dict[str, NodeClass], dict[str, Role | None] | None]:
+    """Valid classes, and every class name the file mentions with its role (None: file unreadable, so
+    lab references to classes are not checked rather than all reported as unknown)."""
+    path = directory / NODE_CLASSES_FILE
+    file = str(path)
+    if not path.is_file():
+        errors.append(LocatedError(file, 1, 1, "(file)", f"missing: node classes live in {NODE_CLASSES_FILE}"))
+        return {}, None
+    document = _read(path, file, errors)
+    if document is None:
+        return {}, None
+    known: dict[str, Role | None] = {}
+    raw_classes = document.data.get("node_classes")
+    for raw in raw_classes if isinstance(raw_classes, list) else []:
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            role = raw.get("role")
+            known.setdefault(raw["name"], Role(role) if role in tuple(Role) else None)
+    parsed = _validate(document, NodeClassesFile, errors)
+    if parsed is None:
+        return {}, known
+    classes: dict[str, NodeClass] = {}
+    for i, node_class in enumerate(parsed.node_classes):
+        if node_class.name in classes:
+            errors.append(document.at(("node_classes", i, "name"), f"duplicate node class name {node_class.name!r}"))
+        classes.setdefault(node_class.name, node_class)
+    return classes, known
+
+
+def lab_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir() if p.suffix in LAB_SUFFIXES and p.is_file() and p.name != NODE_CLASSES_FILE
+    )
+
+
+def load_catalog(directory: Path, *, max_duration: timedelta | None = None) -> Catalog:
+    """Every lab file of `directory` plus its node-classes.yaml, or CatalogError listing every problem."""
+    directory = Path(directory)
+    errors: list[LocatedError] = []
+    if not directory.is_dir():
+        raise CatalogError([LocatedError(str(directory), 1, 1, "(file)", "not a directory")])
+    classes, known_classes = _load_node_classes(directory, errors)
+    files = lab_files(directory)
+    if not files:
+        errors.append(LocatedError(str(directory), 1, 1, "(file)", "no lab files (*.yaml) in this directory"))
+    labs: dict[str, Lab] = {}
+    names: dict[str, str] = {}
+    for path in files:
+        document = _read(path, str(path), errors)
+        if document is None:
+            continue
+        raw_name = _raw_name(document)
+        if raw_name is not None:
+            if raw_name in names:
+                errors.append(document.at(("name",), f"duplicate lab name {raw_name!r} (also in {names[raw_name]})"))
+            names.setdefault(raw_name, f"{path.name}:{document.at(('name',), '').line}")
+        lab_file = _validate(document, LabFile, errors)
+        if lab_file is None:
+            continue
+        problems = lab_file.problems(known_classes, max_duration)
+        errors.extend(_problem_error(document, p) for p in problems)
+        if not problems:
+            labs.setdefault(lab_file.name, lab_file.to_lab())
+    if errors:
+        # Each file's errors in reading order; files in the order they were read.
+        first_seen = {e.file: i for i, e in reversed(list(enumerate(errors)))}
+        raise CatalogError(sorted(errors, key=lambda e: (first_seen[e.file], e.line, e.column)))
+    return Catalog(labs=labs, node_classes=classes)

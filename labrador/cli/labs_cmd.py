@@ -1,0 +1,106 @@
+"""`labrador labs ...`: validate, list and describe the lab catalog."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labrador.cli.common import EXIT_REFUSED, JsonFlag, console, fail, print_json
+from labrador.settings import Settings, SettingsError, load_settings
+from labs.loader import CatalogError, load_catalog
+from labs.models import Catalog, parse_duration
+from labs.schema import SCHEMAS
+
+labs_app = typer.Typer(
+    help="The lab catalog: validate lab files, list labs, print the JSON Schema.", no_args_is_help=True
+)
+
+PathArg = Annotated[
+    Path | None,
+    typer.Argument(help="catalog directory (lab YAML files + node-classes.yaml); default: setting catalog_dir"),
+]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def _max_duration(settings: Settings) -> timedelta:
+    value = parse_duration(settings.max_lab_duration)
+    assert isinstance(value, timedelta)  # the settings model validates it
+    return value
+
+
+def _load(path: Path | None, as_json: bool) -> Catalog:
+    """The catalog, or every error on stderr (one per line; also on stdout as JSON) and exit 1."""
+    settings = _settings()
+    directory = path if path is not None else settings.catalog_dir
+    try:
+        return load_catalog(directory, max_duration=_max_duration(settings))
+    except CatalogError as exc:
+        for error in exc.errors:
+            sys.stderr.write(f"{' '.join(str(error).split())}\n")
+        if as_json:
+            print_json({"valid": False, "directory": str(directory), "errors": [vars(e) for e in exc.errors]})
+        raise typer.Exit(EXIT_REFUSED) from None
+
+
+@labs_app.command("validate")
+def validate(path: PathArg = None, as_json: JsonFlag = False) -> None:
+    """Check every lab file and node-classes.yaml; print every error as FILE:LINE:COL: field: message."""
+    catalog = _load(path, as_json)
+    summary = {"valid": True, "labs": len(catalog.labs), "node_classes": len(catalog.node_classes)}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"ok: {len(catalog.labs)} labs, {len(catalog.node_classes)} node classes")
+
+
+@labs_app.command("list")
+def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
+    """The labs of the catalog: nodes, duration, checks."""
+    catalog = _load(path, as_json)
+    labs = sorted(catalog.labs.values(), key=lambda lab: lab.name)
+    if as_json:
+        print_json([lab.model_dump(mode="json", by_alias=True) for lab in labs])
+        return
+    table = Table(title=f"{len(labs)} labs")
+    table.add_column("name", no_wrap=True)
+    for column in ("kind", "duration", "nodes", "checks", "title", "classes"):
+        table.add_column(column)
+    for lab in labs:
+        duration = lab.effective_duration
+        table.add_row(
+            lab.name,
+            lab.kind,
+            f"{int(duration.total_seconds() // 60)}m",
+            f"1+{len(lab.workers)}",
+            f"{len(lab.checks)} ({lab.total_points} pts)",
+            lab.title,
+            ", ".join(lab.node_class_names),
+        )
+    console.print(table)
+
+
+@labs_app.command("schema")
+def schema(
+    which: Annotated[str, typer.Argument(help="lab (lab files) or node-classes (node-classes.yaml)")] = "lab",
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the JSON Schema of lab files (or of node-classes.yaml); the output is JSON either way."""
+    if which not in SCHEMAS:
+        fail(f"schema: {which!r} is not one of {', '.join(SCHEMAS)}", code=2)
+    sys.stdout.write(json.dumps(SCHEMAS[which](), indent=2) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(labs_app, name="labs")
