@@ -19,9 +19,12 @@ from labrador.temporal import connect
 
 
 def workflow_classes() -> list[type]:
+    from workflows.capacity_broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
+    from workflows.pool_refill import PoolRefillWorkflow
+    from workflows.pool_status import PoolStatusWorkflow
 
-    return [LabSessionWorkflow]
+    return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow]
 
 
 def build_port(settings: Settings) -> Any:
@@ -38,7 +41,19 @@ def build_port(settings: Settings) -> Any:
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
 
-    return [*ClusterActivities(port).all()]
+    return [*ClusterActivities(port).all(), *pool_activities(port, settings)]
+
+
+def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
+    """The pool's activities: node classes from the catalog (re-read every refill), effective images."""
+    from activities.pool_activities import PoolActivities
+    from labrador.published_images import JsonFilePublishedImages
+    from labs.loader import load_catalog
+
+    # The kubevirt backend publishes images in a ConfigMap (cluster.kubevirt.published_images); until
+    # that store has a factory here, both backends read the JSON file in the data directory.
+    published = JsonFilePublishedImages.in_data_dir(settings.data_dir)
+    return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published).all()
 
 
 def build_worker(

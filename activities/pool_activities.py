@@ -74,7 +74,10 @@ class PoolActivities:
 
     @activity.defn(name=PoolActivityName.POOL_PLAN)
     async def pool_plan(self, request: PoolPlanInput) -> PoolPlan:
-        classes = self.node_classes()
+        try:
+            classes = self.node_classes()
+        except ValueError as error:  # labs.loader.CatalogError: a broken catalog needs a person, not retries
+            raise ApplicationError(f"pool plan: the catalog does not load: {error}", non_retryable=True) from error
         if request.classes is not None:
             unknown = sorted(set(request.classes) - set(classes))
             if unknown:
