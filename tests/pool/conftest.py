@@ -21,6 +21,7 @@ from labrador.published_images import JsonFilePublishedImages
 from labs.models import NodeClass, Role
 from workflows.capacity_broker import CapacityBrokerWorkflow
 from workflows.pool_refill import PoolRefillWorkflow
+from workflows.pool_status import PoolStatusWorkflow
 
 
 @workflow.defn(sandboxed=False)
@@ -57,7 +58,7 @@ async def pool_bed(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
     worker = Worker(
         dev_env.client,
         task_queue=task_queue,
-        workflows=[PoolRefillWorkflow, CapacityBrokerWorkflow, IdleSession],
+        workflows=[PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow, IdleSession],
         activities=[*ClusterActivities(sim).all(), *PoolActivities(sim, lambda: dict(CLASSES), published).all()],
         max_concurrent_activities=100,
     )
