@@ -7,6 +7,7 @@ Node creation, readiness, mark-free and deletion are the cluster activities
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -63,11 +64,13 @@ class PoolActivities:
         node_classes: Callable[[], dict[str, NodeClass]],
         published: PublishedImages,
         client: Client | None = None,
+        broker_recheck: timedelta = timedelta(seconds=30),
     ) -> None:
         self.port = port
         self.node_classes = node_classes
         self.published = published
         self._client = client
+        self.broker_recheck = broker_recheck
 
     def client(self) -> Client:
         return self._client or activity.client()
@@ -128,7 +131,7 @@ class PoolActivities:
         info = activity.info()
         await self.client().start_workflow(
             "CapacityBrokerWorkflow",
-            CapacityBrokerInput(limits=limits),
+            CapacityBrokerInput(limits=limits, recheck=self.broker_recheck),
             id=capacity_broker_id(info.task_queue),
             task_queue=info.task_queue,
             start_signal=signal,

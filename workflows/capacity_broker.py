@@ -262,17 +262,17 @@ class CapacityBrokerWorkflow:
         for request, reason in refused:
             await self._notify(request, CapacityNotice(refused=reason))
         if self._queue and self._leases:
-            await self._drop_ended()
+            await self._drop_ended(input.recheck)
         for position, request in enumerate(list(self._queue), start=1):
             key = request_key(request)
             if self._positions.get(key) != position:
                 self._positions[key] = position
                 await self._notify(request, CapacityNotice(position=position))
 
-    async def _drop_ended(self) -> None:
+    async def _drop_ended(self, every: timedelta) -> None:
         """Leases and queue entries of runs that ended without releasing (terminated, crashed)."""
         now = workflow.now()
-        if self._last_liveness is not None and now - self._last_liveness < timedelta(seconds=20):
+        if self._last_liveness is not None and now - self._last_liveness < every:
             return
         self._last_liveness = now
         refs = {

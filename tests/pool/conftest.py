@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -15,11 +17,15 @@ from temporalio.worker import Worker
 
 from activities.cluster_activities import ClusterActivities
 from activities.pool_activities import PoolActivities
+from cluster.models import NodeSpec, SessionRef
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.clock import ManualClock
 from labrador.published_images import JsonFilePublishedImages
 from labs.models import NodeClass, Role
+from workflows.capacity import CapacityGate, CapacityRefused
 from workflows.capacity_broker import CapacityBrokerWorkflow
+from workflows.models import ActivityName, ProvisionInput, SessionIdInput
+from workflows.pool_models import CapacityLimits
 from workflows.pool_refill import PoolRefillWorkflow
 from workflows.pool_status import PoolStatusWorkflow
 
@@ -31,6 +37,62 @@ class IdleSession:
     @workflow.run
     async def run(self) -> None:
         await workflow.wait_condition(lambda: False)
+
+
+class GatedInput(BaseModel):
+    session_id: str
+    vms: int
+    limits: CapacityLimits
+    max_wait: timedelta = timedelta(minutes=5)
+
+
+@workflow.defn(sandboxed=False)
+class GatedSession:
+    """A session reduced to its capacity story: ask the broker, cold-provision, hold until ended, release."""
+
+    def __init__(self) -> None:
+        self.gate = CapacityGate()
+        self.ended = False
+        self.phase = "starting"
+
+    @workflow.run
+    async def run(self, input: GatedInput) -> str:
+        info = workflow.info()
+        ref = SessionRef(session_id=input.session_id, workflow_id=info.workflow_id, run_id=info.run_id)
+
+        def queued(position: int) -> None:
+            self.phase = "queued"
+
+        try:
+            await self.gate.acquire(ref, input.vms, input.vms * WORKER.memory_bytes, input.limits, input.max_wait,
+                                    on_queued=queued)
+        except CapacityRefused as refused:
+            return f"refused: {refused}"
+        for index in range(input.vms):
+            spec = NodeSpec(
+                node_id=f"{input.session_id}-n{index}", node_class=WORKER.name, role=WORKER.role,
+                image=WORKER.image, kubernetes_version="1.31.0", cpu_cores=1, memory=WORKER.effective_memory,
+                disk=WORKER.disk, session=ref,
+            )
+            await workflow.execute_activity(
+                ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), start_to_close_timeout=timedelta(seconds=10)
+            )
+        self.phase = "running"
+        await workflow.wait_condition(lambda: self.ended)
+        await workflow.execute_activity(
+            ActivityName.RELEASE_SESSION, SessionIdInput(session_id=input.session_id),
+            start_to_close_timeout=timedelta(seconds=10),
+        )
+        await self.gate.release(ref)
+        return "done"
+
+    @workflow.signal
+    def end(self) -> None:
+        self.ended = True
+
+    @workflow.query
+    def status(self) -> tuple[str, int | None]:
+        return self.phase, self.gate.position
 
 
 CP = NodeClass(name="cp-1-31", role=Role.CONTROLPLANE, image="127.0.0.1:5000/cp:1.31.0", kubernetes_version="1.31.0")
@@ -58,8 +120,11 @@ async def pool_bed(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
     worker = Worker(
         dev_env.client,
         task_queue=task_queue,
-        workflows=[PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow, IdleSession],
-        activities=[*ClusterActivities(sim).all(), *PoolActivities(sim, lambda: dict(CLASSES), published).all()],
+        workflows=[PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow, IdleSession, GatedSession],
+        activities=[
+            *ClusterActivities(sim).all(),
+            *PoolActivities(sim, lambda: dict(CLASSES), published, broker_recheck=timedelta(seconds=1)).all(),
+        ],
         max_concurrent_activities=100,
     )
     async with worker, sim:
