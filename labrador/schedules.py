@@ -35,6 +35,7 @@ from workflows.pool_models import (
     POOL_REFILL_SCHEDULE_ID,
     POOL_REFILL_WORKFLOW_ID,
     PoolRefillInput,
+    PoolRefillMemory,
     PoolRefillResult,
 )
 
@@ -240,6 +241,11 @@ async def trigger_refill_and_wait(client: Client, wait: timedelta = timedelta(mi
     action = description.schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow)
     refill_input = await _decode_refill_input(client, action)
+    last = await last_refill_result(client)
+    if last is not None:  # keep the demand estimate, or this run would shrink every class to its minimum
+        refill_input = refill_input.model_copy(
+            update={"previous": PoolRefillMemory(demand=last.demand, claimed_node_ids=last.claimed_node_ids)}
+        )
     handle = await client.start_workflow(
         "PoolRefillWorkflow", refill_input, id=f"{POOL_REFILL_WORKFLOW_ID}-now-{uuid.uuid4().hex[:12]}",
         task_queue=action.task_queue, execution_timeout=wait, result_type=PoolRefillResult,

@@ -52,6 +52,13 @@ class ClassSizing(Model):
     margin: int = Field(0, ge=0)
 
 
+class PoolRefillMemory(Model):
+    """What one refill hands the next: the demand estimate and the claimed nodes it saw."""
+
+    demand: dict[str, ClassDemand] = Field(default_factory=dict)
+    claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class PoolRefillInput(Model):
     """The schedule's argument. `drained` lives here: every refill reads it (see docs/pool.md)."""
 
@@ -68,6 +75,10 @@ class PoolRefillInput(Model):
     refill_interval: timedelta = timedelta(minutes=1)
     default_boot_time: timedelta = timedelta(minutes=2)
     collect_leaks: bool = True
+    previous: PoolRefillMemory | None = Field(
+        default=None,
+        description="demand memory for a run outside the schedule (`pool drain`); scheduled runs use the last result",
+    )
     use_capacity_broker: bool = Field(
         True, description="reserve new pool nodes with the capacity broker so queued sessions go first"
     )

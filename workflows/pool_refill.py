@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         PoolPlan,
         PoolPlanInput,
         PoolRefillInput,
+        PoolRefillMemory,
         PoolRefillResult,
         PoolReservation,
         PoolReservationResult,
@@ -93,7 +94,7 @@ class PoolRefillWorkflow:
     async def run(self, input: PoolRefillInput) -> PoolRefillResult:
         started = workflow.now()
         self._semaphore = asyncio.Semaphore(input.parallelism)
-        last = self._last_result()
+        last = self._last_result() or input.previous
         plan: PoolPlan = await workflow.execute_activity(
             PoolActivityName.POOL_PLAN, PoolPlanInput(classes=input.pooled_classes),
             result_type=PoolPlan, start_to_close_timeout=SHORT, retry_policy=RETRY,
@@ -205,12 +206,14 @@ class PoolRefillWorkflow:
     # --- steps ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _last_result() -> PoolRefillResult | None:
+    def _last_result() -> PoolRefillMemory | None:
         try:
             result = workflow.get_last_completion_result(PoolRefillResult)
         except Exception:  # an older, incompatible result: start the estimate afresh
             return None
-        return result if isinstance(result, PoolRefillResult) else None
+        if not isinstance(result, PoolRefillResult):
+            return None
+        return PoolRefillMemory(demand=result.demand, claimed_node_ids=result.claimed_node_ids)
 
     async def _inventory(self) -> Inventory:
         return await workflow.execute_activity(
