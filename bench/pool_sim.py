@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--boot-min", type=float, default=45, help="seconds")
     parser.add_argument("--boot-max", type=float, default=150, help="seconds")
     parser.add_argument("--max-size", type=int, default=60)
+    parser.add_argument("--static", type=int, default=None,
+                        help="also report a static pool of N control planes (workers scaled)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -145,12 +147,20 @@ def main(argv: list[str] | None = None) -> None:
         "idle_ratio": ratio,
         "goal_met": policy.hit_rate >= 0.97 and ratio <= 0.5,
     }
+    chosen = None
+    if args.static is not None:
+        chosen = simulate(trace, static=static_sizes(args.static, worker_ratio), **common)
+        result["static_n"] = {"sizes": static_sizes(args.static, worker_ratio), "hit_rate": chosen.hit_rate,
+                              "idle_vm_hours": chosen.idle_vm_hours, "peak_pool": chosen.peak_pool}
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     print(f"trace: seed {args.seed}, {args.days} days, {len(trace)} lab starts")
     print(f"{'pool':<34}{'instant claims':>16}{'idle VM-hours':>16}{'peak pool':>11}")
-    for fig, label in ((policy, "demand-aware"), (static, f"smallest static {static_sizes(low, worker_ratio)}")):
+    rows = [(policy, "demand-aware"), (static, f"smallest static {static_sizes(low, worker_ratio)}")]
+    if chosen is not None and args.static is not None:
+        rows.append((chosen, f"static {static_sizes(args.static, worker_ratio)}"))
+    for fig, label in rows:
         print(f"{label:<34}{fig.hit_rate:>15.2%}{fig.idle_vm_hours:>16.1f}{fig.peak_pool:>11}")
     print(f"idle VM-hours demand-aware / static: {ratio:.0%} (goal <= 50% at >= 97% instant) "
           f"{'MET' if result['goal_met'] else 'NOT MET'}")
