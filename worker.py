@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import socket
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +27,14 @@ def workflow_classes() -> list[type]:
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
 
-    return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow]
+    return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
+            *image_workflow_classes()]
+
+
+def image_workflow_classes() -> list[type]:
+    from workflows.image_build import ImageBuildWorkflow
+
+    return [ImageBuildWorkflow]
 
 
 def build_port(settings: Settings) -> Any:
@@ -33,15 +43,56 @@ def build_port(settings: Settings) -> Any:
         from cluster.kubevirt.backend import KubeVirtCluster
 
         return KubeVirtCluster.from_settings(settings)
+    from activities.node_commands import SIMULATED_PLATFORM_ANSWERS
     from cluster.simulated.backend import SimulatedCluster
+    from cluster.simulated.scenario import Scenario, ScenarioRule
 
-    return SimulatedCluster.from_settings(settings)
+    cluster = SimulatedCluster.from_settings(settings)
+    if settings.sim_scenario_file is None:
+        # Simulated nodes answer the platform's setup commands (join command, session key) like real ones.
+        cluster.default_scenario = Scenario(rules=[ScenarioRule(**rule) for rule in SIMULATED_PLATFORM_ANSWERS])
+    return cluster
 
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
+    from activities.script_activities import ScriptActivities
 
-    return [*ClusterActivities(port).all(), *pool_activities(port, settings)]
+    return [
+        *ClusterActivities(port).all(),
+        *ScriptActivities(port, settings).all(),
+        *image_activities(settings).shared(),
+        *pool_activities(port, settings),
+    ]
+
+
+@functools.cache
+def image_worker_queue(task_queue: str) -> str:
+    """This process's own queue for the image file chain (worker-specific task queue pattern)."""
+    return f"{task_queue}-images-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+_IMAGE_ACTIVITIES: dict[str, Any] = {}
+
+
+def image_activities(settings: Settings) -> Any:
+    """One ImageActivities per process and task queue: the shared and the pinned worker must agree
+    on the queue that `image_worker_queue` hands out."""
+    if settings.task_queue not in _IMAGE_ACTIVITIES:
+        from activities.image_activities import ImageActivities
+
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+    return _IMAGE_ACTIVITIES[settings.task_queue]
+
+
+def build_image_queue_worker(client: Client, settings: Settings, activities: Any | None = None) -> Worker:
+    """The second worker of the process: polls only this process's own image queue."""
+    acts = activities or image_activities(settings)
+    swept = acts.sweep_stale()
+    if swept:
+        logging.info("removed %d stale image scratch dirs: %s", len(swept), ", ".join(swept))
+    return Worker(client, task_queue=acts.worker_queue_name, activities=acts.pinned(),
+                  max_concurrent_activities=4)
 
 
 def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
@@ -72,13 +123,18 @@ def build_worker(
     )
 
 
+def build_workers(client: Client, settings: Settings, port: Any) -> list[Worker]:
+    """Both workers a process runs: the shared queue and its own image queue (run them together)."""
+    return [build_worker(client, settings, port), build_image_queue_worker(client, settings)]
+
+
 async def run(settings: Settings) -> None:
     client = await connect(settings)
     port = build_port(settings)
-    worker = build_worker(client, settings, port)
-    logging.info("worker on %s, task queue %s, backend %s", settings.temporal_address,
-                 settings.task_queue, settings.cluster_backend)
-    await worker.run()
+    workers = build_workers(client, settings, port)
+    logging.info("worker on %s, task queues %s, backend %s", settings.temporal_address,
+                 ", ".join(w.task_queue for w in workers), settings.cluster_backend)
+    await asyncio.gather(*(w.run() for w in workers))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Figures for the simulated cluster at zero latency (prints, asserts nothing).
 
-    python -m bench.simulated_cluster [--sessions 50] [--labs 5000] [--ssh]
+    python -m bench.simulated_cluster [--sessions 50] [--labs 5000] [--ssh [--ssh-idle 2]]
 
 1. N concurrent 3-node sessions through the port: claim (warm) or cold provision, status, wire,
    expose, ssh_target per node (with --ssh), release. p50/p99 per session.
@@ -68,6 +68,7 @@ async def main() -> None:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--labs", type=int, default=5000)
     parser.add_argument("--ssh", action="store_true", help="also start each node's SSH listener")
+    parser.add_argument("--ssh-idle", type=float, default=None, help="close node listeners idle this long")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sim = SimulatedCluster(Path(tmp) / "a.sqlite")
@@ -84,7 +85,7 @@ async def main() -> None:
             print(f"{concurrency:3d} concurrent sessions: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
         await sim.aclose()
 
-        sim = SimulatedCluster(Path(tmp) / "b.sqlite")
+        sim = SimulatedCluster(Path(tmp) / "b.sqlite", ssh_idle_seconds=args.ssh_idle)
         base = rss_mib()
         start = time.perf_counter()
         sem = asyncio.Semaphore(200)

@@ -1,1 +1,363 @@
-"""Placeholder: filled in by its issue's work."""
+"""LabClient: what the app and the CLI call to run students' lab sessions.
+
+One workflow per student (`lab-session/<student>`, ID conflict policy FAIL) is what enforces one
+active lab per student globally. Every refusal is a `LabError` whose message names the field or the
+state that was wrong; nothing is started or changed when one is raised. `TemporalUnreachable` means
+the infrastructure, not the request, is at fault (CLI exit code 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.client import (
+    WorkflowExecutionStatus as Status,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
+from labrador.published_images import JsonFilePublishedImages, PublishedImages, with_effective_images
+from labrador.settings import Settings
+from labs.models import Catalog, parse_duration
+from workflows import search_attributes
+from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
+from workflows.models import (
+    CheckReport,
+    CheckRequest,
+    EndRequest,
+    ExtendRequest,
+    ExtendResult,
+    LabSessionInput,
+    LabSessionResult,
+    LabStatus,
+    Phase,
+    SessionTimings,
+    WaitReadyRequest,
+    WaitReadyResult,
+)
+
+_TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+_UPDATE_ATTEMPTS = 5
+
+
+class LabError(Exception):
+    """The request was refused (bad input or a state that does not allow it). Nothing changed."""
+
+
+class NoSession(LabError):
+    pass
+
+
+class SessionConflict(LabError):
+    pass
+
+
+class TemporalUnreachable(Exception):
+    """Temporal did not answer: the infrastructure is at fault, not the request."""
+
+
+class StartedSession(BaseModel):
+    student_id: str
+    lab_name: str
+    workflow_id: str
+    run_id: str
+    session_id: str
+    ready: WaitReadyResult | None = None
+
+
+class SessionSummary(BaseModel):
+    student_id: str | None
+    lab_name: str | None
+    phase: str | None
+    workflow_id: str
+    run_id: str
+    started_at: datetime | None
+    closed_at: datetime | None = None
+    status: str
+
+
+def timings_from_settings(settings: Settings) -> SessionTimings:
+    def duration(value: str) -> timedelta:
+        parsed = parse_duration(value)
+        assert isinstance(parsed, timedelta)
+        return parsed
+
+    return SessionTimings(
+        unclaimed_timeout=duration(settings.session_unclaimed_timeout),
+        provisioning_overdue=duration(settings.session_provisioning_overdue),
+        health_interval=duration(settings.session_health_interval),
+        health_grace=duration(settings.session_health_grace),
+    )
+
+
+class LabClient:
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        *,
+        catalog: Catalog | None = None,
+        published: PublishedImages | None = None,
+        timings: SessionTimings | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self._catalog = catalog
+        self._published = published
+        self.timings = timings or timings_from_settings(settings)
+
+    @classmethod
+    async def connect(cls, settings: Settings, **kwargs: Any) -> LabClient:
+        from labrador.temporal import connect
+
+        try:
+            client = await connect(settings)
+        except (RuntimeError, RPCError, OSError) as exc:
+            raise TemporalUnreachable(
+                f"Temporal at {settings.temporal_address} is unreachable ({' '.join(str(exc).split())}); "
+                "start it with `labrador dev` or set temporal_address"
+            ) from exc
+        return cls(client, settings, **kwargs)
+
+    # --- catalog --------------------------------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            from labs.loader import CatalogError, load_catalog
+
+            max_duration = parse_duration(self.settings.max_lab_duration)
+            try:
+                self._catalog = load_catalog(self.settings.catalog_dir, max_duration=max_duration)
+            except CatalogError as exc:
+                raise LabError(f"catalog {self.settings.catalog_dir} is invalid: {exc}") from exc
+        return self._catalog
+
+    @property
+    def published(self) -> PublishedImages:
+        if self._published is None:
+            self._published = JsonFilePublishedImages.in_data_dir(self.settings.data_dir)
+        return self._published
+
+    # --- messages -------------------------------------------------------------------------------
+
+    async def start(self, student_id: str, lab_name: str, wait: timedelta | None = None) -> StartedSession:
+        """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
+
+        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`."""
+        workflow_id = self._workflow_id(student_id)
+        lab = self.catalog.labs.get(lab_name)
+        if lab is None:
+            known = ", ".join(sorted(self.catalog.labs)) or "none"
+            raise LabError(f"lab: {lab_name!r} is not in the catalog (known labs: {known})")
+        used = {node.node_class for node in lab.nodes}
+        classes = with_effective_images(
+            {name: cls for name, cls in self.catalog.node_classes.items() if name in used}, self.published.all()
+        )
+        request = LabSessionInput(student_id=student_id, lab=lab, node_classes=classes, timings=self.timings)
+        options: dict[str, Any] = dict(
+            id=workflow_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search_attributes.STUDENT_ID, student_id),
+                    SearchAttributePair(search_attributes.LAB_NAME, lab.name),
+                    SearchAttributePair(search_attributes.LAB_PHASE, Phase.CLAIMING.value),
+                ]
+            ),
+            static_summary=f"{lab.name} for {student_id}",
+        )
+        ready: WaitReadyResult | None = None
+        try:
+            if wait is None:
+                handle = await self.client.start_workflow(LabSessionWorkflow.run, request, **options)
+            else:
+                # Start and the first wait_ready in one call (update-with-start): one round trip less.
+                operation = WithStartWorkflowOperation(LabSessionWorkflow.run, request, **options)
+                ready = await self.client.execute_update_with_start_workflow(
+                    LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait),
+                    start_workflow_operation=operation, id=f"wait-ready-{uuid.uuid4()}",
+                )
+                handle = await operation.workflow_handle()
+        except WorkflowAlreadyStartedError:
+            raise await self._conflict(student_id) from None
+        except WorkflowUpdateFailedError as exc:
+            raise LabError(_message(exc)) from exc
+        except RPCError as exc:
+            raise self._rpc_error(exc) from exc
+        run_id = handle.result_run_id or handle.run_id or ""
+        return StartedSession(
+            student_id=student_id, lab_name=lab.name, workflow_id=workflow_id, run_id=run_id,
+            session_id=session_id(student_id, run_id), ready=ready,
+        )
+
+    async def wait_ready(self, student_id: str, wait: timedelta = timedelta(seconds=20)) -> WaitReadyResult:
+        """One poll: credentials when ready, else "not ready yet" after `wait`. One update ID per call,
+        kept across transport retries (Temporal answers a repeated ID with the first result)."""
+        handle = self._handle(student_id)
+        update_id = f"wait-ready-{uuid.uuid4()}"
+        for attempt in range(_UPDATE_ATTEMPTS):
+            try:
+                return await handle.execute_update(
+                    LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id
+                )
+            except WorkflowUpdateFailedError as exc:
+                raise LabError(_message(exc)) from exc
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    status = await self.status(student_id)  # the session is over: say how it ended
+                    return WaitReadyResult(ready=False, phase=status.phase, reason=status.reason)
+                if exc.status in _TRANSIENT and attempt < _UPDATE_ATTEMPTS - 1:
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    continue
+                raise self._rpc_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def extend(self, student_id: str) -> ExtendResult:
+        result: ExtendResult = await self._update(student_id, LabSessionWorkflow.extend, ExtendRequest())
+        return result
+
+    async def check(self, student_id: str) -> CheckReport:
+        report: CheckReport = await self._update(student_id, LabSessionWorkflow.check, CheckRequest())
+        return report
+
+    async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
+        """Check that a lab runs (the signal alone would not say), then signal it to end."""
+        handle = self._handle(student_id)
+        await self._require_running(student_id, handle)
+        try:
+            await handle.signal(LabSessionWorkflow.end, EndRequest(reason=reason))
+        except RPCError as exc:
+            raise self._rpc_error(exc, student_id) from exc
+        return await self.status(student_id)
+
+    async def status(self, student_id: str) -> LabStatus:
+        handle = self._handle(student_id)
+        try:
+            status: LabStatus = await handle.query(LabSessionWorkflow.status)
+        except WorkflowQueryFailedError as exc:
+            raise LabError(f"status of {student_id}'s lab: {exc}") from exc
+        except RPCError as exc:
+            raise self._rpc_error(exc, student_id) from exc
+        return status
+
+    async def result(self, student_id: str) -> LabSessionResult:
+        handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))
+        return await handle.result()
+
+    async def list(self, phase: str | None = None) -> list[SessionSummary]:
+        """Sessions by phase (visibility); without a phase, the running ones."""
+        query = f"WorkflowType = '{WORKFLOW_NAME}'"
+        if phase is not None:
+            try:
+                query += f" AND LabPhase = '{Phase(phase).value}'"
+            except ValueError:
+                raise LabError(f"phase: {phase!r} is not one of {', '.join(p.value for p in Phase)}") from None
+        else:
+            query += " AND ExecutionStatus = 'Running'"
+        summaries = []
+        try:
+            async for execution in self.client.list_workflows(query):
+                attrs = execution.typed_search_attributes
+                summaries.append(
+                    SessionSummary(
+                        student_id=attrs.get(search_attributes.STUDENT_ID),
+                        lab_name=attrs.get(search_attributes.LAB_NAME),
+                        phase=attrs.get(search_attributes.LAB_PHASE),
+                        workflow_id=execution.id,
+                        run_id=execution.run_id,
+                        started_at=execution.start_time,
+                        closed_at=execution.close_time,
+                        status=execution.status.name.lower() if execution.status else "unknown",
+                    )
+                )
+        except RPCError as exc:
+            raise self._rpc_error(exc) from exc
+        return summaries
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _workflow_id(self, student_id: str) -> str:
+        try:
+            validate_student_id(student_id)
+        except InvalidName as exc:
+            raise LabError(str(exc)) from None
+        return session_workflow_id(student_id)
+
+    def _handle(self, student_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(self._workflow_id(student_id))
+
+    async def _require_running(self, student_id: str, handle: WorkflowHandle[Any, Any]) -> None:
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            raise self._rpc_error(exc, student_id) from exc
+        if description.status != Status.RUNNING:
+            raise NoSession(f"student: {student_id!r} has no lab running (the last one has ended)")
+
+    async def _update(self, student_id: str, update: Any, request: BaseModel) -> Any:
+        handle = self._handle(student_id)
+        update_id = f"{update.__name__}-{uuid.uuid4()}"
+        for attempt in range(_UPDATE_ATTEMPTS):
+            try:
+                return await handle.execute_update(update, request, id=update_id)
+            except WorkflowUpdateFailedError as exc:
+                raise LabError(_message(exc)) from exc
+            except RPCError as exc:
+                if exc.status in _TRANSIENT and attempt < _UPDATE_ATTEMPTS - 1:
+                    await asyncio.sleep(0.2 * 2**attempt)
+                    continue
+                raise self._rpc_error(exc, student_id) from exc
+        raise AssertionError("unreachable")
+
+    async def _conflict(self, student_id: str) -> LabError:
+        handle = self._handle(student_id)
+        try:
+            description = await handle.describe()
+        except RPCError:
+            return SessionConflict(f"student: {student_id!r} already has a lab running")
+        attrs = description.typed_search_attributes
+        lab = attrs.get(search_attributes.LAB_NAME) or "a lab"
+        phase = attrs.get(search_attributes.LAB_PHASE) or "unknown"
+        started = f"{description.start_time:%Y-%m-%d %H:%M:%S} UTC" if description.start_time else "earlier"
+        return SessionConflict(
+            f"student: {student_id!r} already has lab {lab!r} running since {started} (phase {phase}); "
+            f"end it first (labrador lab end --student {student_id})"
+        )
+
+    def _rpc_error(self, exc: RPCError, student_id: str | None = None) -> Exception:
+        if exc.status == RPCStatusCode.NOT_FOUND and student_id is not None:
+            return NoSession(f"student: {student_id!r} has no lab running")
+        if exc.status in _TRANSIENT:
+            return TemporalUnreachable(f"Temporal at {self.settings.temporal_address} did not answer: {exc.message}")
+        if "already completed" in exc.message and student_id is not None:
+            return NoSession(f"student: {student_id!r} has no lab running (the last one has ended)")
+        return LabError(exc.message)
+
+
+def _message(exc: WorkflowUpdateFailedError) -> str:
+    cause: Any = exc.cause
+    while cause is not None and not isinstance(cause, ApplicationError) and getattr(cause, "cause", None):
+        cause = cause.cause
+    return getattr(cause, "message", None) or str(cause or exc)
+

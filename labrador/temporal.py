@@ -1,7 +1,7 @@
 """Connecting to Temporal the same way from the worker, the client and the CLI.
 
-Every connection uses the pydantic data converter; the payload codec (encryption) is added by
-`data_converter()` when codec keys are configured.
+Every connection uses the pydantic data converter; the payload codec (encryption) and the failure
+converter that encodes failure messages are added by `data_converter()` when codec keys are configured.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
 from labrador.codec import codec_from_settings
@@ -18,12 +18,16 @@ from labrador.settings import Settings
 
 
 def data_converter(settings: Settings) -> DataConverter:
-    """The pydantic converter, plus the payload codec when keys are configured (see labrador.codec)."""
+    """The pydantic converter, plus, when keys are configured (see labrador.codec), the payload codec
+    and a failure converter that moves failure messages and stack traces into an encoded payload
+    (a failed setup's reason carries script output)."""
     converter = pydantic_data_converter
     codec = codec_from_settings(settings)
     if codec is None:
         return converter
-    return dataclasses.replace(converter, payload_codec=codec)
+    return dataclasses.replace(
+        converter, payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
+    )
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:

@@ -21,15 +21,20 @@ from pydantic import BaseModel, ValidationError
 
 from labs.models import (
     Catalog,
+    Check,
     ContainerDiskSource,
     Lab,
     LabFile,
     NodeClass,
     NodeClassesFile,
+    NodeGroup,
     Problem,
     PvcCloneSource,
     Role,
+    Script,
+    Scripts,
     format_path,
+    parse_duration,
 )
 
 NODE_CLASSES_FILE = "node-classes.yaml"
@@ -222,6 +227,110 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _lenient_problems(
+    document: _Document,
+    schema_errors: list[LocatedError],
+    known_classes: dict[str, Role | None] | None,
+    max_duration: timedelta | None,
+) -> list[LocatedError]:
+    """Cross-field rules on a lab file that failed the schema, without re-reporting its schema errors.
+
+    Parts whose meaning is unsure are left out: no node rules when a node's role, name or shape is
+    wrong (the names of the others would shift), no class rule for a node without a readable class,
+    and no rule at a path that already has a schema error (or inside or above one).
+    """
+    data = document.data
+    bad_paths = {e.path for e in schema_errors}
+    problems: list[Problem] = []
+    groups, nodes_sure = _lenient_groups(data.get("nodes"))
+    raw_scripts = data.get("scripts") if isinstance(data.get("scripts"), dict) else {}
+    lab = LabFile.model_construct(
+        name="",
+        title="",
+        nodes=[g for g in groups if g is not None],
+        checks=[_lenient(Check, item, i) for i, item in enumerate(_list(data.get("checks")))],
+        scripts=Scripts.model_construct(
+            setup=[_lenient(Script, item, i) for i, item in enumerate(_list(raw_scripts.get("setup")))],
+            teardown=[_lenient(Script, item, i) for i, item in enumerate(_list(raw_scripts.get("teardown")))],
+        ),
+        kind=data.get("kind") if data.get("kind") in ("lab", "sandbox") else "lab",
+        duration=_lenient_duration(data.get("duration")),
+    )
+    if nodes_sure:
+        problems.extend(lab.structure_problems())
+    if known_classes is not None:
+        problems.extend(
+            p
+            for i, group in enumerate(groups)
+            if group is not None and group.node_class
+            for p in LabFile._class_problems(i, group, known_classes)
+        )
+    if "kind" not in bad_paths and "duration" not in bad_paths:
+        problems.extend(lab.duration_problems(max_duration))
+    located = [_problem_error(document, p) for p in problems]
+    return [e for e in located if not any(_overlaps(e.path, bad) for bad in bad_paths)]
+
+
+def _overlaps(path: str, other: str) -> bool:
+    return path == other or any(
+        longer.startswith(shorter) and longer[len(shorter)] in ".["
+        for shorter, longer in ((path, other), (other, path))
+        if len(longer) > len(shorter)
+    )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _lenient_groups(raw: Any) -> tuple[list[NodeGroup | None], bool]:
+    """Node groups as far as they can be read, and whether every node's name is certain."""
+    if not isinstance(raw, list):
+        return [], False
+    groups: list[NodeGroup | None] = []
+    sure = True
+    for item in raw:
+        role = item.get("role") if isinstance(item, dict) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        if role not in tuple(Role) or not (name is None or isinstance(name, str)):
+            groups.append(None)
+            sure = False
+            continue
+        assert isinstance(item, dict)
+        count = item.get("count", 1)
+        node_class = item.get("class")
+        groups.append(
+            NodeGroup.model_construct(
+                name=name,
+                role=Role(role),
+                node_class=node_class if isinstance(node_class, str) else "",  # "": no class rule
+                count=count if isinstance(count, int) and count >= 1 else 1,
+                labels={},
+                taints=[],
+            )
+        )
+    return groups, sure
+
+
+def _lenient(model: type[Check] | type[Script], item: Any, index: int) -> Any:
+    """A check or script with the fields the rules read; unreadable values become unique placeholders."""
+    data = item if isinstance(item, dict) else {}
+    name = data.get("name")
+    values: dict[str, Any] = {"name": name if isinstance(name, str) else f"(item {index})", "run": ""}
+    for field in ("node", "role"):
+        if field in data:
+            values[field] = data[field] if isinstance(data[field], str) else None
+    return model.model_construct(**values)
+
+
+def _lenient_duration(value: Any) -> timedelta | None:
+    try:
+        parsed = parse_duration(value)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, timedelta) else None
+
+
 def _problem_error(document: _Document, problem: Problem) -> LocatedError:
     return document.at(problem.path, problem.message)
 
@@ -288,8 +397,11 @@ def load_catalog(directory: Path, *, max_duration: timedelta | None = None) -> C
             if raw_name in names:
                 errors.append(document.at(("name",), f"duplicate lab name {raw_name!r} (also in {names[raw_name]})"))
             names.setdefault(raw_name, f"{path.name}:{document.at(('name',), '').line}")
+        before = len(errors)
         lab_file = _validate(document, LabFile, errors)
         if lab_file is None:
+            # Still apply the cross-field rules to what can be read, so one run shows every problem.
+            errors.extend(_lenient_problems(document, errors[before:], known_classes, max_duration))
             continue
         problems = lab_file.problems(known_classes, max_duration)
         errors.extend(_problem_error(document, p) for p in problems)

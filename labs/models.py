@@ -37,7 +37,7 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 def _dns_label(value: str) -> str:
-    if not re.match(DNS_LABEL_PATTERN, value):
+    if not re.fullmatch(DNS_LABEL_PATTERN, value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 label (lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters)"
@@ -121,7 +121,7 @@ def quantity_bytes(quantity: str) -> int:
 
 
 def _quantity(value: str) -> str:
-    if not re.match(QUANTITY_PATTERN, value):
+    if not re.fullmatch(QUANTITY_PATTERN, value):
         raise ValueError(
             f"{value!r} is not a Kubernetes quantity (write e.g. 1536Mi or 2Gi; "
             "suffixes Ki Mi Gi Ti Pi Ei or k M G T P E)"
@@ -153,11 +153,11 @@ def _pinned_image(value: str) -> str:
     last = name.rsplit("/", 1)[-1]
     tag = last.partition(":")[2] if ":" in last else None
     repository = name[: len(name) - len(tag) - 1] if tag is not None else name
-    if not _IMAGE_NAME_RE.match(repository):
+    if not _IMAGE_NAME_RE.fullmatch(repository):
         raise ValueError(f"{value!r} is not an image reference like registry.example/path/name:tag")
-    if digest and not _DIGEST_RE.match(digest):
+    if digest and not _DIGEST_RE.fullmatch(digest):
         raise ValueError(f"{value!r} has a malformed digest (expected @sha256: and 64 hex digits)")
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not _TAG_RE.fullmatch(tag):
         raise ValueError(f"{value!r} has a malformed tag {tag!r}")
     if tag == "latest" and not digest:
         raise ValueError(f"{value!r} is not pinned: ':latest' moves; use a version tag or an @sha256 digest")
@@ -181,13 +181,13 @@ LABEL_VALUE_PATTERN = rf"^({_LABEL_NAME})?$"
 
 def _label_key(value: str) -> str:
     prefix, _, name = value.rpartition("/")
-    if not re.match(LABEL_KEY_PATTERN, value) or len(prefix) > 253 or len(name) > 63:
+    if not re.fullmatch(LABEL_KEY_PATTERN, value) or len(prefix) > 253 or len(name) > 63:
         raise ValueError(f"{value!r} is not a Kubernetes label key ([prefix/]name, name at most 63 characters)")
     return value
 
 
 def _label_value(value: str) -> str:
-    if not re.match(LABEL_VALUE_PATTERN, value):
+    if not re.fullmatch(LABEL_VALUE_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes label value (at most 63 of A-Z a-z 0-9 - _ .)")
     return value
 
@@ -254,12 +254,28 @@ class BuildRecipe(Strict):
     )
 
 
+KUBERNETES_VERSION_PATTERN = r"^1\.[0-9]+\.[0-9]+$"
+
+
+def _kubernetes_version(value: str) -> str:
+    if not re.fullmatch(KUBERNETES_VERSION_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes version like 1.31.4 (major.minor.patch, no 'v')")
+    return value
+
+
+KubernetesVersion = Annotated[
+    str,
+    AfterValidator(_kubernetes_version),
+    WithJsonSchema({"type": "string", "pattern": KUBERNETES_VERSION_PATTERN}),
+]
+
+
 class NodeClass(Strict):
     name: DnsLabel
     description: str = ""
     role: Role
     image: PinnedImage = Field(description="containerDisk image pinned by tag or digest (the base image)")
-    kubernetes_version: Annotated[str, Field(pattern=r"^1\.[0-9]+\.[0-9]+$")]
+    kubernetes_version: KubernetesVersion
     cpu_cores: Annotated[int, Field(ge=1, le=16)] = 1
     memory: Quantity | None = Field(default=None, description="default 1536Mi control plane, 1126Mi worker")
     disk: DiskSource = Field(default_factory=ContainerDiskSource)
@@ -279,10 +295,6 @@ class NodeClass(Strict):
     @property
     def memory_bytes(self) -> int:
         return quantity_bytes(self.effective_memory)
-
-    @property
-    def minor_version(self) -> int:
-        return int(self.kubernetes_version.split(".")[1])
 
 
 class NodeClassesFile(Strict):
@@ -486,7 +498,8 @@ class LabFile(_LabFields):
                     "controlplane" if group.role == Role.CONTROLPLANE else f"node{worker_position:02d}"
                 )
                 path: tuple[str | int, ...] = ("nodes", i, "name") if group.name else ("nodes", i)
-                node = LabNode(
+                # Not validated again: the group was (or, for the loader's lenient pass, is known not to matter).
+                node = LabNode.model_construct(
                     name=name, role=group.role, node_class=group.node_class, labels=group.labels, taints=group.taints
                 )
                 result.append((path, node))
@@ -496,6 +509,14 @@ class LabFile(_LabFields):
         self, node_classes: Mapping[str, Role | None] | None = None, max_duration: timedelta | None = None
     ) -> list[Problem]:
         """Cross-field rules. `node_classes` maps known class names to their role (None: unknown role)."""
+        problems = self.structure_problems()
+        if node_classes is not None:
+            problems.extend(self.class_problems(node_classes))
+        problems.extend(self.duration_problems(max_duration))
+        return problems
+
+    def structure_problems(self) -> list[Problem]:
+        """One control plane, names and counts, references of checks and scripts to nodes."""
         problems: list[Problem] = []
         controlplanes = [i for i, g in enumerate(self.nodes) if g.role == Role.CONTROLPLANE]
         if not controlplanes:
@@ -522,22 +543,26 @@ class LabFile(_LabFields):
                         "node; drop it to get node01..nodeNN",
                     )
                 )
-            if node_classes is not None:
-                problems.extend(self._class_problems(i, group, node_classes))
         # A second control plane is reported above; its default name would also read as a duplicate.
         extra = {("nodes", i) for i in controlplanes[1:]}
         expanded = [(p, n) for p, n in self.expanded() if p[:2] not in extra]
         problems.extend(_reference_problems([(p, n.name, n.role) for p, n in expanded], self.scripts, self.checks))
-        if max_duration is not None and self.effective_duration > max_duration:
-            where: tuple[str | int, ...] = ("duration",) if self.duration is not None else ("kind",)
-            problems.append(
-                Problem(
-                    where,
-                    f"duration {format_duration(self.effective_duration)} is longer than the maximum "
-                    f"{format_duration(max_duration)} (setting max_lab_duration)",
-                )
-            )
         return problems
+
+    def class_problems(self, node_classes: Mapping[str, Role | None]) -> list[Problem]:
+        return [p for i, group in enumerate(self.nodes) for p in self._class_problems(i, group, node_classes)]
+
+    def duration_problems(self, max_duration: timedelta | None) -> list[Problem]:
+        if max_duration is None or self.effective_duration <= max_duration:
+            return []
+        where: tuple[str | int, ...] = ("duration",) if self.duration is not None else ("kind",)
+        return [
+            Problem(
+                where,
+                f"duration {format_duration(self.effective_duration)} is longer than the maximum "
+                f"{format_duration(max_duration)} (setting max_lab_duration)",
+            )
+        ]
 
     @staticmethod
     def _class_problems(i: int, group: NodeGroup, node_classes: Mapping[str, Role | None]) -> list[Problem]:

@@ -226,3 +226,59 @@ def test_lab_keeps_its_invariants_outside_the_loader() -> None:
         Lab(name="x", title="X", nodes=[cp, cp.model_copy(update={"name": "cp2"})])
     with pytest.raises(ValidationError, match="'node01' is not a node of this lab"):
         Lab(name="x", title="X", nodes=[cp], checks=[Check(name="c", node="node01", run="/usr/bin/true")])
+
+
+def test_cross_field_rules_also_run_on_a_file_with_schema_errors(tmp_path: Path) -> None:
+    lab = """\
+name: mixed
+title: Mixed
+duration: 9h
+nodes:
+  - role: controlplane
+    class: cp
+  - role: worker
+    class: nope
+    count: 0
+checks:
+  - name: a
+    node: node07
+    run: /usr/bin/true
+    expect: {stdout: "("}
+  - name: b
+    node: Node_1
+    run: /usr/bin/true
+"""
+    write(tmp_path, {"node-classes.yaml": CLASSES, "mixed.yaml": lab})
+    assert [
+        line.split(": ")[1] + " @" + line.split(":")[1] for line in errors_of(tmp_path, max_duration=timedelta(hours=4))
+    ] == [
+        "duration @3",  # cross-field: beyond the maximum
+        "nodes[1].class @8",  # cross-file: no such class
+        "nodes[1].count @9",  # schema
+        "checks[0].node @12",  # cross-field: node07 is not a node (count 0 read as 1: node01 exists)
+        "checks[0].expect.stdout @14",  # schema
+        "checks[1].node @16",  # schema only: not also "not a node of this lab"
+    ]
+
+
+def test_a_node_with_an_unreadable_role_does_not_cascade(tmp_path: Path) -> None:
+    lab = """\
+name: typo
+title: Typo
+nodes:
+  - role: control-plane
+    class: cp
+checks:
+  - name: a
+    node: controlplane
+    run: /usr/bin/true
+"""
+    write(tmp_path, {"node-classes.yaml": CLASSES, "typo.yaml": lab})
+    [only] = errors_of(tmp_path)
+    assert only.startswith("typo.yaml:4:11: nodes[0].role: Input should be 'controlplane' or 'worker'")
+
+
+def test_a_trailing_newline_is_not_a_valid_name() -> None:
+    # `$` in Python regexes also matches before a final newline; names end up in Kubernetes objects.
+    with pytest.raises(ValidationError, match="DNS-1123"):
+        LabNode(name="node01\n", role=Role.WORKER, node_class="wk")

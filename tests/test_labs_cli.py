@@ -65,7 +65,7 @@ def test_validate_json_lists_the_errors(clean_env: dict[str, str]) -> None:
     assert {"file", "line", "column", "path", "message"} == set(report["errors"][0])
     assert len(report["errors"]) == sum(len(cases) for cases in EXPECTED.values())
     ok = CliRunner().invoke(app, ["labs", "validate", str(ROOT / "labs"), "--json"], env=clean_env)
-    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"valid": True, "labs": 7, "node_classes": 7}
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"valid": True, "labs": 8, "node_classes": 7}
 
 
 def test_validate_defaults_to_the_catalog_dir_setting(clean_env: dict[str, str]) -> None:
@@ -101,9 +101,10 @@ def test_list_table_and_json(clean_env: dict[str, str]) -> None:
     assert "kubelet-broken-worker" in table.stdout and "sandbox" in table.stdout
     listed = CliRunner().invoke(app, ["labs", "list", "--json"], env=clean_env)
     labs = {lab["name"]: lab for lab in json.loads(listed.stdout)}
-    assert len(labs) == 7
+    assert len(labs) == 8
     assert [n["name"] for n in labs["sandbox"]["nodes"]] == ["controlplane", "node01", "node02"]
     assert labs["sandbox"]["nodes"][1]["class"] == "worker-v1-32"
+    assert labs["sandbox"]["effective_duration"] == "2h" and labs["cluster-upgrade"]["duration"] == "1h30m"
     assert CliRunner().invoke(app, ["labs", "list", str(ROOT / BAD)], env=clean_env).exit_code == 1
 
 

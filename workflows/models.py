@@ -90,6 +90,10 @@ class BoundNode(Model):
     warm: bool = Field(description="claimed from the pool (True) or cold-provisioned (False)")
     address: str | None = None
     healthy: bool = True
+    host_key: str | None = Field(
+        default=None,
+        description="SSH host key ('algorithm base64') pinned at first contact; later connections must match",
+    )
 
 
 # --- scripts and checks (activities/script_activities.py) ---------------------------------------
@@ -120,6 +124,10 @@ class ScriptResult(Model):
 
 class SetupResult(Model):
     scripts: list[ScriptResult] = Field(default_factory=list)
+    host_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="lab node name -> host key seen at first contact; copy into BoundNode.host_key",
+    )
 
 
 class ChecksInput(Model):
@@ -177,6 +185,10 @@ class ProvisionInput(Model):
     spec: NodeSpec
 
 
+class ReleaseResult(Model):
+    nodes_deleted: int = 0
+
+
 # --- messages -------------------------------------------------------------------------------------
 
 
@@ -224,6 +236,7 @@ class LabStatus(Model):
     last_check: CheckReport | None = None
     queue_position: int | None = None
     reason: str | None = None
+    detail: str | None = None
 
 
 class LabSessionResult(Model):
@@ -236,3 +249,5 @@ class LabSessionResult(Model):
     max_score: int = 0
     checks: CheckReport | None = None
     phase_seconds: dict[str, float] = Field(default_factory=dict)
+    detail: str = Field(default="", description="a sentence explaining the reason")
+    teardown_problems: list[str] = Field(default_factory=list, description="teardown steps that gave up")

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -31,7 +34,6 @@ from cluster.models import (
     NodeState,
     NodeStatus,
     SessionLeftovers,
-    SessionRef,
     SessionWiring,
     SshEndpoint,
     SshTarget,
@@ -39,12 +41,14 @@ from cluster.models import (
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from cluster.simulated.faults import ApiErrors, FaultPlan
 from cluster.simulated.scenario import SUCCESS, Answer, Scenario
-from cluster.simulated.sshd import SshServers, generate_host_key
+from cluster.simulated.sshd import ListenerError, SshServers, generate_host_key
 from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
-from labs.models import Role, quantity_bytes
+from labs.models import quantity_bytes
 
 if TYPE_CHECKING:
     from labrador.settings import Settings
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,6 +75,7 @@ class SimulatedCluster:
         authorized_keys: list[str] | None = None,
         default_scenario: Scenario | None = None,
         exposed_ports_capacity: int | None = None,
+        ssh_idle_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if boot_seconds < 0:
@@ -81,26 +86,69 @@ class SimulatedCluster:
         self.ssh_host = ssh_host
         self.default_scenario = default_scenario or Scenario()
         self.exposed_ports_capacity = exposed_ports_capacity
+        self.ssh_idle_seconds = ssh_idle_seconds
         self.clock = clock
         self._faults = faults or FaultPlan()
         self._api_errors = ApiErrors(self._faults)
         self._store = Store(self.path)
+        self._lock = threading.Lock()  # one user of the connection at a time (loop or db thread)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-cluster-db")
         self._ssh = SshServers(self._on_command, bind_host=ssh_host, authorized_keys=authorized_keys)
         self._restored: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._watched: list[_Watched] = []
+        self._next_file_check = 0.0
+        self.reload_interval = 1.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatedCluster:
+    def from_settings(cls, settings: Settings, *, base_scenario: Scenario | None = None) -> SimulatedCluster:
+        """The backend of `labrador dev` and the worker. `base_scenario`: answers the caller needs
+        from every node (e.g. the platform's setup steps); rules of `sim_scenario_file` come first."""
         faults_file = settings.sim_faults_file
         scenario_file = settings.sim_scenario_file
-        return cls(
+        default_scenario = Scenario.from_file(scenario_file) if scenario_file else Scenario()
+        if base_scenario is not None:
+            default_scenario = Scenario(rules=[*default_scenario.rules, *base_scenario.rules])
+        sim = cls(
             settings.data_dir / STATE_FILE,
             boot_seconds=settings.sim_boot_seconds,
             faults=FaultPlan.from_file(faults_file) if faults_file else None,
             external_host=settings.external_host,
-            default_scenario=Scenario.from_file(scenario_file) if scenario_file else None,
+            ssh_idle_seconds=settings.sim_ssh_idle_seconds,
+            default_scenario=default_scenario,
         )
+        # Edits to the files apply to the running dev stack (checked at most once per reload_interval).
+        if faults_file:
+            sim._watched.append(_Watched(faults_file, _stamp(faults_file), sim._reload_faults))
+        if scenario_file:
+            base = base_scenario or Scenario()
+            sim._watched.append(
+                _Watched(scenario_file, _stamp(scenario_file), lambda p: sim._reload_scenario(p, base))
+            )
+        return sim
+
+    def _reload_faults(self, path: Path) -> None:
+        self.faults = FaultPlan.from_file(path)
+
+    def _reload_scenario(self, path: Path, base: Scenario) -> None:
+        self.default_scenario = Scenario(rules=[*Scenario.from_file(path).rules, *base.rules])
+
+    def _check_files(self) -> None:
+        now = time.monotonic()
+        if now < self._next_file_check:
+            return
+        self._next_file_check = now + self.reload_interval
+        for watched in self._watched:
+            stamp = _stamp(watched.path)
+            if stamp == watched.stamp:
+                continue
+            watched.stamp = stamp
+            try:
+                watched.reload(watched.path)
+                log.info("simulated cluster: reloaded %s", watched.path)
+            except ValueError as exc:  # keep the previous plan; the message names file and field
+                log.warning("simulated cluster: keeping the previous settings: %s", exc)
 
     # --- knobs for tests and the dev stack ------------------------------------------------
     @property
@@ -155,52 +203,104 @@ class SimulatedCluster:
 
     # --- plumbing -------------------------------------------------------------------------
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one short store call. Fast path: on the loop thread, never waiting for a lock (a
+        transaction here takes tens of microseconds, a thread hop ten times that). When another
+        process holds the write lock, or a bulk read is running, wait on the database thread."""
         if self._closed:
             raise ClusterUnavailable("simulated cluster: this instance is closed")
+        if self._lock.acquire(blocking=False):
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise ClusterUnavailable(f"simulated cluster state {self.path}: {exc}") from exc
+            finally:
+                self._lock.release()
+        return await self._db_thread(fn, *args, **kwargs)
+
+    async def _db_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a store call on the database thread, waiting up to 10 s for another writer."""
+        if self._closed:
+            raise ClusterUnavailable("simulated cluster: this instance is closed")
+
+        def call() -> T:
+            with self._lock:
+                self._store.db.execute("PRAGMA busy_timeout = 10000")
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._store.db.execute("PRAGMA busy_timeout = 0")
+
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-        except sqlite3.OperationalError as exc:  # locked/busy: another process holds the file
+            return await loop.run_in_executor(self._executor, call)
+        except sqlite3.OperationalError as exc:  # still locked after the wait, disk I/O error...
             raise ClusterUnavailable(f"simulated cluster state {self.path}: {exc}") from exc
 
     async def _enter(self, method: str) -> None:
         """Injected API errors first (nothing changes when one fires), then restore listeners."""
+        if self._watched:
+            self._check_files()
         if self._api_errors.should_fail(method):
             raise ClusterUnavailable(f"simulated API error in {method} (fault plan api_error_rate)")
         if self._restored is None:
             self._restored = asyncio.create_task(self._restore_listeners())
+            if self.ssh_idle_seconds is not None:
+                self._reaper = asyncio.create_task(self._reap_idle_listeners(self.ssh_idle_seconds))
         await asyncio.shield(self._restored)
 
     async def _restore_listeners(self) -> None:
-        """A restarted worker serves the SSH endpoints the previous one handed out (same port, key)."""
+        """A restarted worker serves the SSH endpoints the previous one handed out (same port, key).
+        With idle reaping on, node listeners come back on the next ssh_target instead."""
         nodes, exposures = await self._db(self._store.endpoints_to_restore)
-        for node_id, port, key in nodes:
-            await self._serve_node(node_id, key, port)
+        # One listener that cannot come back must not fail every later call: the next
+        # ssh_target/expose of that node tries again and reports the error to its caller.
+        if self.ssh_idle_seconds is None:
+            for node_id, port, key in nodes:
+                try:
+                    await self._serve_node(node_id, key, port)
+                except ClusterUnavailable as exc:
+                    log.warning("simulated cluster: not restoring %s: %s", node_id, exc)
         for session_id, node_id, port, key in exposures:
-            await self._serve_exposure(session_id, node_id, key, port)
+            try:
+                await self._serve_exposure(session_id, node_id, key, port)
+            except ClusterUnavailable as exc:
+                log.warning("simulated cluster: not restoring the exposure of %s: %s", session_id, exc)
+
+    async def _reap_idle_listeners(self, idle: float) -> None:
+        """Close orchestrator listeners nobody used for `idle` seconds (ssh_target reopens them on
+        the same port), so a worker holding thousands of labs keeps one socket per exposure only."""
+        while True:
+            await asyncio.sleep(max(idle / 2, 0.01))
+            for name in self._ssh.idle("node:", idle):
+                await self._ssh.stop(name)
 
     def _now(self) -> float:
         return self.clock()
 
     @staticmethod
     def _record(row: NodeRow, sessions: dict[str, SessionRow]) -> NodeRecord:
-        ref = None
+        # model_validate of a plain dict is the fastest way to build a record (pydantic-core does
+        # it all); inventory builds one per node on the event loop.
+        session = None
         if row.session_id is not None:
             s = sessions.get(row.session_id)
-            ref = SessionRef(
-                session_id=row.session_id,
-                workflow_id=(s.workflow_id if s else None) or "",
-                run_id=(s.run_id if s else None) or "",
-            )
-        return NodeRecord(
-            node_id=row.node_id,
-            node_class=row.node_class,
-            role=Role(row.role),
-            image=row.image,
-            state=NodeState(row.state),
-            session=ref,
-            memory_bytes=row.memory_bytes,
-            created_at=datetime.fromtimestamp(row.created_at, UTC),
+            session = {
+                "session_id": row.session_id,
+                "workflow_id": (s.workflow_id if s else None) or "",
+                "run_id": (s.run_id if s else None) or "",
+            }
+        return NodeRecord.model_validate(
+            {
+                "node_id": row.node_id,
+                "node_class": row.node_class,
+                "role": row.role,
+                "image": row.image,
+                "state": row.state,
+                "session": session,
+                "memory_bytes": row.memory_bytes,
+                "created_at": datetime.fromtimestamp(row.created_at, UTC),
+            }
         )
 
     async def _records(self, rows: list[NodeRow]) -> list[NodeRecord]:
@@ -284,16 +384,25 @@ class SimulatedCluster:
             if endpoint is None or (await self._db(self._store.node, node_id)) is None:
                 raise NodeNotFound(f"node {node_id}: not found (no SSH target)")
             port = await self._serve_node(node_id, endpoint[1], endpoint[0])
+            if await self._db(self._store.node, node_id) is None:  # deleted while the listener started
+                await self._ssh.stop(f"node:{node_id}")
+                raise NodeNotFound(f"node {node_id}: not found (deleted)")
         return SshTarget(node_id=node_id, host=self.ssh_host, port=port)
 
+    async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None) -> int:
+        try:
+            return await self._ssh.ensure(name, node_id, via, host_key, remembered)
+        except ListenerError as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
     async def _serve_node(self, node_id: str, host_key: str, remembered: int | None) -> int:
-        port = await self._ssh.ensure(f"node:{node_id}", node_id, "node", host_key, remembered)
+        port = await self._listen(f"node:{node_id}", node_id, "node", host_key, remembered)
         if port != remembered:
             await self._db(self._store.set_endpoint_port, node_id, port)
         return port
 
     async def _serve_exposure(self, session_id: str, node_id: str, host_key: str, remembered: int | None) -> int:
-        port = await self._ssh.ensure(f"expose:{session_id}", node_id, "exposed", host_key, remembered)
+        port = await self._listen(f"expose:{session_id}", node_id, "exposed", host_key, remembered)
         if port != remembered:
             await self._db(self._store.set_exposure_port, session_id, port)
         return port
@@ -349,7 +458,7 @@ class SimulatedCluster:
         existing = await self._db(self._store.exposure, session_id)
         if existing is None:
             if self.exposed_ports_capacity is not None:
-                in_use = len(await self._db(self._store.all_exposures))
+                in_use = len(await self._db_thread(self._store.all_exposures))
                 if in_use >= self.exposed_ports_capacity:
                     raise ClusterUnavailable(
                         f"expose session {session_id}: all {self.exposed_ports_capacity} exposed ports are in use"
@@ -363,6 +472,9 @@ class SimulatedCluster:
         if endpoint is None:
             raise NodeNotFound(f"expose session {session_id}: node {exposed_node} not found")
         port = await self._serve_exposure(session_id, exposed_node, endpoint[1], port)
+        if await self._db(self._store.exposure, session_id) is None:  # released meanwhile
+            await self._ssh.stop(f"expose:{session_id}")
+            raise NodeNotFound(f"expose session {session_id}: released while exposing")
         return SshEndpoint(host=self.external_host, port=port)
 
     async def unexpose(self, session_id: str) -> None:
@@ -381,9 +493,14 @@ class SimulatedCluster:
     # --- pool -----------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
-        rows = await self._db(self._store.all_nodes)
-        leftovers = await self._db(self._store.leftovers)
-        exposures = await self._db(self._store.all_exposures)
+        # Read and build on the database thread: with thousands of nodes this is the one call that
+        # takes long enough to matter, and there it only shares the GIL with the loop.
+        return await self._db_thread(self._inventory)
+
+    def _inventory(self) -> Inventory:
+        rows = self._store.all_nodes()
+        leftovers = self._store.leftovers()
+        exposures = self._store.all_exposures()
         sessions = {ref.session_id: ref for ref, _kinds in leftovers}
         return Inventory(
             nodes=[self._record(r, sessions) for r in rows],
@@ -402,6 +519,8 @@ class SimulatedCluster:
 
     # --- SSH commands ---------------------------------------------------------------------
     async def _on_command(self, node_id: str, via: str, command: str) -> Answer:
+        if self._watched:
+            self._check_files()
         chosen: list[Answer] = []
 
         def answer(session_id: str | None, bodies: dict[str, str]) -> int:
@@ -418,7 +537,7 @@ class SimulatedCluster:
             return result.exit_code
 
         await self._db(self._store.record_command, node_id, via, command, self._now(), answer)
-        return chosen[0]
+        return chosen[-1]  # a busy retry may have asked twice
 
     # --- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -427,17 +546,45 @@ class SimulatedCluster:
             return
         if self._restored is not None:
             await asyncio.gather(self._restored, return_exceptions=True)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         await self._ssh.close()
         self._closed = True
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._store.close)
+        await self._db_thread_close()
         self._executor.shutdown(wait=False)
+
+    async def _db_thread_close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                self._store.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
 
     async def __aenter__(self) -> SimulatedCluster:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+@dataclass
+class _Watched:
+    path: Path
+    stamp: tuple[int, int] | None
+    reload: Callable[[Path], None]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,8 +12,11 @@ client code path as production. Pass `authorized_keys` to accept only those keys
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -38,9 +41,14 @@ def generate_host_key() -> str:
 
 @dataclass
 class _Listener:
-    acceptor: asyncssh.SSHAcceptor
+    acceptor: asyncio.Server
     port: int
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ListenerError(OSError):
+    """A listener could not be opened (port exhausted, too many open files)."""
 
 
 class _Server(asyncssh.SSHServer):
@@ -53,10 +61,12 @@ class _Server(asyncssh.SSHServer):
         self._conn = conn
         if self._listener_ref:
             self._listener_ref[0].connections.add(conn)
+            self._listener_ref[0].last_used = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._listener_ref and self._conn is not None:
             self._listener_ref[0].connections.discard(self._conn)
+            self._listener_ref[0].last_used = time.monotonic()
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -95,6 +105,7 @@ class SshServers:
         """Start the listener `name` unless it runs; prefer `port` (the remembered one)."""
         listener = self._listeners.get(name)
         if listener is not None:
+            listener.last_used = time.monotonic()
             return listener.port
         task = self._starting.get(name)
         if task is None:
@@ -110,24 +121,53 @@ class SshServers:
         async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
             await self._handle(node_id, via, process)
 
-        async def listen(on_port: int) -> asyncssh.SSHAcceptor:
-            return await asyncssh.create_server(
-                lambda: _Server(ref, self._authorized),
-                self._bind_host,
-                on_port,
-                server_host_keys=[key],
-                process_factory=handle,
-                reuse_address=True,
-                encoding="utf-8",
-            )
+        async def listen(on_port: int) -> asyncio.Server:
+            # Bind the socket ourselves: asyncssh would resolve the host on a thread first.
+            sock = socket.socket(socket.AF_INET6 if ":" in self._bind_host else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self._bind_host, on_port))
+                sock.listen(100)
+                sock.setblocking(False)
+                # asyncssh.listen() would also build its options on a thread; with no config file
+                # to read, building them here is cheaper than the hop.
+                loop = asyncio.get_running_loop()
+                options = asyncssh.SSHServerConnectionOptions(
+                    server_factory=lambda: _Server(ref, self._authorized),
+                    server_host_keys=[key],
+                    process_factory=handle,
+                    encoding="utf-8",
+                    loop=loop,
+                )
+                return await loop.create_server(lambda: asyncssh.SSHServerConnection(loop, options), sock=sock)
+            except BaseException:
+                sock.close()
+                raise
 
         try:
-            acceptor = await listen(port or 0)
-        except OSError:
-            if not port:
-                raise
-            log.warning("simulated sshd %s: port %s is taken, using a new one", name, port)
-            acceptor = await listen(0)
+            try:
+                acceptor = await listen(port or 0)
+            except OSError as exc:
+                if not port or exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
+                log.warning("simulated sshd %s: port %s is taken, using a new one", name, port)
+                acceptor = await listen(0)
+        except OSError as exc:
+            raise ListenerError(
+                f"simulated sshd for {name}: cannot listen on {self._bind_host}: {exc}"
+                + (
+                    " (one listener per node and per exposure: raise the open-files limit or set"
+                    " ssh_idle_seconds so idle node listeners close)"
+                    if exc.errno in (errno.EMFILE, errno.ENFILE)
+                    else ""
+                )
+            ) from exc
+        if not acceptor.sockets:  # asyncio gives up quietly when it cannot create the socket
+            acceptor.close()
+            raise ListenerError(
+                f"simulated sshd for {name}: no listening socket on {self._bind_host} (too many open files?"
+                " one listener per node and per exposure: raise the open-files limit or set ssh_idle_seconds)"
+            )
         listener = _Listener(acceptor, acceptor.sockets[0].getsockname()[1])
         ref.append(listener)
         self._listeners[name] = listener
@@ -144,6 +184,15 @@ class SshServers:
         for conn in list(listener.connections):
             conn.close()
         await listener.acceptor.wait_closed()
+
+    def idle(self, prefix: str, seconds: float) -> list[str]:
+        """Listeners named `prefix...` with no connection, unused for `seconds`."""
+        cutoff = time.monotonic() - seconds
+        return [
+            name
+            for name, listener in self._listeners.items()
+            if name.startswith(prefix) and not listener.connections and listener.last_used < cutoff
+        ]
 
     async def close(self) -> None:
         for name in list(self._listeners):
@@ -164,8 +213,11 @@ class SshServers:
             process.stdout.write(answer.stdout)
             process.stderr.write(answer.stderr)
             process.exit(answer.exit_code)
-        except (asyncssh.Error, OSError, asyncio.CancelledError):
+        except (asyncssh.Error, OSError):  # the client went away
             process.close()
+        except asyncio.CancelledError:
+            process.close()
+            raise
         except Exception:
             log.exception("simulated sshd %s: command handling failed", node_id)
             process.exit(255)

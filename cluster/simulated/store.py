@@ -109,6 +109,8 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
+        # Never wait on the caller's thread; the backend retries busy calls on its database thread.
+        self.db.execute("PRAGMA busy_timeout = 0")
 
     def close(self) -> None:
         self.db.close()
@@ -286,19 +288,19 @@ class Store:
 
     def leftovers(self) -> list[tuple[SessionRow, list[str]]]:
         """Sessions that still own objects, with the kinds of those objects."""
-        kinds: dict[str, list[str]] = {}
-        for kind, query in (
-            ("node", "SELECT DISTINCT session_id FROM nodes WHERE session_id IS NOT NULL"),
-            ("networkpolicy", "SELECT session_id FROM wirings"),
-            ("service", "SELECT session_id FROM exposures"),
-        ):
-            for (session_id,) in self.db.execute(query):
-                kinds.setdefault(session_id, []).append(kind)
-        result = []
-        for session_id in sorted(kinds):
-            ref = self.session(session_id) or SessionRow(session_id, None, None)
-            result.append((ref, kinds[session_id]))
-        return result
+        rows = self.db.execute(
+            "WITH owned (session_id, kind) AS ("
+            "  SELECT DISTINCT session_id, 'node' FROM nodes WHERE session_id IS NOT NULL"
+            "  UNION ALL SELECT session_id, 'networkpolicy' FROM wirings"
+            "  UNION ALL SELECT session_id, 'service' FROM exposures)"
+            " SELECT o.session_id, o.kind, s.workflow_id, s.run_id FROM owned o"
+            " LEFT JOIN sessions s ON s.session_id = o.session_id ORDER BY o.session_id"
+        )
+        result: dict[str, tuple[SessionRow, list[str]]] = {}
+        for session_id, kind, workflow_id, run_id in rows:
+            entry = result.setdefault(session_id, (SessionRow(session_id, workflow_id, run_id), []))
+            entry[1].append(kind)
+        return list(result.values())
 
     # --- SSH endpoints and commands ----------------------------------------------------------
     def endpoint(self, node_id: str) -> tuple[int | None, str] | None:
@@ -336,25 +338,7 @@ class Store:
                 (node_id, session_id, via, command, exit_code, at),
             )
 
-    def commands(self, node_id: str) -> list[CommandRow]:
-        rows = self.db.execute(
-            "SELECT node_id, session_id, via, command, exit_code, at FROM commands WHERE node_id = ? ORDER BY id",
-            (node_id,),
-        )
-        return [CommandRow(*r) for r in rows]
-
     # --- scenarios ----------------------------------------------------------------------------
-    def set_scenario(self, scope: str, body: str | None) -> None:
-        with self.tx() as db:
-            if body is None:
-                db.execute("DELETE FROM scenarios WHERE scope = ?", (scope,))
-            else:
-                db.execute(
-                    "INSERT INTO scenarios (scope, body) VALUES (?, ?)"
-                    " ON CONFLICT (scope) DO UPDATE SET body = excluded.body",
-                    (scope, body),
-                )
-
     def scenario_bodies(self, scopes: list[str]) -> dict[str, str]:
         marks = ",".join("?" for _ in scopes)
         rows = self.db.execute(f"SELECT scope, body FROM scenarios WHERE scope IN ({marks})", scopes)

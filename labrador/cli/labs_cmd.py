@@ -14,7 +14,7 @@ from rich.table import Table
 from labrador.cli.common import EXIT_REFUSED, JsonFlag, console, fail, print_json
 from labrador.settings import Settings, SettingsError, load_settings
 from labs.loader import CatalogError, load_catalog
-from labs.models import Catalog, parse_duration
+from labs.models import Catalog, format_duration, parse_duration
 from labs.schema import SCHEMAS
 
 labs_app = typer.Typer(
@@ -71,18 +71,25 @@ def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
     catalog = _load(path, as_json)
     labs = sorted(catalog.labs.values(), key=lambda lab: lab.name)
     if as_json:
-        print_json([lab.model_dump(mode="json", by_alias=True) for lab in labs])
+        print_json(
+            [
+                {
+                    **lab.model_dump(mode="json", by_alias=True),
+                    "effective_duration": format_duration(lab.effective_duration),
+                }
+                for lab in labs
+            ]
+        )
         return
     table = Table(title=f"{len(labs)} labs")
     table.add_column("name", no_wrap=True)
     for column in ("kind", "duration", "nodes", "checks", "title", "classes"):
         table.add_column(column)
     for lab in labs:
-        duration = lab.effective_duration
         table.add_row(
             lab.name,
             lab.kind,
-            f"{int(duration.total_seconds() // 60)}m",
+            format_duration(lab.effective_duration),
             f"1+{len(lab.workers)}",
             f"{len(lab.checks)} ({lab.total_points} pts)",
             lab.title,

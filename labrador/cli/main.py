@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -38,7 +41,17 @@ _register()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # The Temporal client's Rust runtime keeps threads that can abort CPython's finalisation
+    # ("PyGILState_Release ... must be current", temporalio/sdk-python#300); a CLI has nothing
+    # left to clean up once its command returned, so it skips interpreter teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,21 @@ def test_a_bad_fault_plan_names_the_file_and_the_field(tmp_path: Path) -> None:
     plan_file.write_text("boot_failures:\n  - nodes: '(['\n")
     with pytest.raises(ValueError, match="not a valid regular expression"):
         FaultPlan.from_file(plan_file)
+
+
+async def test_the_dev_stack_picks_up_edits_to_the_fault_plan_file(tmp_path: Path) -> None:
+    plan_file = tmp_path / "faults.yaml"
+    plan_file.write_text("seed: 1\n")
+    sim = SimulatedCluster.from_settings(Settings(data_dir=tmp_path, sim_faults_file=plan_file))
+    sim.reload_interval = 0.0
+    try:
+        await sim.provision(spec("cp-1", image="r/node:v2"))
+        assert (await sim.node_status("cp-1")).phase == NodePhase.READY
+        plan_file.write_text("image_pull_errors:\n  - images: 'node:v2$'\n")
+        assert (await sim.node_status("cp-1")).phase == NodePhase.FAILED
+        plan_file.write_text("image_pull_errors: [{images: '(['}]\n")  # broken: the last good plan stays
+        assert (await sim.node_status("cp-1")).phase == NodePhase.FAILED
+        plan_file.write_text("{}\n")
+        assert (await sim.node_status("cp-1")).phase == NodePhase.READY
+    finally:
+        await sim.aclose()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import asyncssh
 import pytest
 
+from cluster.port import NodeNotFound
 from cluster.simulated import Scenario, ScenarioRule, SimulatedCluster
 from cluster.simulated.clock import ManualClock
 from labrador.settings import Settings
@@ -117,14 +119,21 @@ async def test_scenario_from_a_yaml_file_via_settings(tmp_path: Path, client_key
         "    exit_code: 1\n"
         "    stderr: 'etcd is down'\n"
     )
-    sim = SimulatedCluster.from_settings(Settings(data_dir=tmp_path, sim_scenario_file=scenario_file))
+    platform = Scenario(
+        rules=[ScenarioRule(match="crictl", stdout="shadowed\n"), ScenarioRule(match="kubeadm token", stdout="join\n")]
+    )
+    sim = SimulatedCluster.from_settings(
+        Settings(data_dir=tmp_path, sim_scenario_file=scenario_file), base_scenario=platform
+    )
     try:
         await sim.provision(spec("cp-1"))
         target = await sim.ssh_target("cp-1")
         ok = await run(target.host, target.port, client_key, "crictl ps")
         bad = await run(target.host, target.port, client_key, "/opt/check-etcd")
+        base = await run(target.host, target.port, client_key, "kubeadm token create --print-join-command")
         assert (ok.exit_status, ok.stdout) == (0, "CONTAINER  IMAGE\n")
         assert (bad.exit_status, bad.stderr) == (1, "etcd is down")
+        assert base.stdout == "join\n"
     finally:
         await sim.aclose()
     scenario_file.write_text("- match: '['\n")
@@ -215,3 +224,71 @@ async def test_restarted_backend_serves_the_same_endpoints_with_the_same_host_ke
         assert second.commands("cp-1") == ["echo before", "echo after", "true"]
     finally:
         await second.aclose()
+
+
+async def test_idle_node_listeners_close_and_reopen_on_the_same_port(
+    state_file: Path, client_key: asyncssh.SSHKey
+) -> None:
+    sim = SimulatedCluster(state_file, ssh_idle_seconds=0.05)
+    try:
+        await sim.provision(spec("cp-1", session="s1"))
+        target = await sim.ssh_target("cp-1")
+        endpoint = await sim.expose("s1", "cp-1")
+        await asyncio.sleep(0.2)
+        with pytest.raises(OSError):
+            await run(target.host, target.port, client_key, "true")
+        # The student's endpoint is never reaped.
+        assert (await run(endpoint.host, endpoint.port, client_key, "true")).exit_status == 0
+        assert await sim.ssh_target("cp-1") == target
+        assert (await run(target.host, target.port, client_key, "true")).exit_status == 0
+    finally:
+        await sim.aclose()
+
+
+async def test_a_node_deleted_while_its_listener_starts_gets_no_target(sim: SimulatedCluster) -> None:
+    await sim.provision(spec("cp-1"))
+    # ssh_target yields while its listener starts; delete_node runs in that gap.
+    target, _ = await asyncio.gather(sim.ssh_target("cp-1"), sim.delete_node("cp-1"), return_exceptions=True)
+    assert isinstance(target, NodeNotFound), target
+    with pytest.raises(NodeNotFound, match="cp-1"):
+        await sim.ssh_target("cp-1")
+
+
+async def test_a_restarted_backend_moves_an_endpoint_whose_port_was_taken(
+    state_file: Path, client_key: asyncssh.SSHKey
+) -> None:
+    first = SimulatedCluster(state_file)
+    await first.provision(spec("cp-1"))
+    old = await first.ssh_target("cp-1")
+    await first.aclose()
+    squatter = socket.socket()
+    squatter.bind((old.host, old.port))
+    squatter.listen()
+    second = SimulatedCluster(state_file)
+    try:
+        new = await second.ssh_target("cp-1")
+        assert new.port != old.port
+        assert (await run(new.host, new.port, client_key, "true")).exit_status == 0
+        assert await second.ssh_target("cp-1") == new
+    finally:
+        squatter.close()
+        await second.aclose()
+
+
+async def test_the_dev_stack_picks_up_edits_to_the_scenario_file(tmp_path: Path, client_key: asyncssh.SSHKey) -> None:
+    scenario_file = tmp_path / "scenario.yaml"
+    scenario_file.write_text("- match: 'kubectl'\n  exit_code: 1\n")
+    base = Scenario(rules=[ScenarioRule(match="kubeadm", stdout="base\n")])
+    settings = Settings(data_dir=tmp_path, sim_scenario_file=scenario_file)
+    sim = SimulatedCluster.from_settings(settings, base_scenario=base)
+    sim.reload_interval = 0.0
+    try:
+        await sim.provision(spec("cp-1"))
+        target = await sim.ssh_target("cp-1")
+        assert (await run(target.host, target.port, client_key, "kubectl get nodes")).exit_status == 1
+        scenario_file.write_text("- match: 'kubectl'\n  stdout: 'fixed'\n")
+        fixed = await run(target.host, target.port, client_key, "kubectl get nodes")
+        assert (fixed.exit_status, fixed.stdout) == (0, "fixed")
+        assert (await run(target.host, target.port, client_key, "kubeadm version")).stdout == "base\n"
+    finally:
+        await sim.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ async def test_exposed_port_capacity_is_reported_and_enforced(state_file: Path) 
         await sim.expose("s2", "s2-cp")
     finally:
         await sim.aclose()
+
+
+async def test_a_writer_in_another_process_delays_calls_without_blocking_the_loop(
+    sim: SimulatedCluster, state_file: Path
+) -> None:
+    await sim.provision(spec("pool-1"))
+    await sim.mark_free("pool-1")
+    other = sqlite3.connect(state_file, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+    try:
+        claiming = asyncio.create_task(sim.claim(claim("s1")))
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not claiming.done() and ticks == 5
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    result = await asyncio.wait_for(claiming, 5)
+    assert [n.node_id for n in result.nodes] == ["pool-1"]

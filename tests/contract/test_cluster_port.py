@@ -111,6 +111,18 @@ async def test_delete_node_is_idempotent(port: ClusterPort) -> None:
     assert [n.node_id for n in (await port.inventory()).nodes] == ["pool-cp-2"]
 
 
+async def test_a_deleted_claimed_node_leaves_its_session(port: ClusterPort) -> None:
+    await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
+    held = await port.claim(want("s1", cp=2))
+    gone = held.nodes[0].node_id
+    await port.delete_node(gone)
+    assert (await port.node_status(gone)).phase == NodePhase.MISSING
+    assert len((await port.claim(want("s1", cp=1))).nodes) == 1
+    assert await port.release("s1") == 1
+    spare = {"pool-cp-1", "pool-cp-2", "pool-cp-3"} - {n.node_id for n in held.nodes}
+    assert {n.node_id for n in (await port.inventory()).nodes} == spare
+
+
 async def test_ssh_target_of_unknown_node_is_not_found(port: ClusterPort) -> None:
     with pytest.raises(NodeNotFound, match="never-made"):
         await port.ssh_target("never-made")

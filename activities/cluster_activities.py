@@ -1,0 +1,177 @@
+"""Cluster activities: thin wrappers that unpack a model, call the cluster port and map its errors.
+
+Error mapping (see cluster.port): `ClusterUnavailable` becomes a retryable ApplicationError (Temporal
+retries it with the caller's policy); `PermanentClusterError` becomes a non-retryable ApplicationError
+whose message names the object and the cause, so the workflow can report it as the session's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from cluster.models import (
+    ClaimRequest,
+    ClaimResult,
+    Inventory,
+    NodePhase,
+    NodeRecord,
+    NodeStatus,
+    SessionWiring,
+    SshEndpoint,
+)
+from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from workflows.models import (
+    ActivityName,
+    ExposeInput,
+    NodeRef,
+    ProvisionInput,
+    ReleaseResult,
+    SessionIdInput,
+    WaitReadyInput,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def map_port_errors(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except PermanentClusterError as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        except ClusterUnavailable as exc:
+            raise ApplicationError(f"cluster unavailable: {exc}", type=type(exc).__name__) from exc
+
+    return wrapper
+
+
+class NodeNeverReady(ApplicationError):
+    pass
+
+
+class ClusterActivities:
+    def __init__(self, port: ClusterPort) -> None:
+        self.port = port
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.claim_nodes,
+            self.provision_node,
+            self.wait_node_ready,
+            self.node_health,
+            self.mark_node_free,
+            self.delete_node,
+            self.wire_session,
+            self.unwire_session,
+            self.expose_ssh,
+            self.unexpose_ssh,
+            self.release_session,
+            self.inventory,
+        ]
+
+    @activity.defn(name=ActivityName.CLAIM_NODES)
+    @map_port_errors
+    async def claim_nodes(self, request: ClaimRequest) -> ClaimResult:
+        return await self.port.claim(request)
+
+    @activity.defn(name=ActivityName.PROVISION_NODE)
+    @map_port_errors
+    async def provision_node(self, request: ProvisionInput) -> NodeRecord:
+        return await self.port.provision(request.spec)
+
+    @activity.defn(name=ActivityName.WAIT_NODE_READY)
+    @map_port_errors
+    async def wait_node_ready(self, request: WaitReadyInput) -> NodeStatus:
+        """Poll until the node is ready; heartbeat each poll. A FAILED or vanished node is permanent.
+
+        The first attempt's start time travels in the heartbeat details, so a retried attempt
+        (worker restart, heartbeat timeout) keeps counting `timeout` from the original start.
+        """
+        info = activity.info()
+        started = datetime.now(UTC)
+        if info.heartbeat_details:
+            try:
+                started = datetime.fromisoformat(str(info.heartbeat_details[0]))
+            except ValueError:
+                pass
+        deadline = started + request.timeout
+        while True:
+            status = await self.port.node_status(request.node_id)
+            if status.phase == NodePhase.READY:
+                return status
+            if status.phase == NodePhase.FAILED:
+                raise NodeNeverReady(
+                    f"node {request.node_id} failed: {status.reason or 'no reason given'}",
+                    type="NodeFailed",
+                    non_retryable=True,
+                )
+            if status.phase == NodePhase.MISSING:
+                raise NodeNeverReady(
+                    f"node {request.node_id} does not exist (deleted while waiting for it)",
+                    type="NodeMissing",
+                    non_retryable=True,
+                )
+            if datetime.now(UTC) >= deadline:
+                raise NodeNeverReady(
+                    f"node {request.node_id} not ready after {request.timeout} "
+                    f"(still {status.phase}{': ' + status.reason if status.reason else ''})",
+                    type="NodeNotReadyInTime",
+                    non_retryable=True,
+                )
+            activity.heartbeat(started.isoformat())
+            await asyncio.sleep(request.poll_interval.total_seconds())
+
+    @activity.defn(name=ActivityName.NODE_HEALTH)
+    @map_port_errors
+    async def node_health(self, request: NodeRef) -> NodeStatus:
+        return await self.port.node_status(request.node_id)
+
+    @activity.defn(name=ActivityName.MARK_NODE_FREE)
+    @map_port_errors
+    async def mark_node_free(self, request: NodeRef) -> NodeRecord:
+        return await self.port.mark_free(request.node_id)
+
+    @activity.defn(name=ActivityName.DELETE_NODE)
+    @map_port_errors
+    async def delete_node(self, request: NodeRef) -> None:
+        await self.port.delete_node(request.node_id)
+
+    @activity.defn(name=ActivityName.WIRE_SESSION)
+    @map_port_errors
+    async def wire_session(self, request: SessionWiring) -> None:
+        await self.port.wire(request)
+
+    @activity.defn(name=ActivityName.UNWIRE_SESSION)
+    @map_port_errors
+    async def unwire_session(self, request: SessionIdInput) -> None:
+        await self.port.unwire(request.session_id)
+
+    @activity.defn(name=ActivityName.EXPOSE_SSH)
+    @map_port_errors
+    async def expose_ssh(self, request: ExposeInput) -> SshEndpoint:
+        return await self.port.expose(request.session_id, request.node_id)
+
+    @activity.defn(name=ActivityName.UNEXPOSE_SSH)
+    @map_port_errors
+    async def unexpose_ssh(self, request: SessionIdInput) -> None:
+        await self.port.unexpose(request.session_id)
+
+    @activity.defn(name=ActivityName.RELEASE_SESSION)
+    @map_port_errors
+    async def release_session(self, request: SessionIdInput) -> ReleaseResult:
+        return ReleaseResult(nodes_deleted=await self.port.release(request.session_id))
+
+    @activity.defn(name=ActivityName.INVENTORY)
+    @map_port_errors
+    async def inventory(self) -> Inventory:
+        return await self.port.inventory()
+

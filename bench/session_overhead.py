@@ -1,0 +1,275 @@
+"""Session orchestration overhead, start -> ready, against the engine's own floor (prints, asserts nothing).
+
+    python -m bench.session_overhead [--rounds 20] [--concurrency 1 10 50] [--ssh]
+    python -m bench.session_overhead --hold 5000
+
+Overhead mode: an in-memory dev server, the production worker wiring (`worker.build_worker`), the
+simulated cluster at zero boot latency and a 3-node lab (`networkpolicy-db`). Measures, per start,
+client `start` until the `wait_ready` update answers with credentials, for warm (claimed from a
+pre-filled pool) and cold (provisioned) nodes, at 1, 10 and 50 concurrent starts. In the same run: a
+bare workflow running 8 sequential no-op regular activities (the engine's floor for the same number of
+steps), and the same with local activities. The script activities are no-op stand-ins unless --ssh
+(then the real ones run over SSH against the simulated nodes' in-process sshd).
+
+Hold mode: one worker holding N running labs (credentials fetched, waiting for expiry); prints the
+process RSS (worker + simulated cluster + client in one process) and the time to get there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import RetryPolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from cluster.models import NodeSpec, SessionRef
+from labrador.binaries import temporal_cli
+from labrador.client import LabClient
+from labrador.published_images import JsonFilePublishedImages
+from labrador.settings import PACKAGE_LABS_DIR, Settings
+from labs.loader import load_catalog
+from labs.models import Catalog
+from worker import build_port
+from workflows import search_attributes
+from workflows.models import (
+    ActivityName,
+    CheckReport,
+    ChecksInput,
+    SessionCredentials,
+    SessionTimings,
+    SetupInput,
+    SetupResult,
+    TeardownInput,
+)
+
+LAB = "networkpolicy-db"
+# The same server options `labrador dev` uses (eager activity dispatch: see docs/session.md).
+DEV_SERVER_ARGS: list[str] = []
+STEPS = 8
+
+
+# --- the engine's floor -----------------------------------------------------------------------------
+
+
+@activity.defn(name="bench_noop")
+async def noop(step: int) -> int:
+    return step
+
+
+@workflow.defn(name="BareSteps", sandboxed=False)
+class BareSteps:
+    @workflow.run
+    async def run(self, local: bool) -> int:
+        for step in range(STEPS):
+            if local:
+                await workflow.execute_local_activity(
+                    "bench_noop", step, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+            else:
+                await workflow.execute_activity(
+                    "bench_noop", step, start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+        return STEPS
+
+
+# --- no-op script activities (zero-latency infrastructure) ------------------------------------------
+
+
+@activity.defn(name=ActivityName.CREATE_SESSION_CREDENTIALS)
+async def credentials(session: SessionRef) -> SessionCredentials:
+    return SessionCredentials(private_key="bench-private-key", public_key="ssh-ed25519 AAAA bench")
+
+
+@activity.defn(name=ActivityName.RUN_SETUP)
+async def setup(request: SetupInput) -> SetupResult:
+    return SetupResult()
+
+
+@activity.defn(name=ActivityName.RUN_CHECKS)
+async def checks(request: ChecksInput) -> CheckReport:
+    return CheckReport()
+
+
+@activity.defn(name=ActivityName.RUN_TEARDOWN_SCRIPTS)
+async def teardown(request: TeardownInput) -> SetupResult:
+    return SetupResult()
+
+
+STUB_SCRIPTS = [credentials, setup, checks, teardown]
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def activity_name(function: Any) -> str:
+    return str(getattr(function, "__temporal_activity_definition").name)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return p50 * 1000, p99 * 1000
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def fill_pool(port: Any, catalog: Catalog, count: int) -> None:
+    lab = catalog.labs[LAB]
+    for index in range(count):
+        for node in lab.nodes:
+            cls = catalog.node_classes[node.node_class]
+            node_id = f"warm-{node.name}-{index}-{uuid.uuid4().hex[:6]}"
+            await port.provision(NodeSpec(
+                node_id=node_id, node_class=cls.name, role=cls.role, image=cls.image,
+                kubernetes_version=cls.kubernetes_version, cpu_cores=cls.cpu_cores, memory=cls.effective_memory,
+                disk=cls.disk,
+            ))
+            await port.mark_free(node_id)
+
+
+class Bench:
+    def __init__(self, client: Client, data_dir: Path, ssh: bool, timings: SessionTimings) -> None:
+        self.client = client
+        self.catalog = load_catalog(PACKAGE_LABS_DIR)
+        self.settings = Settings(task_queue=f"bench-{uuid.uuid4().hex[:6]}", data_dir=data_dir,
+                                 cluster_backend="simulated", sim_boot_seconds=0.0)
+        self.port = build_port(self.settings)
+        self.labs = LabClient(client, self.settings, catalog=self.catalog,
+                              published=JsonFilePublishedImages.in_data_dir(data_dir), timings=timings)
+        from worker import activity_functions, workflow_classes
+
+        activities = activity_functions(self.port, self.settings)
+        if not ssh:
+            names = {activity_name(a) for a in STUB_SCRIPTS}
+            activities = [a for a in activities if activity_name(a) not in names]
+            activities += STUB_SCRIPTS
+        self.worker = Worker(client, task_queue=self.settings.task_queue, workflows=[*workflow_classes(), BareSteps],
+                             activities=[*activities, noop], max_concurrent_activities=200)
+
+    async def session(self) -> float:
+        student = f"b-{uuid.uuid4().hex[:10]}"
+        began = time.perf_counter()
+        started = await self.labs.start(student, LAB, wait=timedelta(seconds=60))
+        elapsed = time.perf_counter() - began
+        assert started.ready is not None and started.ready.ready, started
+        await self.labs.end(student)
+        await self.labs.result(student)
+        return elapsed
+
+    async def bare(self, local: bool) -> float:
+        began = time.perf_counter()
+        await self.client.execute_workflow(BareSteps.run, local, id=f"bare-{uuid.uuid4().hex}",
+                                           task_queue=self.settings.task_queue)
+        return time.perf_counter() - began
+
+    async def measure(self, name: str, factory: Any, concurrency: int, samples: int) -> None:
+        results: list[float] = []
+        while len(results) < samples:
+            results += await asyncio.gather(*(factory() for _ in range(concurrency)))
+        p50, p99 = percentiles(results)
+        print(f"{name:<34} x{concurrency:<3} n={len(results):<4} p50 {p50:8.1f} ms   p99 {p99:8.1f} ms", flush=True)
+
+
+async def run_overhead(args: argparse.Namespace) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
+        search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+    )
+    bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), args.ssh,
+                  SessionTimings(health_interval=timedelta(minutes=1)))
+    try:
+        async with bench.worker:
+            print(f"3-node lab {LAB}, zero-latency simulated cluster, scripts: {'ssh' if args.ssh else 'no-op'}")
+            for concurrency in args.concurrency:
+                samples = max(args.rounds, concurrency * 2)
+                await fill_pool(bench.port, bench.catalog, samples)
+                await bench.measure("session start->ready (warm)", bench.session, concurrency, samples)
+                await bench.measure("session start->ready (cold)", bench.session, concurrency, samples)
+                await bench.measure(f"bare workflow, {STEPS} activities", lambda: bench.bare(False), concurrency,
+                                    samples)
+                await bench.measure(f"bare workflow, {STEPS} local activities", lambda: bench.bare(True),
+                                    concurrency, samples)
+    finally:
+        await bench.port.aclose()
+        await env.shutdown()
+
+
+async def run_hold(args: argparse.Namespace) -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
+        search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+    )
+    # Health checks every --hold-health (default 1 h): at 30 s, 5,000 labs x 3 nodes would be 500 checks a
+    # second, and with 1,000 cached workflows every check of an evicted lab is a replay (see docs/session.md).
+    bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), False,
+                  SessionTimings(health_interval=args.hold_health, unclaimed_timeout=timedelta(hours=2)))
+    try:
+        async with bench.worker:
+            before = rss_mib()
+            began = time.perf_counter()
+            students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
+            semaphore = asyncio.Semaphore(20)
+
+            async def hold(student: str) -> None:
+                async with semaphore:
+                    started = await bench.labs.start(student, "sandbox", wait=timedelta(seconds=120))
+                    assert started.ready is not None and started.ready.ready, started
+
+            done = 0
+            for chunk in range(0, len(students), 250):
+                await asyncio.gather(*(hold(s) for s in students[chunk:chunk + 250]))
+                done += len(students[chunk:chunk + 250])
+                print(f"  {done} labs running, RSS {rss_mib():.0f} MiB, {time.perf_counter() - began:.0f} s",
+                      flush=True)
+            await asyncio.sleep(5)
+            print(f"worker holding {args.hold} running labs: RSS {rss_mib():.0f} MiB (before: {before:.0f} MiB), "
+                  f"reached in {time.perf_counter() - began:.0f} s")
+    finally:
+        await bench.port.aclose()
+        await env.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20, help="samples per measurement (at least 2x concurrency)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--ssh", action="store_true", help="real SSH script activities instead of no-ops")
+    parser.add_argument("--hold-health", type=lambda v: timedelta(seconds=float(v)), default=timedelta(hours=1),
+                        help="hold mode: node-health interval in seconds")
+    parser.add_argument("--hold", type=int, default=0, help="hold mode: RSS of one worker with N running labs")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops its dev server (finally blocks)
+    asyncio.run(run_hold(args) if args.hold else run_overhead(args))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    main()

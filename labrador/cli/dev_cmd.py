@@ -1,0 +1,55 @@
+"""`labrador dev`: run the embedded dev stack (Temporal dev server + worker + simulated cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail
+from labrador.devstack import DevStack, DevStackConfig, DevStackError
+from labrador.settings import Settings, SettingsError, default_data_dir
+
+
+def dev(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Temporal's SQLite file, simulated cluster, keys")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Temporal gRPC port")] = 7233,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port")] = 8233,
+    sim_boot_seconds: Annotated[
+        float | None, typer.Option("--sim-boot-seconds", help="simulated boot latency of new nodes")
+    ] = None,
+) -> None:
+    """Run Temporal (Web UI included), the worker and the simulated cluster until Ctrl-C or SIGTERM."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = DevStackConfig(data_dir=(data_dir or default_data_dir()).expanduser().resolve(), port=port,
+                            ui_port=ui_port)
+    stack = DevStack(config, flags={"sim_boot_seconds": sim_boot_seconds})
+
+    def ready(settings: Settings) -> None:
+        typer.echo(f"labrador dev: Temporal on {settings.temporal_address}, Web UI {config.ui_url}", err=False)
+        typer.echo(f"  data in {settings.data_dir}; worker on task queue {settings.task_queue}; Ctrl-C stops")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stack.run(stop, on_ready=ready)
+
+    try:
+        asyncio.run(main())
+    except SettingsError as exc:
+        fail(str(exc))
+    except DevStackError as exc:
+        fail(str(exc), EXIT_UNREACHABLE if "not reachable" in str(exc) or "exited" in str(exc) else EXIT_REFUSED)
+    typer.echo("labrador dev: stopped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dev")(dev)

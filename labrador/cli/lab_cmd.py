@@ -1,0 +1,209 @@
+"""`labrador lab ...`: start, watch, extend, check and end students' lab sessions.
+
+Every command finds Temporal through the settings (a running `labrador dev` stack is found without
+flags). Exit codes: 0 ok, 1 refused (bad input, no lab running, a lab already running), 3 Temporal
+unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.client import LabClient, LabError, TemporalUnreachable
+from labrador.naming import InvalidName, validate_student_id
+from labrador.settings import Settings, SettingsError, load_settings
+from workflows.models import TERMINAL_PHASES, LabStatus, WaitReadyResult
+
+T = TypeVar("T")
+
+lab_app = typer.Typer(help="Students' lab sessions: start, status, extend, check, end, list.", no_args_is_help=True)
+
+StudentOpt = Annotated[str, typer.Option("--student", "-s", help="student ID")]
+
+
+def _student(student: str) -> str:
+    """Refuse a bad student ID before anything is contacted."""
+    try:
+        return validate_student_id(student)
+    except InvalidName as exc:
+        fail(str(exc))
+
+
+def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+    async def go() -> T:
+        client = await LabClient.connect(settings)
+        return await action(client)
+
+    try:
+        return asyncio.run(go())
+    except TemporalUnreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    except LabError as exc:
+        fail(str(exc))
+
+
+def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
+    """The session's private key in a 0600 file: never printed to a terminal or a log."""
+    directory = settings.data_dir / "keys"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{session_id}.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
+    return path
+
+
+def _print_status(status: LabStatus) -> None:
+    console.print(f"[bold]{status.student_id}[/bold] · lab {status.lab_name} · phase [bold]{status.phase}[/bold]")
+    if status.deadline:
+        console.print(f"deadline {status.deadline:%Y-%m-%d %H:%M:%S} UTC ({status.extensions_used} extensions used)")
+    if status.reason:
+        console.print(f"reason: {status.reason}" + (f" ({status.detail})" if status.detail else ""))
+    if status.nodes:
+        table = Table()
+        for column in ("node", "id", "role", "warm", "address", "healthy"):
+            table.add_column(column)
+        for node in status.nodes:
+            table.add_row(node.name, node.node_id, node.role, "yes" if node.warm else "no", node.address or "-",
+                          "yes" if node.healthy else "NO")
+        console.print(table)
+    if status.last_check:
+        console.print(f"last check: {status.last_check.score}/{status.last_check.max_score} points")
+
+
+@lab_app.command("start")
+def start(
+    student: StudentOpt,
+    lab: Annotated[str, typer.Option("--lab", "-l", help="lab name from the catalog")],
+    wait: Annotated[bool, typer.Option("--wait", help="wait until ready and write the SSH key")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 900.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a lab for a student (one lab per student at a time)."""
+    _student(student)
+
+    async def action(client: LabClient) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
+        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
+        if not wait:
+            return out
+        result: WaitReadyResult | None = started.ready
+        while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
+            poll = min(20.0, max(0.0, deadline - time.monotonic()))
+            result = await client.wait_ready(student, timedelta(seconds=poll))
+        if result is None or not result.ready:
+            phase = result.phase if result else "unknown"
+            reason = f": {result.reason}" if result and result.reason else ""
+            raise LabError(f"lab {lab!r} for {student!r} is not ready (phase {phase}{reason})")
+        assert result.endpoint is not None and result.private_key is not None
+        key = _key_file(client.settings, started.session_id, result.private_key)
+        out["ready"] = {
+            "host": result.endpoint.host, "port": result.endpoint.port, "username": result.endpoint.username,
+            "private_key_file": str(key), "deadline": result.deadline,
+        }
+        return out
+
+    out = _run(action)
+    if as_json:
+        print_json(out)
+        return
+    started = out["started"]
+    console.print(f"started lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
+    if "ready" in out:
+        ready = out["ready"]
+        console.print(f"ready until {ready['deadline']:%H:%M:%S} UTC:")
+        console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
+
+
+@lab_app.command("status")
+def status(student: StudentOpt, as_json: JsonFlag = False) -> None:
+    """Phase, deadline, nodes and last check of a student's lab (also of the last one that ended)."""
+    _student(student)
+    result = _run(lambda client: client.status(student))
+    if as_json:
+        print_json(result)
+    else:
+        _print_status(result)
+
+
+@lab_app.command("extend")
+def extend(student: StudentOpt, as_json: JsonFlag = False) -> None:
+    """Give a running lab more time (the lab's `extension`, at most `max_extensions` times)."""
+    _student(student)
+    result = _run(lambda client: client.extend(student))
+    if as_json:
+        print_json(result)
+    else:
+        console.print(
+            f"extended: deadline {result.deadline:%Y-%m-%d %H:%M:%S} UTC, {result.extensions_left} extensions left"
+        )
+
+
+@lab_app.command("check")
+def check(student: StudentOpt, as_json: JsonFlag = False) -> None:
+    """Run the lab's checks now and show the results; the lab goes on."""
+    _student(student)
+    report = _run(lambda client: client.check(student))
+    if as_json:
+        print_json(report)
+        return
+    table = Table(title=f"{report.score}/{report.max_score} points")
+    for column in ("check", "node", "passed", "points"):
+        table.add_column(column)
+    for item in report.results:
+        table.add_row(item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}")
+    console.print(table)
+
+
+@lab_app.command("end")
+def end(
+    student: StudentOpt,
+    reason: Annotated[str, typer.Option("--reason", help="recorded as the session's reason")] = "ended by student",
+    as_json: JsonFlag = False,
+) -> None:
+    """End a student's running lab: final grading, then teardown."""
+    _student(student)
+    result = _run(lambda client: client.end(student, reason))
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"ending lab {result.lab_name} for {result.student_id} (phase {result.phase})")
+
+
+@lab_app.command("list")
+def list_sessions(
+    phase: Annotated[str | None, typer.Option("--phase", "-p", help="only sessions in this phase")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Sessions by phase (default: every running session)."""
+    sessions = _run(lambda client: client.list(phase))
+    if as_json:
+        print_json(sessions)
+        return
+    table = Table()
+    for column in ("student", "lab", "phase", "started", "status"):
+        table.add_column(column)
+    for item in sessions:
+        started = f"{item.started_at:%Y-%m-%d %H:%M:%S}" if item.started_at else "-"
+        table.add_row(item.student_id or "?", item.lab_name or "?", item.phase or "?", started, item.status)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lab_app, name="lab")

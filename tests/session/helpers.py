@@ -1,0 +1,70 @@
+"""Shared helpers: a worker running the session workflow with given activities, and starting sessions."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from activities.cluster_activities import ClusterActivities
+from labs.models import Lab
+from workflows.lab_session import LabSessionWorkflow
+from workflows.models import LabSessionInput, SessionTimings
+
+from .fakes import NODE_CLASSES
+
+
+@asynccontextmanager
+async def session_worker(
+    client: Client, port: Any, scripts: Sequence[Callable[..., Any]], task_queue: str | None = None
+) -> AsyncIterator[str]:
+    task_queue = task_queue or f"tq-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[LabSessionWorkflow],
+        activities=[*ClusterActivities(port).all(), *scripts],
+    ):
+        yield task_queue
+
+
+async def start_session(
+    client: Client, task_queue: str, lab: Lab, *, student: str | None = None, timings: SessionTimings | None = None
+) -> WorkflowHandle[Any, Any]:
+    student = student or f"student-{uuid.uuid4().hex[:6]}"
+    return await client.start_workflow(
+        LabSessionWorkflow.run,
+        LabSessionInput(
+            student_id=student,
+            lab=lab,
+            node_classes={n.node_class: NODE_CLASSES[n.node_class] for n in lab.nodes},
+            timings=timings or SessionTimings(health_interval=SLOW_HEALTH),
+        ),
+        id=f"lab-session/{student}",
+        task_queue=task_queue,
+    )
+
+# Health checks every 20 min keep time-skipping histories short; health has its own tests.
+SLOW_HEALTH = timedelta(minutes=20)
+
+
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+
+
+async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """With LABRADOR_RECORD_HISTORIES=1, keep this finished session's history for the replay test.
+
+    Only sessions run with the script stand-ins are recorded: their credentials are fake strings.
+    """
+    if os.environ.get("LABRADOR_RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -1,0 +1,689 @@
+"""One student's run of a lab, as a durable story.
+
+    claim warm nodes -> cold-provision the rest -> wait until every node is ready -> wire the session
+    network -> set up (credentials, setup scripts) -> expose SSH -> READY
+    -> wait for: end signal | expiry (from ready, moved by extend) | unclaimed credentials | dead node
+    -> final grading -> teardown (always) -> result
+
+Time rules: the lab's duration counts from READY; a student who does not fetch credentials (the
+`wait_ready` update) within `unclaimed_timeout` loses the lab; preparing for longer than
+`provisioning_overdue` fails the session. Teardown runs in a `finally`, also on cancellation and bugs.
+
+Deterministic code only (see the import contract): activities are called by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+# Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
+with workflow.unsafe.imports_passed_through():
+    from cluster.models import (
+        ClaimRequest,
+        ClaimResult,
+        ClaimWant,
+        NodePhase,
+        NodeRecord,
+        NodeSpec,
+        NodeStatus,
+        SessionRef,
+        SessionWiring,
+        SshEndpoint,
+    )
+    from labrador.naming import dns_label, session_id
+    from labs.models import LabNode, format_duration
+    from workflows import search_attributes
+    from workflows.models import (
+        ActivityName,
+        BoundNode,
+        CheckReport,
+        CheckRequest,
+        ChecksInput,
+        EndRequest,
+        ExposeInput,
+        ExtendRequest,
+        ExtendResult,
+        LabSessionInput,
+        LabSessionResult,
+        LabStatus,
+        NodeRef,
+        Phase,
+        ProvisionInput,
+        ReleaseResult,
+        SessionCredentials,
+        SessionIdInput,
+        SetupInput,
+        SetupResult,
+        TeardownInput,
+        WaitReadyInput,
+        WaitReadyRequest,
+        WaitReadyResult,
+    )
+
+WORKFLOW_NAME = "LabSession"
+
+# Exceptions that mean "a bug in this code". Declared as workflow failures so the session fails (after
+# its teardown in `finally`) instead of retrying a workflow task forever. NondeterminismError is left
+# out on purpose: a bad deploy then stalls tasks until it is rolled back instead of failing every lab.
+WORKFLOW_BUGS: tuple[type[Exception], ...] = (
+    AttributeError,
+    TypeError,
+    LookupError,
+    ValueError,
+    AssertionError,
+    ArithmeticError,
+    NameError,
+)
+
+# --- activity options (explicit everywhere) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    start_to_close: timedelta
+    retry: RetryPolicy
+
+
+# Short, idempotent cluster calls run as local activities: no task-queue round trip per call.
+CLUSTER_CALL = CallOptions(
+    timedelta(seconds=30),
+    RetryPolicy(
+        initial_interval=timedelta(milliseconds=200),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation
+    ),
+)
+# Teardown must finish: retry transient errors forever (visible as phase tearing-down in the UI).
+TEARDOWN_CALL = CallOptions(
+    timedelta(seconds=60),
+    RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=1),
+        maximum_attempts=0,
+    ),
+)
+HEALTH_CALL = CallOptions(
+    timedelta(seconds=20), RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+)
+WAIT_READY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=0,
+)
+CREDENTIALS_CALL = CallOptions(
+    timedelta(seconds=30), RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
+)
+SCRIPT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_interval=timedelta(seconds=30),
+    maximum_attempts=3,
+)
+# Checks are not re-run on a failing script (that is a result); only infrastructure errors retry once.
+CHECK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=2)
+SCRIPT_HEARTBEAT = timedelta(seconds=30)  # the script activities heartbeat every 2 s
+# The platform part of setup (student key, kubeadm join, nodes Ready) on top of the lab's own scripts.
+SETUP_PLATFORM_STEPS = timedelta(minutes=10)
+MAX_WAIT_READY = timedelta(minutes=5)
+
+
+class SessionFailed(Exception):
+    """The lab cannot go on; `reason` becomes the session's reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost message of an activity failure (the port's clear message)."""
+    while isinstance(error, ActivityError) and error.cause is not None:
+        error = error.cause
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+# Not sandboxed: the sandbox re-imports the workflow per run, which cost ~25-35 % of start->ready and
+# most of the memory per cached lab (bench/session_overhead.py, docs/session.md). Determinism is guarded
+# by the import contract (no I/O modules), tests/session/test_determinism_guard.py (no clock, randomness
+# or threads) and the replay of recorded histories.
+@workflow.defn(name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False)
+class LabSessionWorkflow:
+    @workflow.init
+    def __init__(self, request: LabSessionInput) -> None:
+        info = workflow.info()
+        self._input = request
+        self._lab = request.lab
+        self._session = SessionRef(
+            session_id=session_id(request.student_id, info.run_id),
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+        )
+        self._started_at = workflow.now()
+        self._phase = Phase.CLAIMING
+        self._phase_since = self._started_at
+        self._phase_seconds: dict[str, float] = {}
+        self._nodes: list[BoundNode] = []
+        self._credentials: SessionCredentials | None = None
+        self._endpoint: SshEndpoint | None = None
+        self._ready_at: datetime | None = None
+        self._deadline: datetime | None = None
+        self._extensions_used = 0
+        self._picked_up = False
+        self._set_up = False
+        self._end_reason: str | None = None
+        self._health_problem: str | None = None
+        self._health_failure: SessionFailed | None = None
+        self._last_check: CheckReport | None = None
+        self._reason: str | None = None
+        self._detail: str | None = None
+        self._teardown_problems: list[str] = []
+        self._preparation: asyncio.Task[None] | None = None
+        # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
+        self._version = 0
+        self._seen_version = 0
+
+    # --- the story --------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: LabSessionInput) -> LabSessionResult:
+        self._enter(Phase.CLAIMING, first=True)
+        outcome = Phase.FAILED
+        checks: CheckReport | None = None
+        try:
+            ended_early = await self._prepare_within_limit()
+            if ended_early is not None:
+                outcome, self._reason = Phase.ENDED, ended_early
+            else:
+                outcome, self._reason = await self._run_until_the_end()
+                if self._reason != "unclaimed":
+                    checks = await self._final_grading()
+        except SessionFailed as failure:
+            outcome, self._reason, self._detail = Phase.FAILED, failure.reason, failure.detail
+        except ActivityError as error:
+            outcome, self._reason = Phase.FAILED, f"{self._phase} failed: {_cause(error)}"
+        except asyncio.CancelledError:
+            outcome, self._reason, self._detail = Phase.ENDED, "cancelled", "the workflow was cancelled"
+            raise
+        except WORKFLOW_BUGS as bug:
+            outcome, self._reason = Phase.FAILED, f"internal error: {type(bug).__name__}: {bug}"
+            raise
+        finally:
+            await self._abandon_preparation()
+            await self._teardown()
+            self._enter(outcome)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return LabSessionResult(
+            student_id=request.student_id,
+            lab_name=self._lab.name,
+            session_id=self._session.session_id,
+            outcome=outcome,
+            reason=self._reason or str(outcome),
+            detail=self._detail or "",
+            score=checks.score if checks else 0,
+            max_score=checks.max_score if checks else 0,
+            checks=checks,
+            phase_seconds=dict(self._phase_seconds),
+            teardown_problems=list(self._teardown_problems),
+        )
+
+    async def _prepare_within_limit(self) -> str | None:
+        """Prepare the lab, bounded by `provisioning_overdue`; returns the end reason if the student
+        ended the lab before it became ready."""
+        overdue = self._input.timings.provisioning_overdue
+        preparation = self._preparation = asyncio.create_task(self._prepare())
+        try:
+            await workflow.wait_condition(
+                lambda: preparation.done() or self._end_reason is not None,
+                timeout=overdue,
+                timeout_summary="provisioning overdue",
+            )
+        except TimeoutError:
+            stuck_in = self._phase
+            await self._abandon_preparation()
+            raise SessionFailed(
+                "overdue", f"the lab was not ready within {format_duration(overdue)} (stuck in {stuck_in})"
+            ) from None
+        if not preparation.done():
+            await self._abandon_preparation()
+            return self._end_reason
+        preparation.result()  # re-raises what went wrong while preparing
+        self._ready_at = workflow.now()
+        self._deadline = self._ready_at + self._lab.effective_duration
+        self._enter(Phase.READY)
+        return None
+
+    async def _prepare(self) -> None:
+        # The student's key pair depends on nothing: made while the nodes are claimed and readied.
+        credentials = asyncio.create_task(self._create_credentials())
+        await self._claim_warm_nodes()
+        self._enter(Phase.PROVISIONING)
+        await self._provision_missing_nodes()
+        await self._wait_until_nodes_ready()
+        self._enter(Phase.WIRING)
+        await self._wire()
+        self._enter(Phase.SETTING_UP)
+        self._credentials = await credentials
+        await self._set_up_session()
+        self._enter(Phase.EXPOSING)
+        await self._expose()
+
+    async def _run_until_the_end(self) -> tuple[Phase, str]:
+        """Wait for whatever comes first: end, expiry, unclaimed credentials, a node that stays down."""
+        assert self._ready_at is not None and self._deadline is not None
+        unclaimed_at = self._ready_at + self._input.timings.unclaimed_timeout
+        health = asyncio.create_task(self._watch_node_health())
+        try:
+            while True:
+                now = workflow.now()
+                if self._end_reason is not None:
+                    return Phase.ENDED, self._end_reason
+                if self._health_failure is not None:
+                    raise self._health_failure
+                if now >= self._deadline:
+                    self._detail = f"the lab's time ran out at {self._deadline:%H:%M:%S} UTC"
+                    return Phase.EXPIRED, "expired"
+                wake_at = self._deadline
+                if not self._picked_up:
+                    if now >= unclaimed_at:
+                        self._detail = (
+                            "credentials were not picked up within "
+                            f"{format_duration(self._input.timings.unclaimed_timeout)} of ready"
+                        )
+                        return Phase.ENDED, "unclaimed"
+                    wake_at = min(wake_at, unclaimed_at)
+                self._seen_version = self._version
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._version != self._seen_version, timeout=wake_at - now, timeout_summary="lab timer"
+                    )
+                except TimeoutError:
+                    pass
+        finally:
+            health.cancel()
+
+    # --- steps ------------------------------------------------------------------------------------
+
+    async def _claim_warm_nodes(self) -> None:
+        """The one claiming step (the pool's capacity queue goes right before it)."""
+        wants: dict[str, int] = {}
+        for node in self._lab.nodes:
+            wants[node.node_class] = wants.get(node.node_class, 0) + 1
+        claim: ClaimResult = await _local(
+            ActivityName.CLAIM_NODES,
+            ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
+            ClaimResult,
+            CLUSTER_CALL,
+        )
+        free: dict[str, list[NodeRecord]] = {}
+        for record in sorted(claim.nodes, key=lambda r: r.node_id):
+            free.setdefault(record.node_class, []).append(record)
+        for lab_node in self._lab.nodes:
+            candidates = free.get(lab_node.node_class) or []
+            if candidates:
+                record = candidates.pop(0)
+                self._nodes.append(
+                    BoundNode(name=lab_node.name, node_id=record.node_id, role=lab_node.role.value, warm=True)
+                )
+            else:
+                self._nodes.append(
+                    BoundNode(
+                        name=lab_node.name, node_id=self._cold_node_id(lab_node), role=lab_node.role.value, warm=False
+                    )
+                )
+
+    def _cold_node_id(self, lab_node: LabNode) -> str:
+        # Deterministic: a retried or replayed provision finds the node it already created.
+        return dns_label(self._session.session_id, lab_node.name)
+
+    async def _provision_missing_nodes(self) -> None:
+        lab_nodes = {n.name: n for n in self._lab.nodes}
+        await self._all(
+            self._provision(lab_nodes[node.name], node.node_id) for node in self._nodes if not node.warm
+        )
+
+    async def _provision(self, lab_node: LabNode, node_id: str) -> None:
+        node_class = self._input.node_classes[lab_node.node_class]
+        spec = NodeSpec(
+            node_id=node_id,
+            node_class=node_class.name,
+            role=lab_node.role,
+            image=node_class.image,
+            kubernetes_version=node_class.kubernetes_version,
+            cpu_cores=node_class.cpu_cores,
+            memory=node_class.effective_memory,
+            disk=node_class.disk,
+            session=self._session,
+        )
+        await _local(ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, CLUSTER_CALL)
+
+    async def _wait_until_nodes_ready(self) -> None:
+        statuses = await self._all(self._node_ready(node) for node in self._nodes)
+        self._nodes = [
+            node.model_copy(update={"address": status.address, "healthy": True})
+            for node, status in zip(self._nodes, statuses, strict=True)
+        ]
+
+    async def _node_ready(self, node: BoundNode) -> NodeStatus:
+        """One quick look first (warm nodes are ready already), then a heartbeating wait if needed."""
+        status = await self._node_status(node, CLUSTER_CALL)
+        if status.phase == NodePhase.READY:
+            return status
+        overdue = self._input.timings.provisioning_overdue
+        try:
+            return await workflow.execute_activity(
+                ActivityName.WAIT_NODE_READY,
+                WaitReadyInput(node_id=node.node_id, timeout=overdue, poll_interval=timedelta(seconds=1)),
+                result_type=NodeStatus,
+                start_to_close_timeout=overdue + timedelta(minutes=1),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=WAIT_READY_RETRY,
+                summary=f"wait for {node.name}",
+            )
+        except ActivityError as error:
+            raise SessionFailed(f"node {node.name} never became ready: {_cause(error)}") from error
+
+    async def _node_status(self, node: BoundNode, options: CallOptions) -> NodeStatus:
+        status: NodeStatus = await _local(ActivityName.NODE_HEALTH, NodeRef(node_id=node.node_id), NodeStatus, options)
+        return status
+
+    async def _wire(self) -> None:
+        controlplane = self._node_named(self._lab.controlplane.name)
+        wiring = SessionWiring(
+            session=self._session,
+            controlplane=controlplane.node_id,
+            workers=[n.node_id for n in self._nodes if n.node_id != controlplane.node_id],
+        )
+        await _local(ActivityName.WIRE_SESSION, wiring, None, CLUSTER_CALL)
+
+    async def _create_credentials(self) -> SessionCredentials:
+        credentials: SessionCredentials = await _local(
+            ActivityName.CREATE_SESSION_CREDENTIALS, self._session, SessionCredentials, CREDENTIALS_CALL
+        )
+        return credentials
+
+    async def _set_up_session(self) -> None:
+        assert self._credentials is not None
+        self._set_up = True  # from here on, teardown scripts may have something to undo
+        scripts_time = sum((s.timeout for s in self._lab.scripts.setup), timedelta())
+        result: SetupResult = await workflow.execute_activity(
+            ActivityName.RUN_SETUP,
+            SetupInput(
+                session=self._session, lab=self._lab, nodes=self._nodes,
+                student_public_key=self._credentials.public_key,
+            ),
+            result_type=SetupResult,
+            start_to_close_timeout=scripts_time + SETUP_PLATFORM_STEPS,
+            heartbeat_timeout=SCRIPT_HEARTBEAT,
+            retry_policy=SCRIPT_RETRY,
+            summary="setup scripts",
+        )
+        # Host keys seen at first contact are pinned for every later connection (checks, teardown).
+        self._nodes = [
+            node.model_copy(update={"host_key": result.host_keys.get(node.name, node.host_key)})
+            for node in self._nodes
+        ]
+        for script in result.scripts:
+            if script.timed_out or script.exit_code != 0:
+                what = "timed out" if script.timed_out else f"exited with {script.exit_code}"
+                raise SessionFailed(
+                    f"setup script {script.script} on {script.node} {what}",
+                    f"setup script {script.script} on {script.node} {what}: {script.output[-400:]}",
+                )
+
+    async def _expose(self) -> None:
+        controlplane = self._node_named(self._lab.controlplane.name)
+        self._endpoint = await _local(
+            ActivityName.EXPOSE_SSH,
+            ExposeInput(session_id=self._session.session_id, node_id=controlplane.node_id),
+            SshEndpoint,
+            CLUSTER_CALL,
+        )
+
+    async def _watch_node_health(self) -> None:
+        """Every `health_interval`: a node that is not ready for longer than `health_grace` (or is gone
+        for good) fails the session; the status shows the problem meanwhile."""
+        timings = self._input.timings
+        down_since: dict[str, datetime] = {}
+        while True:
+            await workflow.sleep(timings.health_interval, summary="node health")
+            try:
+                statuses = await self._all(self._node_status(node, HEALTH_CALL) for node in self._nodes)
+            except ActivityError:
+                continue  # the cluster API did not answer: not evidence against the nodes
+            now = workflow.now()
+            problems: list[str] = []
+            nodes: list[BoundNode] = []
+            for node, status in zip(self._nodes, statuses, strict=True):
+                healthy = status.phase == NodePhase.READY
+                nodes.append(node.model_copy(update={"healthy": healthy}))
+                if healthy:
+                    down_since.pop(node.name, None)
+                    continue
+                since = down_since.setdefault(node.name, now)
+                problem = f"node {node.name} is {status.phase}" + (f" ({status.reason})" if status.reason else "")
+                problems.append(f"{problem} since {since:%H:%M:%S} UTC")
+                gone_for_good = status.phase in (NodePhase.FAILED, NodePhase.MISSING)
+                if gone_for_good or now - since >= timings.health_grace:
+                    self._health_failure = SessionFailed(
+                        f"{problem}, not recovered" if not gone_for_good else problem,
+                        f"{problem}; the session cannot continue (grace {format_duration(timings.health_grace)})",
+                    )
+            self._nodes = nodes
+            changed = (self._health_problem is not None) != bool(problems)
+            self._health_problem = "; ".join(problems) or None
+            if changed:
+                self._update_details()
+            if self._health_failure is not None:
+                self._version += 1
+                return
+
+    async def _final_grading(self) -> CheckReport | None:
+        self._enter(Phase.GRADING)
+        try:
+            report = await self._run_checks()
+        except ActivityError as error:
+            self._detail = (self._detail + "; " if self._detail else "") + f"grading failed: {_cause(error)}"
+            return None
+        self._last_check = report
+        return report
+
+    async def _run_checks(self) -> CheckReport:
+        if not self._lab.checks:
+            return CheckReport(checked_at=workflow.now())
+        checks_time = sum((c.timeout for c in self._lab.checks), timedelta())
+        report: CheckReport = await workflow.execute_activity(
+            ActivityName.RUN_CHECKS,
+            ChecksInput(session=self._session, checks=self._lab.checks, nodes=self._nodes),
+            result_type=CheckReport,
+            start_to_close_timeout=checks_time + timedelta(minutes=1),
+            heartbeat_timeout=SCRIPT_HEARTBEAT,
+            retry_policy=CHECK_RETRY,
+            summary="checks",
+        )
+        return report
+
+    async def _teardown(self) -> None:
+        """Undo exactly what this session created; every step is idempotent and retried until done."""
+        self._enter(Phase.TEARING_DOWN)
+        session = SessionIdInput(session_id=self._session.session_id)
+        if self._set_up and self._lab.scripts.teardown:
+            try:
+                await workflow.execute_activity(
+                    ActivityName.RUN_TEARDOWN_SCRIPTS,
+                    TeardownInput(session=self._session, scripts=self._lab.scripts.teardown, nodes=self._nodes),
+                    start_to_close_timeout=sum((s.timeout for s in self._lab.scripts.teardown), timedelta())
+                    + timedelta(minutes=1),
+                    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=2),
+                    summary="teardown scripts",
+                )
+            except ActivityError as error:  # best effort: the nodes are deleted anyway
+                self._teardown_problems.append(f"teardown scripts: {_cause(error)}")
+        for name, result_type in (
+            (ActivityName.UNEXPOSE_SSH, None),
+            (ActivityName.UNWIRE_SESSION, None),
+            (ActivityName.RELEASE_SESSION, ReleaseResult),
+        ):
+            try:
+                await _local(name, session, result_type, TEARDOWN_CALL)
+            except ActivityError as error:  # a permanent error: leave it to the leak collector, say so
+                self._teardown_problems.append(f"{name}: {_cause(error)}")
+
+    async def _abandon_preparation(self) -> None:
+        preparation = self._preparation
+        if preparation is not None and not preparation.done():
+            preparation.cancel()
+            await workflow.wait([preparation])
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    @workflow.update
+    async def wait_ready(self, request: WaitReadyRequest) -> WaitReadyResult:
+        """Credentials once the lab is ready; "not ready yet" after `request.wait`. The first answer
+        with credentials starts the student's session (phase running)."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._phase not in _PREPARING, timeout=request.wait, timeout_summary="wait_ready"
+            )
+        except TimeoutError:
+            pass
+        if self._phase in (Phase.READY, Phase.RUNNING) and self._credentials and self._endpoint:
+            if not self._picked_up:
+                self._picked_up = True
+                self._version += 1
+                self._enter(Phase.RUNNING)
+            return WaitReadyResult(
+                ready=True, phase=self._phase, endpoint=self._endpoint,
+                private_key=self._credentials.private_key, deadline=self._deadline,
+            )
+        return WaitReadyResult(ready=False, phase=self._phase, deadline=self._deadline, reason=self._reason)
+
+    @wait_ready.validator
+    def _validate_wait_ready(self, request: WaitReadyRequest) -> None:
+        if request.wait < timedelta(0) or request.wait > MAX_WAIT_READY:
+            raise ApplicationError(
+                f"wait: {request.wait} is outside 0s..{format_duration(MAX_WAIT_READY)}", type="BadRequest"
+            )
+
+    @workflow.update
+    async def extend(self, request: ExtendRequest) -> ExtendResult:
+        assert self._deadline is not None
+        self._extensions_used += 1
+        self._deadline = self._deadline + self._lab.extension
+        self._version += 1
+        self._update_details()
+        return ExtendResult(
+            deadline=self._deadline,
+            extensions_used=self._extensions_used,
+            extensions_left=self._lab.max_extensions - self._extensions_used,
+        )
+
+    @extend.validator
+    def _validate_extend(self, request: ExtendRequest) -> None:
+        if self._phase != Phase.RUNNING or self._end_reason is not None:
+            raise ApplicationError(f"extend: the lab is not running (phase {self._phase})", type="NotRunning")
+        if self._extensions_used >= self._lab.max_extensions:
+            raise ApplicationError(
+                f"extend: no extensions left ({self._extensions_used} of {self._lab.max_extensions} used)",
+                type="NoExtensionsLeft",
+            )
+
+    @workflow.update
+    async def check(self, request: CheckRequest) -> CheckReport:
+        report = await self._run_checks()
+        self._last_check = report
+        return report
+
+    @check.validator
+    def _validate_check(self, request: CheckRequest) -> None:
+        if self._phase not in (Phase.READY, Phase.RUNNING):
+            raise ApplicationError(f"check: the lab is not ready (phase {self._phase})", type="NotReady")
+
+    @workflow.signal
+    def end(self, request: EndRequest) -> None:
+        if self._end_reason is None:
+            self._end_reason = request.reason or "ended"
+            self._version += 1
+
+    @workflow.query
+    def status(self) -> LabStatus:
+        return LabStatus(
+            student_id=self._input.student_id,
+            lab_name=self._lab.name,
+            session_id=self._session.session_id,
+            phase=self._phase,
+            started_at=self._started_at,
+            ready_at=self._ready_at,
+            deadline=self._deadline,
+            extensions_used=self._extensions_used,
+            nodes=self._nodes,
+            last_check=self._last_check,
+            reason=self._reason or self._health_problem,
+            detail=self._detail,
+        )
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+
+    def _enter(self, phase: Phase, *, first: bool = False) -> None:
+        now = workflow.now()
+        if not first:
+            spent = (now - self._phase_since).total_seconds()
+            self._phase_seconds[self._phase] = self._phase_seconds.get(self._phase, 0.0) + spent
+        self._phase, self._phase_since = phase, now
+        updates = [search_attributes.LAB_PHASE.value_set(phase.value)]
+        if first:
+            updates += [
+                search_attributes.STUDENT_ID.value_set(self._input.student_id),
+                search_attributes.LAB_NAME.value_set(self._lab.name),
+            ]
+        workflow.upsert_search_attributes(updates)
+        self._update_details()
+
+    def _update_details(self) -> None:
+        parts = [f"**{self._phase}**", f"student {self._input.student_id}", f"lab {self._lab.name}",
+                 f"session {self._session.session_id}"]
+        if self._deadline is not None and self._phase in (Phase.READY, Phase.RUNNING):
+            parts.append(f"until {self._deadline:%Y-%m-%d %H:%M} UTC ({self._extensions_used} extensions)")
+        if self._health_problem:
+            parts.append(f"⚠ {self._health_problem}")
+        if self._reason and self._phase in (Phase.ENDED, Phase.EXPIRED, Phase.FAILED, Phase.TEARING_DOWN):
+            parts.append(f"reason: {self._reason}")
+        workflow.set_current_details(" · ".join(parts))
+
+    def _node_named(self, name: str) -> BoundNode:
+        return next(n for n in self._nodes if n.name == name)
+
+    @staticmethod
+    async def _all(coroutines: Any) -> list[Any]:
+        """Run per-node steps in parallel; the first failure cancels the others and is raised."""
+        tasks = [asyncio.create_task(c) for c in coroutines]
+        if not tasks:
+            return []
+        await workflow.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None), None)
+        if failed is not None:
+            for task in tasks:
+                task.cancel()
+            await workflow.wait(tasks)
+            raise failed.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
+
+
+async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
+    return await workflow.execute_local_activity(
+        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry
+    )
+
+
+_PREPARING = frozenset({Phase.QUEUED, Phase.CLAIMING, Phase.PROVISIONING, Phase.WIRING, Phase.SETTING_UP,
+                        Phase.EXPOSING})
+
+__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "SessionFailed"]
