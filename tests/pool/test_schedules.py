@@ -29,7 +29,9 @@ async def settings(pool_bed: PoolBed) -> AsyncIterator[Settings]:
 
 async def test_schedule_is_created_idempotently_and_fires(pool_bed: PoolBed, settings: Settings) -> None:
     first = await schedules.apply_schedules(pool_bed.client, settings, refill_every=timedelta(seconds=1))
-    assert [(a.schedule_id, a.outcome) for a in first] == [(POOL_REFILL_SCHEDULE_ID, "created")]
+    assert (first[0].schedule_id, first[0].outcome) == (POOL_REFILL_SCHEDULE_ID, "created")
+    # The image pipeline's rebuild schedules are applied by the same call (created, or updated if present).
+    assert {a.outcome for a in first[1:]} <= {"created", "updated"}
 
     handle = pool_bed.client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID)
     description = await handle.describe()
@@ -49,7 +51,7 @@ async def test_schedule_is_created_idempotently_and_fires(pool_bed: PoolBed, set
     assert stored is not None and stored.max_vms == 40 and stored.max_memory_bytes == 64 * 2**30
 
     again = await schedules.apply_schedules(pool_bed.client, settings, refill_every=timedelta(seconds=1))
-    assert [a.outcome for a in again] == ["updated"]
+    assert {a.outcome for a in again} == {"updated"} and len(again) == len(first)
     listed = [s.id async for s in await pool_bed.client.list_schedules()]
     assert listed.count(POOL_REFILL_SCHEDULE_ID) == 1
 
