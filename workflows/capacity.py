@@ -64,10 +64,12 @@ class CapacityGate:
         limits: CapacityLimits,
         max_wait: timedelta,
         on_queued: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] = lambda: False,
     ) -> None:
         """Return once the broker granted room for `vms` nodes; raise CapacityRefused otherwise.
 
-        `on_queued(position)` runs whenever the broker reports a (new) queue position."""
+        `on_queued(position)` runs whenever the broker reports a (new) queue position; `stop()` true
+        (the student ended the lab) leaves the queue and returns without a grant."""
         self._asked = True
         self._on_queued = on_queued
         request = CapacityRequest(
@@ -78,7 +80,9 @@ class CapacityGate:
             retry_policy=RETRY,
         )
         try:
-            await workflow.wait_condition(lambda: self.granted or self.refused is not None, timeout=max_wait)
+            await workflow.wait_condition(
+                lambda: self.granted or self.refused is not None or stop(), timeout=max_wait
+            )
         except TimeoutError:
             position = self.position
             await self.release(session, reason="gave up waiting")
@@ -89,6 +93,8 @@ class CapacityGate:
         if self.refused is not None:
             await self.release(session, reason="refused")
             raise CapacityRefused(self.refused)
+        if not self.granted:
+            await self.release(session, reason="ended while queued")
 
     async def release(self, session: SessionRef, reason: str = "session ended") -> None:
         """Give the lease (or the queue place) back. A no-op when the session never asked."""

@@ -75,7 +75,11 @@ async def test_status_drain_resume_pause_through_the_cli(cli_env: dict[str, str]
     assert code == 0 and resumed == {"node_class": WORKER.name, "drained": []}
 
     assert (await labrador(cli_env, "pool", "pause", "--json")) == (0, {"paused": True})
-    code, status = await labrador(cli_env, "pool", "status", "--json")
+    for _ in range(40):  # the scheduler applies a pause asynchronously
+        code, status = await labrador(cli_env, "pool", "status", "--json")
+        if status["schedule"]["paused"] is True:  # type: ignore[index]
+            break
+        await asyncio.sleep(0.1)
     assert status["schedule"]["paused"] is True  # type: ignore[index]
     assert (await labrador(cli_env, "pool", "resume", "--json")) == (0, {"paused": False})
 
