@@ -22,9 +22,13 @@ from labrador.temporal import connect
 
 
 def workflow_classes() -> list[type]:
+    from workflows.capacity_broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
+    from workflows.pool_refill import PoolRefillWorkflow
+    from workflows.pool_status import PoolStatusWorkflow
 
-    return [LabSessionWorkflow, *image_workflow_classes()]
+    return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
+            *image_workflow_classes()]
 
 
 def image_workflow_classes() -> list[type]:
@@ -58,6 +62,7 @@ def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]
         *ClusterActivities(port).all(),
         *ScriptActivities(port, settings).all(),
         *image_activities(settings).shared(),
+        *pool_activities(port, settings),
     ]
 
 
@@ -88,6 +93,18 @@ def build_image_queue_worker(client: Client, settings: Settings, activities: Any
         logging.info("removed %d stale image scratch dirs: %s", len(swept), ", ".join(swept))
     return Worker(client, task_queue=acts.worker_queue_name, activities=acts.pinned(),
                   max_concurrent_activities=4)
+
+
+def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
+    """The pool's activities: node classes from the catalog (re-read every refill), effective images."""
+    from activities.pool_activities import PoolActivities
+    from labrador.published_images import JsonFilePublishedImages
+    from labs.loader import load_catalog
+
+    # The kubevirt backend publishes images in a ConfigMap (cluster.kubevirt.published_images); until
+    # that store has a factory here, both backends read the JSON file in the data directory.
+    published = JsonFilePublishedImages.in_data_dir(settings.data_dir)
+    return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published).all()
 
 
 def build_worker(

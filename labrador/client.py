@@ -36,7 +36,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
 from labrador.published_images import JsonFilePublishedImages, PublishedImages, with_effective_images
 from labrador.settings import Settings
-from labs.models import Catalog, parse_duration
+from labs.models import Catalog, parse_duration, quantity_bytes
 from workflows import search_attributes
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
@@ -53,6 +53,7 @@ from workflows.models import (
     WaitReadyRequest,
     WaitReadyResult,
 )
+from workflows.pool_models import CapacityLimits
 
 _TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
 _UPDATE_ATTEMPTS = 5
@@ -172,7 +173,13 @@ class LabClient:
         classes = with_effective_images(
             {name: cls for name, cls in self.catalog.node_classes.items() if name in used}, self.published.all()
         )
-        request = LabSessionInput(student_id=student_id, lab=lab, node_classes=classes, timings=self.timings)
+        request = LabSessionInput(
+            student_id=student_id, lab=lab, node_classes=classes, timings=self.timings,
+            # The global cap: cold provisions wait in the pool's capacity queue (workflows/capacity.py).
+            capacity=CapacityLimits(
+                max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
+            ),
+        )
         options: dict[str, Any] = dict(
             id=workflow_id,
             task_queue=self.settings.task_queue,

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from labrador.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
     from workflows import search_attributes
+    from workflows.capacity import CapacityGate, CapacityRefused
     from workflows.models import (
         ActivityName,
         BoundNode,
@@ -187,6 +188,8 @@ class LabSessionWorkflow:
         self._detail: str | None = None
         self._teardown_problems: list[str] = []
         self._preparation: asyncio.Task[None] | None = None
+        # The pool's capacity queue (workflows/capacity.py): only cold provisions wait in it.
+        self._capacity = CapacityGate()
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
         self._version = 0
         self._seen_version = 0
@@ -200,7 +203,11 @@ class LabSessionWorkflow:
         outcome = Phase.FAILED
         checks: CheckReport | None = None
         try:
-            ended_early = await self._prepare_within_limit()
+            ended_early = None
+            if self._input.capacity is not None:  # a global cap: claim, then queue for the cold nodes
+                ended_early = await self._claim_and_queue_for_capacity()
+            if ended_early is None:
+                ended_early = await self._prepare_within_limit()
             if ended_early is not None:
                 outcome, self._reason = Phase.ENDED, ended_early
             else:
@@ -271,7 +278,8 @@ class LabSessionWorkflow:
     async def _prepare(self) -> None:
         # The student's key pair depends on nothing: made while the nodes are claimed and readied.
         credentials = asyncio.create_task(self._create_credentials())
-        await self._claim_warm_nodes()
+        if not self._nodes:  # not claimed yet (without a cap there is no queue step before)
+            await self._claim_warm_nodes()
         self._enter(Phase.PROVISIONING)
         await self._provision_missing_nodes()
         await self._wait_until_nodes_ready()
@@ -316,6 +324,34 @@ class LabSessionWorkflow:
                     pass
         finally:
             health.cancel()
+
+    async def _claim_and_queue_for_capacity(self) -> str | None:
+        """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
+        in the capacity broker's FIFO queue (phase queued, bounded by `max_queue_wait`, outside the
+        provisioning-overdue limit). Returns the end reason if the student ended the lab meanwhile."""
+        await self._claim_warm_nodes()
+        limits = self._input.capacity
+        if limits is None or all(node.warm for node in self._nodes):
+            return None
+        classes = self._input.node_classes
+        memory = sum(classes[lab_node.node_class].memory_bytes for lab_node in self._lab.nodes)
+
+        def queued(position: int) -> None:
+            if self._phase != Phase.QUEUED:
+                self._enter(Phase.QUEUED)
+
+        try:
+            await self._capacity.acquire(
+                self._session, len(self._lab.nodes), memory, limits, self._input.timings.max_queue_wait,
+                on_queued=queued, stop=lambda: self._end_reason is not None,
+            )
+        except CapacityRefused as refused:
+            raise SessionFailed("no capacity", str(refused)) from None
+        if self._end_reason is not None:
+            return self._end_reason
+        if self._phase == Phase.QUEUED:
+            self._enter(Phase.CLAIMING)
+        return None
 
     # --- steps ------------------------------------------------------------------------------------
 
@@ -543,6 +579,10 @@ class LabSessionWorkflow:
                 await _local(name, session, result_type, TEARDOWN_CALL)
             except ActivityError as error:  # a permanent error: leave it to the leak collector, say so
                 self._teardown_problems.append(f"{name}: {_cause(error)}")
+        try:
+            await self._capacity.release(self._session)  # no-op unless the session asked for capacity
+        except ActivityError as error:  # the broker drops leases of ended runs by itself
+            self._teardown_problems.append(f"capacity release: {_cause(error)}")
 
     async def _abandon_preparation(self) -> None:
         preparation = self._preparation
@@ -633,6 +673,7 @@ class LabSessionWorkflow:
             extensions_used=self._extensions_used,
             nodes=self._nodes,
             last_check=self._last_check,
+            queue_position=self._capacity.position,
             reason=self._reason or self._health_problem,
             detail=self._detail,
         )

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.models import NodeSpec, SessionRef, SshEndpoint
 from labs.models import Check, Lab, NodeClass, Script
+from workflows.pool_models import CapacityLimits
 
 
 class Model(BaseModel):
@@ -76,6 +77,10 @@ class LabSessionInput(Model):
         description="the classes the lab uses, with `image` already set to the effective image"
     )
     timings: SessionTimings = Field(default_factory=SessionTimings)
+    capacity: CapacityLimits | None = Field(
+        default=None,
+        description="global cap (settings max_vms/max_memory): cold provisions wait in the pool's queue; None: no cap",
+    )
 
 
 # --- node bindings ------------------------------------------------------------------------------

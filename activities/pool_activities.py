@@ -1,0 +1,145 @@
+"""Activities of the warm pool: the plan (classes + effective images), leak collection, broker calls.
+
+Node creation, readiness, mark-free and deletion are the cluster activities
+(activities/cluster_activities.py); these add what only the pool needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.client import WorkflowExecutionStatus as Status
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from labrador.published_images import PublishedImages, with_effective_images
+from labs.models import NodeClass
+from workflows.pool_models import (
+    CapacityBrokerInput,
+    CapacityLimits,
+    CapacityRelease,
+    CapacityRequest,
+    CollectedSession,
+    CollectSessionInput,
+    EndedSessions,
+    EndedSessionsInput,
+    PoolActivityName,
+    PoolPlan,
+    PoolPlanInput,
+    PoolReservation,
+    PoolReservationResult,
+    SessionRunRef,
+    capacity_broker_id,
+)
+
+
+async def run_is_running(client: Client, ref: SessionRunRef) -> bool:
+    """Is the exact run that holds the session still running? Unknown owner or run: not running."""
+    if not ref.workflow_id or not ref.run_id:
+        return False
+    try:
+        description = await client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id).describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    if description.status == Status.RUNNING:
+        return True
+    if description.status == Status.CONTINUED_AS_NEW:
+        # The session lives on in a newer run (which carries its nodes over).
+        latest = await client.get_workflow_handle(ref.workflow_id).describe()
+        return latest.status == Status.RUNNING
+    return False
+
+
+class PoolActivities:
+    def __init__(
+        self,
+        port: ClusterPort,
+        node_classes: Callable[[], dict[str, NodeClass]],
+        published: PublishedImages,
+        client: Client | None = None,
+        broker_recheck: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self.port = port
+        self.node_classes = node_classes
+        self.published = published
+        self._client = client
+        self.broker_recheck = broker_recheck
+
+    def client(self) -> Client:
+        return self._client or activity.client()
+
+    @activity.defn(name=PoolActivityName.POOL_PLAN)
+    async def pool_plan(self, request: PoolPlanInput) -> PoolPlan:
+        try:
+            classes = self.node_classes()
+        except ValueError as error:  # labs.loader.CatalogError: a broken catalog needs a person, not retries
+            raise ApplicationError(f"pool plan: the catalog does not load: {error}", non_retryable=True) from error
+        if request.classes is not None:
+            unknown = sorted(set(request.classes) - set(classes))
+            if unknown:
+                raise ApplicationError(
+                    f"pooled_classes: {unknown} are not node classes of the catalog ({sorted(classes)})",
+                    non_retryable=True,
+                )
+            classes = {name: classes[name] for name in request.classes}
+        return PoolPlan(node_classes=with_effective_images(classes, self.published.all()))
+
+    @activity.defn(name=PoolActivityName.ENDED_SESSIONS)
+    async def ended_sessions(self, request: EndedSessionsInput) -> EndedSessions:
+        client = self.client()
+        ended = [ref.session_id for ref in request.sessions if not await run_is_running(client, ref)]
+        return EndedSessions(session_ids=ended)
+
+    @activity.defn(name=PoolActivityName.COLLECT_SESSION)
+    async def collect_session(self, request: CollectSessionInput) -> CollectedSession:
+        try:
+            nodes = await self.port.release(request.session_id)
+        except PermanentClusterError as error:
+            raise ApplicationError(f"collect session {request.session_id}: {error}", non_retryable=True) from error
+        except ClusterUnavailable:
+            raise
+        activity.logger.info("collected leaked session %s (%d nodes)", request.session_id, nodes)
+        return CollectedSession(session_id=request.session_id, nodes=nodes)
+
+    @activity.defn(name=PoolActivityName.REQUEST_CAPACITY)
+    async def request_capacity(self, request: CapacityRequest) -> None:
+        await self._signal_with_start("request", request, request.limits)
+
+    @activity.defn(name=PoolActivityName.RELEASE_CAPACITY)
+    async def release_capacity(self, release: CapacityRelease) -> None:
+        try:
+            broker = capacity_broker_id(activity.info().task_queue)
+            await self.client().get_workflow_handle(broker).signal("release", release)
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise  # no broker: nothing is held
+
+    @activity.defn(name=PoolActivityName.RESERVE_POOL_CAPACITY)
+    async def reserve_pool_capacity(self, reservation: PoolReservation) -> PoolReservationResult:
+        await self._signal_with_start("limits", reservation.limits, reservation.limits)
+        handle = self.client().get_workflow_handle(capacity_broker_id(activity.info().task_queue))
+        return await handle.execute_update("reserve_pool", reservation, result_type=PoolReservationResult)
+
+    async def _signal_with_start(self, signal: str, arg: Any, limits: CapacityLimits) -> None:
+        info = activity.info()
+        await self.client().start_workflow(
+            "CapacityBrokerWorkflow",
+            CapacityBrokerInput(limits=limits, recheck=self.broker_recheck),
+            id=capacity_broker_id(info.task_queue),
+            task_queue=info.task_queue,
+            start_signal=signal,
+            start_signal_args=[arg],
+        )
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.pool_plan, self.ended_sessions, self.collect_session,
+            self.request_capacity, self.release_capacity, self.reserve_pool_capacity,
+        ]

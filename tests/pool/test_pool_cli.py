@@ -1,0 +1,90 @@
+"""The admin CLI (`labrador schedules apply`, `labrador pool ...`) against the dev server and a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cluster.models import NodeSpec
+from labrador.cli.main import app
+from tests.pool.conftest import CP, WORKER, PoolBed
+from workflows.pool_models import POOL_REFILL_SCHEDULE_ID
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def cli_env(pool_bed: PoolBed, tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    config = tmp_path / "config.yaml"
+    config.write_text("max_vms: 30\n")
+    yield {
+        "LABRADOR_CONFIG": str(config),
+        "LABRADOR_TEMPORAL_ADDRESS": pool_bed.client.service_client.config.target_host,
+        "LABRADOR_TASK_QUEUE": pool_bed.task_queue,
+        "LABRADOR_DATA_DIR": str(tmp_path),
+    }
+    try:
+        await pool_bed.client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID).delete()
+    except Exception:
+        pass
+
+
+async def labrador(env: dict[str, str], *args: str) -> tuple[int, object]:
+    """Run the CLI in a thread (each command runs its own event loop), return (exit code, parsed JSON)."""
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    try:
+        data = json.loads(result.stdout) if result.stdout.strip() else None
+    except json.JSONDecodeError:
+        data = result.stdout
+    return result.exit_code, data
+
+
+async def test_status_drain_resume_pause_through_the_cli(cli_env: dict[str, str], pool_bed: PoolBed) -> None:
+    code, applied = await labrador(cli_env, "schedules", "apply", "--refill-every", "1h", "--json")
+    assert code == 0 and applied[0]["schedule_id"] == POOL_REFILL_SCHEDULE_ID  # type: ignore[index]
+    await pool_bed.sim.provision(NodeSpec(  # one free worker node the drain must delete
+        node_id="w-free", node_class=WORKER.name, role=WORKER.role, image=WORKER.image,
+        kubernetes_version="1.31.0", cpu_cores=1, memory="1126Mi", disk=WORKER.disk,
+    ))
+    await pool_bed.sim.mark_free("w-free")
+
+    code, status = await labrador(cli_env, "pool", "status", "--json")
+    assert code == 0, status
+    assert isinstance(status, dict)
+    assert status["classes"][WORKER.name]["free"] == 1
+    assert set(status["classes"]) == {CP.name, WORKER.name}
+    assert status["max_vms"] == 30 and status["schedule"] == {"exists": True, "paused": False}
+    assert "exposed_ports_in_use" in status
+
+    code, _ = await labrador(cli_env, "pool", "drain", "no-such-class", "--json")
+    assert code == 1
+
+    code, drained = await labrador(cli_env, "pool", "drain", WORKER.name, "--json")
+    assert code == 0, drained
+    assert drained == {"node_class": WORKER.name, "drained": [WORKER.name], "deleted_free_nodes": 1}
+
+    code, status = await labrador(cli_env, "pool", "status", "--json")
+    assert status["classes"][WORKER.name]["drained"] is True  # type: ignore[index]
+
+    code, resumed = await labrador(cli_env, "pool", "resume", WORKER.name, "--json")
+    assert code == 0 and resumed == {"node_class": WORKER.name, "drained": []}
+
+    assert (await labrador(cli_env, "pool", "pause", "--json")) == (0, {"paused": True})
+    for _ in range(40):  # the scheduler applies a pause asynchronously
+        code, status = await labrador(cli_env, "pool", "status", "--json")
+        if status["schedule"]["paused"] is True:  # type: ignore[index]
+            break
+        await asyncio.sleep(0.1)
+    assert status["schedule"]["paused"] is True  # type: ignore[index]
+    assert (await labrador(cli_env, "pool", "resume", "--json")) == (0, {"paused": False})
+
+
+async def test_unreachable_temporal_exits_3(cli_env: dict[str, str]) -> None:
+    env = {**cli_env, "LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    code, _ = await labrador(env, "pool", "status", "--json")
+    assert code == 3

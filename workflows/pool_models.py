@@ -1,0 +1,264 @@
+"""Inputs, outputs and activity contracts of the warm pool: refill, leak collection, capacity broker.
+
+Pure pydantic models; the workflows, activities, CLI and schedule code all import them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cluster.models import SessionRef
+from labrador.pool_policy import ClassDemand
+from labs.models import NodeClass
+
+POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
+POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
+CAPACITY_BROKER_WORKFLOW_PREFIX = "labrador-capacity-broker"
+
+
+def capacity_broker_id(task_queue: str) -> str:
+    """One broker per deployment (task queue): the workers of that queue run it."""
+    return f"{CAPACITY_BROKER_WORKFLOW_PREFIX}/{task_queue}"
+
+POOL_STATUS_WORKFLOW_PREFIX = "labrador-pool-status"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class PoolActivityName(StrEnum):
+    """Activities of activities/pool_activities.py (called by name, like workflows.models.ActivityName)."""
+
+    POOL_PLAN = "pool_plan"
+    ENDED_SESSIONS = "pool_ended_sessions"
+    COLLECT_SESSION = "pool_collect_session"
+    REQUEST_CAPACITY = "pool_request_capacity"
+    RELEASE_CAPACITY = "pool_release_capacity"
+    RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
+
+
+# --- refill ---------------------------------------------------------------------------------------
+
+
+class ClassSizing(Model):
+    """Bounds of the demand-aware target of one node class (labrador.pool_policy)."""
+
+    min_size: int = Field(0, ge=0)
+    max_size: int = Field(10, ge=0)
+    margin: int = Field(0, ge=0)
+
+
+class PoolRefillMemory(Model):
+    """What one refill hands the next: the demand estimate and the claimed nodes it saw."""
+
+    demand: dict[str, ClassDemand] = Field(default_factory=dict)
+    claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class PoolRefillInput(Model):
+    """The schedule's argument. `drained` lives here: every refill reads it (see docs/pool.md)."""
+
+    sizing: dict[str, ClassSizing] = Field(default_factory=dict, description="per class; others use default")
+    default_sizing: ClassSizing = Field(default_factory=ClassSizing)
+    pooled_classes: list[str] | None = Field(
+        default=None, description="classes the pool keeps warm; None means every class of the catalog"
+    )
+    drained: list[str] = Field(default_factory=list, description="classes not refilled; their free nodes go")
+    max_vms: int = Field(200, ge=0, description="global cap on lab VMs (settings.max_vms)")
+    max_memory_bytes: int = Field(512 * 2**30, ge=0, description="global cap on lab VM memory")
+    parallelism: int = Field(5, ge=1, description="nodes created/brought up at once")
+    provisioning_overdue: timedelta = timedelta(minutes=15)
+    refill_interval: timedelta = timedelta(minutes=1)
+    default_boot_time: timedelta = timedelta(minutes=2)
+    collect_leaks: bool = True
+    previous: PoolRefillMemory | None = Field(
+        default=None,
+        description="demand memory for a run outside the schedule (`pool drain`); scheduled runs use the last result",
+    )
+    use_capacity_broker: bool = Field(
+        True, description="reserve new pool nodes with the capacity broker so queued sessions go first"
+    )
+
+
+class PoolPlanInput(Model):
+    classes: list[str] | None = None
+
+
+class PoolPlan(Model):
+    """The node classes to keep warm, `image` already set to the effective image."""
+
+    node_classes: dict[str, NodeClass]
+
+
+class ClassReport(Model):
+    node_class: str
+    target: int
+    free: int = Field(0, description="free nodes after the refill (fresh image)")
+    provisioning: int = 0
+    claimed: int = 0
+    stale: int = Field(0, description="free nodes found on an old image (deleted)")
+    drained: bool = False
+    created: int = 0
+    became_ready: int = 0
+    failed: int = 0
+    deleted_stale: int = 0
+    deleted_overdue: int = 0
+    deleted_surplus: int = 0
+    deleted_drained: int = 0
+    capped: bool = Field(False, description="fewer nodes created than wanted because of the capacity cap")
+
+
+class LeakReport(Model):
+    sessions: int = 0
+    nodes: int = 0
+    services: int = 0
+    networkpolicies: int = 0
+    namespaces: int = 0
+    session_ids: list[str] = Field(default_factory=list)
+
+
+class PoolRefillResult(Model):
+    started_at: datetime
+    finished_at: datetime
+    classes: dict[str, ClassReport] = Field(default_factory=dict)
+    leaks: LeakReport = Field(default_factory=LeakReport)
+    capped_reason: str | None = None
+    # Carried to the next scheduled run (workflow.get_last_completion_result) for demand estimation.
+    demand: dict[str, ClassDemand] = Field(default_factory=dict)
+    claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+
+
+# --- leak collection ------------------------------------------------------------------------------
+
+
+class SessionRunRef(Model):
+    session_id: str
+    workflow_id: str | None = None
+    run_id: str | None = None
+
+
+class EndedSessionsInput(Model):
+    sessions: list[SessionRunRef]
+
+
+class EndedSessions(Model):
+    session_ids: list[str] = Field(default_factory=list, description="sessions whose run is not running")
+
+
+class CollectSessionInput(Model):
+    session_id: str
+
+
+class CollectedSession(Model):
+    session_id: str
+    nodes: int
+
+
+# --- capacity broker ------------------------------------------------------------------------------
+
+
+class CapacityLimits(Model):
+    max_vms: int
+    max_memory_bytes: int
+
+
+class CapacityRequest(Model):
+    """A session asking for room for `vms` nodes (all its nodes, warm ones included)."""
+
+    session: SessionRef
+    vms: int = Field(ge=0)
+    memory_bytes: int = Field(ge=0)
+    limits: CapacityLimits
+    requested_at: datetime
+
+
+class CapacityRelease(Model):
+    session: SessionRef
+    reason: str = "released"
+
+
+class CapacityNotice(Model):
+    """Broker -> session (signal `capacity_notice`): a grant, a new queue position, or a refusal."""
+
+    granted: bool = False
+    position: int | None = None
+    refused: str | None = None
+
+
+class PoolNodeHold(Model):
+    node_id: str
+    memory_bytes: int
+
+
+class PoolReservation(Model):
+    """The refill asking room for new pool nodes; queued sessions go first."""
+
+    nodes: list[PoolNodeHold]
+    limits: CapacityLimits
+
+
+class PoolReservationResult(Model):
+    granted: list[str] = Field(default_factory=list, description="node IDs the refill may create")
+    reason: str | None = None
+
+
+class CapacityBrokerInput(Model):
+    limits: CapacityLimits
+    queue: list[CapacityRequest] = Field(default_factory=list)
+    leases: list[CapacityRequest] = Field(default_factory=list)
+    pool_holds: dict[str, int] = Field(default_factory=dict, description="node ID -> memory bytes")
+    pool_hold_expiry: dict[str, datetime] = Field(default_factory=dict)
+    recheck: timedelta = timedelta(seconds=30)
+    pool_hold_ttl: timedelta = timedelta(minutes=5)
+
+
+class QueueEntry(Model):
+    position: int
+    session_id: str
+    workflow_id: str
+    vms: int
+    memory_bytes: int
+    waiting_since: datetime
+
+
+class CapacityState(Model):
+    limits: CapacityLimits
+    queue: list[QueueEntry] = Field(default_factory=list)
+    leased_vms: int = 0
+    leased_memory_bytes: int = 0
+    sessions_holding: int = 0
+    pool_holds: int = 0
+
+
+# --- status (CLI) ---------------------------------------------------------------------------------
+
+
+class PoolStatusInput(Model):
+    refill: PoolRefillInput = Field(default_factory=PoolRefillInput)
+    targets: dict[str, int] = Field(default_factory=dict, description="the last refill's targets")
+
+
+class ClassStatus(Model):
+    node_class: str
+    image: str
+    free: int = 0
+    provisioning: int = 0
+    claimed: int = 0
+    target: int | None = None
+    stale: int = 0
+    drained: bool = False
+
+
+class PoolStatus(Model):
+    classes: dict[str, ClassStatus]
+    total_vms: int
+    total_memory_bytes: int
+    max_vms: int
+    max_memory_bytes: int
+    exposed_ports_in_use: int = 0
+    exposed_ports_capacity: int | None = None
+    queue: list[QueueEntry] = Field(default_factory=list)

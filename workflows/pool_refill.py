@@ -1,0 +1,345 @@
+"""PoolRefillWorkflow: one reconciliation of the warm pool, run every minute by a Temporal Schedule.
+
+The story of one run:
+
+    plan (node classes + effective images) ─► inventory ─► collect leaks of ended sessions
+      ─► per class: delete stale-image, overdue, drained and surplus nodes
+      ─► create the missing nodes up to the demand-aware target, within the global capacity cap
+         (and a reservation from the capacity broker, so queued sessions go first)
+      ─► bring every provisioning node up (bounded parallelism): wait ready, mark free
+      ─► result (counts per class, leaks, and the demand estimate the next run starts from)
+
+Deterministic: activities by name, node IDs from workflow.uuid4(), time from workflow.now().
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState
+    from labrador import pool_policy
+    from labrador.naming import dns_label
+    from labrador.pool_policy import ClassDemand, SizingParams
+    from labs.models import NodeClass
+    from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
+    from workflows.pool_models import (
+        CapacityLimits,
+        ClassReport,
+        CollectedSession,
+        CollectSessionInput,
+        EndedSessions,
+        EndedSessionsInput,
+        LeakReport,
+        PoolActivityName,
+        PoolNodeHold,
+        PoolPlan,
+        PoolPlanInput,
+        PoolRefillInput,
+        PoolRefillMemory,
+        PoolRefillResult,
+        PoolReservation,
+        PoolReservationResult,
+        SessionRunRef,
+    )
+
+SHORT = timedelta(seconds=30)
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
+
+
+def pool_node_id(node_class: str, unique: str) -> str:
+    """A pool node ID: short, DNS-safe, unique per refill run (uuid4 of the workflow is replay-safe)."""
+    return dns_label("p", node_class[:20], unique[:10], max_len=40)
+
+
+def sizing_params(input: PoolRefillInput, node_class: str) -> SizingParams:
+    sizing = input.sizing.get(node_class, input.default_sizing)
+    return SizingParams(
+        min_size=sizing.min_size,
+        max_size=sizing.max_size,
+        margin=sizing.margin,
+        refill_interval=input.refill_interval,
+        default_boot_time=input.default_boot_time,
+    )
+
+
+def allocate(wants: dict[str, int], memory: dict[str, int], room_vms: int, room_memory: int) -> dict[str, int]:
+    """Share the remaining capacity between classes one node at a time (no class starves the others)."""
+    granted = dict.fromkeys(wants, 0)
+    progress = True
+    while progress:
+        progress = False
+        for name in sorted(wants):
+            if granted[name] < wants[name] and room_vms >= 1 and room_memory >= memory[name]:
+                granted[name] += 1
+                room_vms -= 1
+                room_memory -= memory[name]
+                progress = True
+    return granted
+
+
+@workflow.defn
+class PoolRefillWorkflow:
+    def __init__(self) -> None:
+        self._semaphore = asyncio.Semaphore(5)
+
+    @workflow.run
+    async def run(self, input: PoolRefillInput) -> PoolRefillResult:
+        started = workflow.now()
+        self._semaphore = asyncio.Semaphore(input.parallelism)
+        last = self._last_result() or input.previous
+        plan: PoolPlan = await workflow.execute_activity(
+            PoolActivityName.POOL_PLAN, PoolPlanInput(classes=input.pooled_classes),
+            result_type=PoolPlan, start_to_close_timeout=SHORT, retry_policy=RETRY,
+        )
+        inventory = await self._inventory()
+        leaks = LeakReport()
+        if input.collect_leaks:
+            leaks = await self._collect_leaks(inventory)
+            if leaks.sessions:
+                inventory = await self._inventory()
+
+        reports: dict[str, ClassReport] = {}
+        demand: dict[str, ClassDemand] = {}
+        claimed_ids: dict[str, list[str]] = {}
+        deletions: list[tuple[str, str, str]] = []  # (class, node ID, counter)
+        keep: dict[str, list[NodeRecord]] = {}
+        wants: dict[str, int] = {}
+        now = workflow.now()
+        for name, node_class in sorted(plan.node_classes.items()):
+            nodes = [n for n in inventory.nodes if n.node_class == name]
+            free = [n for n in nodes if n.state == NodeState.FREE]
+            provisioning = [n for n in nodes if n.state == NodeState.PROVISIONING]
+            claimed = [n for n in nodes if n.state == NodeState.CLAIMED]
+            drained = name in input.drained
+
+            # Demand: claimed nodes the previous run had not seen are this interval's claims.
+            params = sizing_params(input, name)
+            claimed_ids[name] = sorted(n.node_id for n in claimed)
+            state = last.demand.get(name, ClassDemand()) if last else ClassDemand()
+            seen = set(last.claimed_node_ids.get(name, [])) if last else set(claimed_ids[name])
+            state = pool_policy.observe(state, now, len(set(claimed_ids[name]) - seen), params)
+            demand[name] = state
+            target = 0 if drained else pool_policy.target(state, now, params)
+
+            stale = [n for n in free + provisioning if n.image != node_class.image]
+            overdue = [
+                n for n in provisioning
+                if n not in stale and now - n.created_at > input.provisioning_overdue
+            ]
+            warm = sorted(
+                (n for n in free + provisioning if n not in stale and n not in overdue),
+                key=lambda n: (n.state == NodeState.FREE, n.created_at),  # provisioning first, then oldest
+            )
+            deletions += [(name, n.node_id, "deleted_stale") for n in stale]
+            deletions += [(name, n.node_id, "deleted_overdue") for n in overdue]
+            if drained:
+                deletions += [(name, n.node_id, "deleted_drained") for n in warm]
+                warm = []
+            elif len(warm) > target:
+                # Shrink: drop the surplus free nodes, newest last so the oldest go first.
+                surplus = [n for n in warm if n.state == NodeState.FREE][: len(warm) - target]
+                deletions += [(name, n.node_id, "deleted_surplus") for n in surplus]
+                warm = [n for n in warm if n not in surplus]
+            keep[name] = warm
+            wants[name] = max(0, target - len(warm))
+            reports[name] = ClassReport(
+                node_class=name, target=target, claimed=len(claimed),
+                stale=len([n for n in stale if n.state == NodeState.FREE]), drained=drained,
+            )
+
+        counters: dict[str, dict[str, int]] = {name: {} for name in reports}
+        await self._bounded(
+            [self._delete(node_id) for _, node_id, _ in deletions]
+        )
+        for name, _, counter in deletions:
+            counters[name][counter] = counters[name].get(counter, 0) + 1
+
+        granted, capped_reason = await self._capacity(input, inventory, deletions, plan.node_classes, wants)
+
+        # Bring up: adopt the provisioning nodes left by earlier runs, create the granted new ones.
+        outcomes: dict[str, list[bool]] = {name: [] for name in reports}
+        boots: dict[str, list[float]] = {name: [] for name in reports}
+
+        async def bring_up(name: str, node_id: str, create: NodeClass | None, since: datetime | None) -> None:
+            ok, seconds = await self._bring_up(node_id, create, since or workflow.now(), input.provisioning_overdue)
+            outcomes[name].append(ok)
+            if ok and create is not None:
+                boots[name].append(seconds)
+
+        ups: list[Awaitable[None]] = [
+            bring_up(name, node.node_id, None, node.created_at)
+            for name, warm in keep.items() for node in warm if node.state == NodeState.PROVISIONING
+        ]
+        ups += [
+            bring_up(name, node_id, plan.node_classes[name], None)
+            for name, node_ids in granted.items() for node_id in node_ids
+        ]
+        await self._bounded(ups)
+
+        for name, report in reports.items():
+            for seconds in boots[name]:
+                demand[name] = pool_policy.observe_boot(demand[name], seconds)
+            free_now = len([n for n in keep[name] if n.state == NodeState.FREE]) + outcomes[name].count(True)
+            reports[name] = report.model_copy(
+                update={
+                    **counters[name],
+                    "created": len(granted.get(name, [])),
+                    "became_ready": outcomes[name].count(True),
+                    "failed": outcomes[name].count(False),
+                    "free": free_now,
+                    "capped": len(granted.get(name, [])) < wants[name],
+                }
+            )
+        return PoolRefillResult(
+            started_at=started, finished_at=workflow.now(), classes=reports, leaks=leaks,
+            capped_reason=capped_reason, demand=demand, claimed_node_ids=claimed_ids,
+        )
+
+    # --- steps ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _last_result() -> PoolRefillMemory | None:
+        try:
+            result = workflow.get_last_completion_result(PoolRefillResult)
+        except Exception:  # an older, incompatible result: start the estimate afresh
+            return None
+        if not isinstance(result, PoolRefillResult):
+            return None
+        return PoolRefillMemory(demand=result.demand, claimed_node_ids=result.claimed_node_ids)
+
+    async def _inventory(self) -> Inventory:
+        return await workflow.execute_activity(
+            ActivityName.INVENTORY, result_type=Inventory, start_to_close_timeout=SHORT, retry_policy=RETRY
+        )
+
+    async def _bounded(self, coroutines: list[Awaitable[Any]]) -> list[Any]:
+        async def one(coroutine: Awaitable[Any]) -> Any:
+            async with self._semaphore:
+                return await coroutine
+
+        return list(await asyncio.gather(*(one(c) for c in coroutines)))
+
+    async def _delete(self, node_id: str) -> None:
+        await workflow.execute_activity(
+            ActivityName.DELETE_NODE, NodeRef(node_id=node_id), start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RETRY,
+        )
+
+    async def _collect_leaks(self, inventory: Inventory) -> LeakReport:
+        refs: dict[str, SessionRunRef] = {}
+        kinds: dict[str, set[str]] = {}
+        for node in inventory.nodes:
+            if node.state == NodeState.CLAIMED and node.session is not None:
+                refs[node.session.session_id] = SessionRunRef(
+                    session_id=node.session.session_id, workflow_id=node.session.workflow_id,
+                    run_id=node.session.run_id,
+                )
+                kinds.setdefault(node.session.session_id, set()).add("node")
+        for leftover in inventory.sessions:
+            known = refs.get(leftover.session_id)
+            if known is None or known.run_id is None:
+                refs[leftover.session_id] = SessionRunRef(
+                    session_id=leftover.session_id, workflow_id=leftover.workflow_id, run_id=leftover.run_id
+                )
+            kinds.setdefault(leftover.session_id, set()).update(leftover.kinds)
+        if not refs:
+            return LeakReport()
+        ended: EndedSessions = await workflow.execute_activity(
+            PoolActivityName.ENDED_SESSIONS, EndedSessionsInput(sessions=sorted(refs.values(), key=str)),
+            result_type=EndedSessions, start_to_close_timeout=timedelta(minutes=1), retry_policy=RETRY,
+        )
+        collected: list[CollectedSession] = await self._bounded([
+            workflow.execute_activity(
+                PoolActivityName.COLLECT_SESSION, CollectSessionInput(session_id=session_id),
+                result_type=CollectedSession, start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY,
+            )
+            for session_id in ended.session_ids
+        ])
+        ended_kinds = [kinds.get(s, set()) for s in ended.session_ids]
+        return LeakReport(
+            sessions=len(ended.session_ids),
+            nodes=sum(c.nodes for c in collected),
+            services=sum("service" in k for k in ended_kinds),
+            networkpolicies=sum("networkpolicy" in k for k in ended_kinds),
+            # A namespace left without its VM (the VM went first, the namespace stayed).
+            namespaces=sum("namespace" in k and "node" not in k for k in ended_kinds),
+            session_ids=list(ended.session_ids),
+        )
+
+    async def _capacity(
+        self,
+        input: PoolRefillInput,
+        inventory: Inventory,
+        deletions: list[tuple[str, str, str]],
+        classes: dict[str, NodeClass],
+        wants: dict[str, int],
+    ) -> tuple[dict[str, list[str]], str | None]:
+        """Node IDs to create per class: within the global cap, then confirmed by the broker."""
+        if not any(wants.values()):
+            return {}, None
+        deleted = {node_id for _, node_id, _ in deletions}
+        remaining = [n for n in inventory.nodes if n.node_id not in deleted]
+        room_vms = input.max_vms - len(remaining)
+        room_memory = input.max_memory_bytes - sum(n.memory_bytes for n in remaining)
+        memory = {name: classes[name].memory_bytes for name in wants}
+        shares = allocate(wants, memory, room_vms, room_memory)
+        reason = None
+        if any(shares[n] < wants[n] for n in wants):
+            reason = f"capacity cap: {len(remaining)}/{input.max_vms} VMs, {room_memory} bytes of memory left"
+        planned = {
+            name: [pool_node_id(name, workflow.uuid4().hex) for _ in range(count)]
+            for name, count in shares.items() if count
+        }
+        if not planned or not input.use_capacity_broker:
+            return planned, reason
+        reservation = PoolReservation(
+            nodes=[PoolNodeHold(node_id=i, memory_bytes=memory[name]) for name, ids in planned.items() for i in ids],
+            limits=CapacityLimits(max_vms=input.max_vms, max_memory_bytes=input.max_memory_bytes),
+        )
+        result: PoolReservationResult = await workflow.execute_activity(
+            PoolActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
+            start_to_close_timeout=timedelta(minutes=1), retry_policy=RETRY,
+        )
+        allowed = set(result.granted)
+        granted = {name: [i for i in ids if i in allowed] for name, ids in planned.items()}
+        if len(allowed) < len(reservation.nodes):
+            reason = result.reason or reason
+        return granted, reason
+
+    async def _bring_up(
+        self, node_id: str, node_class: NodeClass | None, since: datetime, overdue: timedelta
+    ) -> tuple[bool, float]:
+        """Provision (when `node_class` is given), wait ready, mark free. Failure deletes the node."""
+        try:
+            if node_class is not None:
+                spec = NodeSpec(
+                    node_id=node_id, node_class=node_class.name, role=node_class.role, image=node_class.image,
+                    kubernetes_version=node_class.kubernetes_version, cpu_cores=node_class.cpu_cores,
+                    memory=node_class.effective_memory, disk=node_class.disk,
+                )
+                await workflow.execute_activity(
+                    ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), start_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=RETRY,
+                )
+            remaining = max(overdue - (workflow.now() - since), timedelta(seconds=5))
+            await workflow.execute_activity(
+                ActivityName.WAIT_NODE_READY, WaitReadyInput(node_id=node_id, timeout=remaining),
+                start_to_close_timeout=remaining + timedelta(seconds=30), heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            )
+            await workflow.execute_activity(
+                ActivityName.MARK_NODE_FREE, NodeRef(node_id=node_id), start_to_close_timeout=SHORT, retry_policy=RETRY,
+            )
+        except ActivityError as error:
+            workflow.logger.warning("pool node %s did not come up: %s", node_id, error.cause or error)
+            await self._delete(node_id)
+            return False, 0.0
+        return True, (workflow.now() - since).total_seconds()
