@@ -25,6 +25,8 @@ from typing import IO, Any
 from temporalio.client import Client
 
 from labrador.binaries import temporal_cli
+from labrador.codec import ensure_dev_codec_keys
+from labrador.schedules import apply_schedules
 from labrador.settings import Settings, dev_state_file, load_settings, running_dev_stack
 from labrador.temporal import connect
 from workflows import search_attributes
@@ -81,6 +83,7 @@ def write_state(path: Path, settings: Settings, ui_url: str) -> None:
             "task_queue": settings.task_queue,
             "data_dir": str(settings.data_dir),
             "cluster_backend": settings.cluster_backend,
+            **({"codec_keys_file": str(settings.codec_keys_file)} if settings.codec_keys_file else {}),
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +122,8 @@ class DevStack:
             },
             use_dev_stack=False,
         )
+        # Dev histories are encrypted like production ones; the key file is published in the state file.
+        settings = ensure_dev_codec_keys(settings)
         state_file = dev_state_file()
         try:
             client = await self._start_server(settings)
@@ -126,6 +131,8 @@ class DevStack:
 
             port = build_port(settings)
             workers = build_workers(client, settings, port)
+            # The pool refills (and images rebuild) on their schedules in dev too, as in production.
+            await apply_schedules(client, settings)
             write_state(state_file, settings, self.config.ui_url)
             if on_ready is not None:
                 on_ready(settings)

@@ -57,6 +57,7 @@ def test_dev_stack_serves_the_lab_commands_and_stops_cleanly_on_sigterm(tmp_path
         state = json.loads(state_file.read_text())
         assert state["settings"]["temporal_address"] == f"127.0.0.1:{port}"
         assert (tmp_path / "data" / "temporal.sqlite").exists()  # Temporal keeps its state in the data dir
+        assert Path(state["settings"]["codec_keys_file"]).parent == tmp_path / "data"  # histories encrypted
         with urllib.request.urlopen(state["ui_url"], timeout=10) as page:  # the Web UI answers
             assert page.status == 200
 
@@ -74,6 +75,10 @@ def test_dev_stack_serves_the_lab_commands_and_stops_cleanly_on_sigterm(tmp_path
 
         ended = cli("lab", "end", "--student", "alice", "--json")
         assert ended.returncode == 0, ended.stderr
+
+        pool = cli("pool", "status", "--json")  # the refill schedule exists and answers
+        assert pool.returncode == 0, pool.stderr
+        assert json.loads(pool.stdout)["schedule"] == {"exists": True, "paused": False}
     finally:
         dev.send_signal(signal.SIGTERM)
         output, _ = dev.communicate(timeout=30)
