@@ -16,24 +16,18 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Each area owns its module; imported here so `labrador --help` lists them all.
-    import importlib
+    # Each area owns its module and adds its commands; `labrador --help` lists them all.
+    from labrador.cli import (
+        codec_cmd,
+        dev_cmd,
+        image_cmd,
+        lab_cmd,
+        labs_cmd,
+        pool_cmd,
+        schedules_cmd,
+    )
 
-    for module_name in (
-        "labrador.cli.labs_cmd",
-        "labrador.cli.lab_cmd",
-        "labrador.cli.dev_cmd",
-        "labrador.cli.pool_cmd",
-        "labrador.cli.schedules_cmd",
-        "labrador.cli.image_cmd",
-        "labrador.cli.codec_cmd",
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # area not built yet
-            raise
+    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd):
         module.register(app)
 
 
