@@ -186,12 +186,18 @@ async def edit_refill_input(
 
 
 async def set_paused(client: Client, paused: bool, note: str) -> None:
+    """Pause or unpause through the same read-modify-write update as the argument edits, so a pause
+    and a concurrent drain/resume edit can never undo each other."""
     handle = client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID)
+
+    async def updater(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        schedule = current.description.schedule
+        schedule.state.paused = paused
+        schedule.state.note = note
+        return ScheduleUpdate(schedule=schedule)
+
     try:
-        if paused:
-            await handle.pause(note=note)
-        else:
-            await handle.unpause(note=note)
+        await handle.update(updater)
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise ScheduleMissing("the pool refill schedule does not exist: run `labrador schedules apply`") from None

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cluster.models import Inventory
@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 CAPACITY_NOTICE_SIGNAL = "capacity_notice"
-RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 
 
 def request_key(request: CapacityRequest | CapacityRelease) -> str:
@@ -133,7 +133,10 @@ class CapacityBrokerWorkflow:
             self._dirty = False
             if self._queue or self._renotify:
                 async with self._lock:
-                    await self._decide(input)
+                    try:
+                        await self._decide(input)
+                    except ActivityError as error:  # cluster or Temporal unreachable: decide next round
+                        workflow.logger.warning("capacity decision postponed: %s", error.cause or error)
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
@@ -179,7 +182,10 @@ class CapacityBrokerWorkflow:
                 return PoolReservationResult(
                     reason=f"{len(self._queue)} session(s) queued for capacity go first"
                 )
-            usage = await self._usage()
+            try:
+                usage = await self._usage()
+            except ActivityError as error:
+                return PoolReservationResult(reason=f"capacity unknown (inventory failed: {error.cause or error})")
             granted: list[str] = []
             vms, memory = usage.vms, usage.memory
             expiry = workflow.now() + self._hold_ttl
