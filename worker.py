@@ -98,12 +98,10 @@ def build_image_queue_worker(client: Client, settings: Settings, activities: Any
 def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     """The pool's activities: node classes from the catalog (re-read every refill), effective images."""
     from activities.pool_activities import PoolActivities
-    from labrador.published_images import JsonFilePublishedImages
+    from labrador.published_images import published_images_store
     from labs.loader import load_catalog
 
-    # The kubevirt backend publishes images in a ConfigMap (cluster.kubevirt.published_images); until
-    # that store has a factory here, both backends read the JSON file in the data directory.
-    published = JsonFilePublishedImages.in_data_dir(settings.data_dir)
+    published = published_images_store(settings)
     return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published).all()
 
 

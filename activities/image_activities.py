@@ -149,7 +149,7 @@ class ImageActivities:
 
     def published_images(self) -> Any:
         if self._published_images is None:
-            from image_pipeline.publish import published_images_store
+            from labrador.published_images import published_images_store
 
             self._published_images = published_images_store(self.settings)
         return self._published_images

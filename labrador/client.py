@@ -34,7 +34,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
-from labrador.published_images import JsonFilePublishedImages, PublishedImages, with_effective_images
+from labrador.published_images import PublishedImages, published_images_store, with_effective_images
 from labrador.settings import Settings
 from labs.models import Catalog, parse_duration, quantity_bytes
 from workflows import search_attributes
@@ -155,7 +155,7 @@ class LabClient:
     @property
     def published(self) -> PublishedImages:
         if self._published is None:
-            self._published = JsonFilePublishedImages.in_data_dir(self.settings.data_dir)
+            self._published = published_images_store(self.settings)
         return self._published
 
     # --- messages -------------------------------------------------------------------------------

@@ -22,4 +22,5 @@ def test_every_setting_is_in_the_readme_table() -> None:
 def test_ci_runs_exactly_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/setup && scripts/test" in README and "scripts/setup && labrador dev" in README
-    assert re.search(r"^scripts/setup$", ci, flags=re.MULTILINE) and re.search(r"^scripts/test$", ci, flags=re.MULTILINE)
+    assert re.search(r"^scripts/setup$", ci, flags=re.MULTILINE)
+    assert re.search(r"^scripts/test$", ci, flags=re.MULTILINE)

@@ -225,7 +225,8 @@ async def test_every_call_is_declared_for_the_rbac(cluster: Any) -> None:
 async def test_kubevirt_mode_publishes_to_the_configmap_store(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from image_pipeline.publish import publish, published_images_store
+    from image_pipeline.publish import publish
+    from labrador.published_images import published_images_store
     from labrador.settings import Settings
 
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
