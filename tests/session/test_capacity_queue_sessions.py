@@ -8,12 +8,13 @@ LabSessionWorkflow itself queues, reports its position, proceeds and tears down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
 import pytest
 
-from labrador.client import LabClient
+from labrador.client import LabClient, NoSession
 from workflows.models import TERMINAL_PHASES, LabStatus, Phase
 from workflows.pool_models import CapacityState, capacity_broker_id
 
@@ -106,3 +107,25 @@ async def test_a_session_that_waits_longer_than_the_maximum_fails_with_no_capaci
     await labs.end(holder)
     await labs.result(holder)
     assert (await cluster.inventory()).nodes == []
+
+
+async def test_positions_stay_true_when_a_queued_session_vanished_without_leaving_the_queue(stack: Stack) -> None:
+    """A queued run that was terminated cannot be told its new place; the ones behind it must still be."""
+    await stack.start_worker()
+    labs = capped(stack, 1)
+    holder, first, vanished, last = (student() for _ in range(4))
+    await labs.start(holder, ONE_NODE_LAB)
+    assert (await labs.wait_ready(holder, timedelta(seconds=15))).ready
+    for position, who in enumerate((first, vanished, last), start=1):
+        await labs.start(who, ONE_NODE_LAB)
+        await until_status(labs, who, (Phase.QUEUED, position))
+    await stack.env.client.get_workflow_handle(f"lab-session/{vanished}").terminate("gone without cleanup")
+    await labs.end(holder)
+    assert (await labs.wait_ready(first, timedelta(seconds=15))).ready
+    started_last = await labs.status(last)
+    await until_status(labs, last, (Phase.QUEUED, 1))  # not the stale 2 until the broker's next recheck
+    assert await broker_queue(stack) == [started_last.session_id]
+    for who in (holder, first, last):
+        with contextlib.suppress(NoSession):
+            await labs.end(who)
+        await labs.result(who)
