@@ -126,7 +126,7 @@ class CapacityBrokerWorkflow:
         while True:
             try:
                 await workflow.wait_condition(
-                    lambda: self._dirty, timeout=input.recheck if self._queue else None
+                    lambda: self._dirty, timeout=input.recheck if self._queue or self._renotify else None
                 )
             except TimeoutError:
                 pass
@@ -269,8 +269,16 @@ class CapacityBrokerWorkflow:
             await self._notify(request, CapacityNotice(refused=reason))
         if self._queue and self._leases:
             await self._drop_ended(input.recheck)
-        for position, request in enumerate(list(self._queue), start=1):
+        for key in done:
+            self._positions.pop(key, None)
+        # Positions come from the live queue at each step: a notice that fails (the run is gone) or a
+        # release arriving meanwhile shortens it, and the ones behind must get their real place.
+        for request in list(self._queue):
             key = request_key(request)
+            keys = [request_key(r) for r in self._queue]
+            if key not in keys:
+                continue
+            position = keys.index(key) + 1
             if self._positions.get(key) != position:
                 self._positions[key] = position
                 await self._notify(request, CapacityNotice(position=position))
@@ -295,6 +303,8 @@ class CapacityBrokerWorkflow:
         if gone:
             self._leases = {k: r for k, r in self._leases.items() if r.session.session_id not in gone}
             self._queue = [r for r in self._queue if r.session.session_id not in gone]
+            queued = {request_key(r) for r in self._queue}
+            self._positions = {k: p for k, p in self._positions.items() if k in queued}
             self._dirty = True
 
     async def _notify(self, request: CapacityRequest, notice: CapacityNotice) -> None:
@@ -306,3 +316,7 @@ class CapacityBrokerWorkflow:
             key = request_key(request)
             self._leases.pop(key, None)
             self._queue = [r for r in self._queue if request_key(r) != key]
+            self._positions.pop(key, None)
+            # The queue (or the usage) changed: decide again at once, so that the sessions behind it are
+            # told their real place now, not at the next recheck (issue 6: position 2 shown, 1 true).
+            self._dirty = True
