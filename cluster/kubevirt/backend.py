@@ -232,7 +232,9 @@ class KubeVirtCluster:
         names = M.node_names(spec.node_id)
         ns, created = await self.api.create(NAMESPACES, M.namespace(spec, self.clock()))
         if is_deleting(ns):
-            raise ClusterUnavailable(f"node {spec.node_id}: namespace {names.namespace} is still being deleted; retry")
+            raise ClusterUnavailable(
+                f"node {spec.node_id}: namespace {names.namespace} is still terminating (or being deleted); retry"
+            )
         if not created and (_labels(ns).get(L.MANAGED_BY) != L.MANAGED_BY_VALUE
                             or _labels(ns).get(L.NODE_ID) != spec.node_id):
             raise PermanentClusterError(f"node {spec.node_id}: namespace {names.namespace} exists and is not ours")
