@@ -16,9 +16,11 @@ from temporalio.client import WorkflowExecutionStatus as Status
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.cluster_activities import map_port_errors
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from labrador.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
+from workflows.models import NodeRef
 from workflows.pool_models import (
     CapacityBrokerInput,
     CapacityLimits,
@@ -34,6 +36,7 @@ from workflows.pool_models import (
     PoolReservation,
     PoolReservationResult,
     SessionRunRef,
+    UnclaimedNodeDeletion,
     capacity_broker_id,
 )
 
@@ -108,6 +111,16 @@ class PoolActivities:
         activity.logger.info("collected leaked session %s (%d nodes)", request.session_id, nodes)
         return CollectedSession(session_id=request.session_id, nodes=nodes)
 
+    @activity.defn(name=PoolActivityName.DELETE_UNCLAIMED_NODE)
+    @map_port_errors
+    async def delete_unclaimed_node(self, request: NodeRef) -> UnclaimedNodeDeletion:
+        """The pool drops only nodes nobody holds: a session may claim a free node between the
+        refill's inventory and this call, and then the session keeps it."""
+        deleted = await self.port.delete_node_if_unclaimed(request.node_id)
+        if not deleted:
+            activity.logger.info("pool node %s was claimed meanwhile; not deleted", request.node_id)
+        return UnclaimedNodeDeletion(node_id=request.node_id, deleted=deleted)
+
     @activity.defn(name=PoolActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:
         await self._signal_with_start("request", request, request.limits)
@@ -140,6 +153,6 @@ class PoolActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [
-            self.pool_plan, self.ended_sessions, self.collect_session,
+            self.pool_plan, self.ended_sessions, self.collect_session, self.delete_unclaimed_node,
             self.request_capacity, self.release_capacity, self.reserve_pool_capacity,
         ]

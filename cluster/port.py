@@ -66,6 +66,13 @@ class ClusterPort(Protocol):
         """Delete the node and everything in its namespace. Absent is success."""
         ...
 
+    async def delete_node_if_unclaimed(self, node_id: str) -> bool:
+        """Delete the node only while nobody holds it (state provisioning or free), atomically with
+        respect to `claim`: a node is either claimed or deleted, never both. True when it was deleted
+        (or was already absent); False when it is claimed (nothing is deleted then). The pool uses
+        this for the nodes it drops; a session's own nodes go with `delete_node`/`release`."""
+        ...
+
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Claim free nodes for a session, exclusively (never one node for two sessions). Returns

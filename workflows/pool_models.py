@@ -39,6 +39,7 @@ class PoolActivityName(StrEnum):
     REQUEST_CAPACITY = "pool_request_capacity"
     RELEASE_CAPACITY = "pool_release_capacity"
     RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
+    DELETE_UNCLAIMED_NODE = "pool_delete_unclaimed_node"
 
 
 # --- refill ---------------------------------------------------------------------------------------
@@ -109,7 +110,17 @@ class ClassReport(Model):
     deleted_overdue: int = 0
     deleted_surplus: int = 0
     deleted_drained: int = 0
+    claimed_meanwhile: int = Field(
+        0, description="nodes the refill meant to delete that a session claimed first (left to the session)"
+    )
     capped: bool = Field(False, description="fewer nodes created than wanted because of the capacity cap")
+
+
+class UnclaimedNodeDeletion(Model):
+    """Answer of DELETE_UNCLAIMED_NODE: False when a session claimed the node first (it stays)."""
+
+    node_id: str
+    deleted: bool
 
 
 class LeakReport(Model):

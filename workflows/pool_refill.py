@@ -48,9 +48,12 @@ with workflow.unsafe.imports_passed_through():
         PoolReservation,
         PoolReservationResult,
         SessionRunRef,
+        UnclaimedNodeDeletion,
     )
 
 SHORT = timedelta(seconds=30)
+# workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
+DELETE_IF_UNCLAIMED_PATCH = "pool-delete-if-unclaimed"
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
 
 
@@ -156,11 +159,15 @@ class PoolRefillWorkflow:
             )
 
         counters: dict[str, dict[str, int]] = {name: {} for name in reports}
-        await self._bounded(
-            [self._delete(node_id) for _, node_id, _ in deletions]
+        # Unconditional deletes would race with claims: a session may take a free node between our
+        # inventory and the delete. Such a node stays with the session and is counted apart.
+        deleted: list[bool] = await self._bounded(
+            [self._delete_unclaimed(node_id) for _, node_id, _ in deletions]
         )
-        for name, _, counter in deletions:
+        for (name, _, counter), gone in zip(deletions, deleted, strict=True):
+            counter = counter if gone else "claimed_meanwhile"
             counters[name][counter] = counters[name].get(counter, 0) + 1
+        deletions = [d for d, gone in zip(deletions, deleted, strict=True) if gone]
 
         granted, capped_reason = await self._capacity(input, inventory, deletions, plan.node_classes, wants)
 
@@ -227,11 +234,19 @@ class PoolRefillWorkflow:
 
         return list(await asyncio.gather(*(one(c) for c in coroutines)))
 
-    async def _delete(self, node_id: str) -> None:
-        await workflow.execute_activity(
-            ActivityName.DELETE_NODE, NodeRef(node_id=node_id), start_to_close_timeout=timedelta(minutes=2),
-            retry_policy=RETRY,
+    async def _delete_unclaimed(self, node_id: str) -> bool:
+        """Delete a pool node unless a session claimed it meanwhile; True when it is gone."""
+        if not workflow.patched(DELETE_IF_UNCLAIMED_PATCH):
+            await workflow.execute_activity(
+                ActivityName.DELETE_NODE, NodeRef(node_id=node_id), start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RETRY,
+            )
+            return True
+        result: UnclaimedNodeDeletion = await workflow.execute_activity(
+            PoolActivityName.DELETE_UNCLAIMED_NODE, NodeRef(node_id=node_id), result_type=UnclaimedNodeDeletion,
+            start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY,
         )
+        return result.deleted
 
     async def _collect_leaks(self, inventory: Inventory) -> LeakReport:
         refs: dict[str, SessionRunRef] = {}
@@ -340,6 +355,6 @@ class PoolRefillWorkflow:
             )
         except ActivityError as error:
             workflow.logger.warning("pool node %s did not come up: %s", node_id, error.cause or error)
-            await self._delete(node_id)
+            await self._delete_unclaimed(node_id)
             return False, 0.0
         return True, (workflow.now() - since).total_seconds()

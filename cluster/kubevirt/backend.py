@@ -37,6 +37,7 @@ from cluster.kubevirt.status import (
     ClonePolicy,
     CloneTracking,
     decide_clone,
+    is_deleting,
     is_terminating,
     node_state,
     parse_node_status,
@@ -192,7 +193,7 @@ class KubeVirtCluster:
 
     async def _require_node(self, node_id: str) -> Obj:
         ns = await self._namespace(node_id)
-        if ns is None or is_terminating(ns):
+        if ns is None or is_deleting(ns):
             raise NodeNotFound(f"node {node_id}: namespace {M.node_names(node_id).namespace} does not exist")
         return ns
 
@@ -230,8 +231,10 @@ class KubeVirtCluster:
             raise PermanentClusterError("ssh_private_key: not set; lab VMs need the platform key to be reachable")
         names = M.node_names(spec.node_id)
         ns, created = await self.api.create(NAMESPACES, M.namespace(spec, self.clock()))
-        if is_terminating(ns):
-            raise ClusterUnavailable(f"node {spec.node_id}: namespace {names.namespace} is still terminating; retry")
+        if is_deleting(ns):
+            raise ClusterUnavailable(
+                f"node {spec.node_id}: namespace {names.namespace} is still terminating (or being deleted); retry"
+            )
         if not created and (_labels(ns).get(L.MANAGED_BY) != L.MANAGED_BY_VALUE
                             or _labels(ns).get(L.NODE_ID) != spec.node_id):
             raise PermanentClusterError(f"node {spec.node_id}: namespace {names.namespace} exists and is not ours")
@@ -319,6 +322,35 @@ class KubeVirtCluster:
     async def delete_node(self, node_id: str) -> None:
         # The namespace takes the VM, Secret, policies, Service and DataVolume with it.
         await self.api.delete(NAMESPACES, None, M.node_names(node_id).namespace)
+
+    async def delete_node_if_unclaimed(self, node_id: str) -> bool:
+        """Two steps, safe against a concurrent claim: (1) patch the state label to `deleting` with
+        the resourceVersion we read as precondition, so a claim that got in between makes it 409
+        (we lose, nothing is deleted) and a claim coming after sees no `free` label (it only takes
+        free nodes); (2) delete the namespace. A retry after (1) finds the mark and finishes (2)."""
+        name = M.node_names(node_id).namespace
+        ns = await self._namespace(node_id)
+        if ns is None or is_terminating(ns):
+            return True
+        state = _labels(ns).get(L.STATE)
+        if state != L.STATE_DELETING:
+            if state not in (NodeState.FREE.value, NodeState.PROVISIONING.value, None):
+                log.info("node %s: %s, not deleting it", node_id, state)
+                return False
+            version = _meta(ns).get("resourceVersion")
+            if not version:
+                raise ClusterUnavailable(f"Namespace {name}: read without a resourceVersion; cannot delete safely")
+            try:
+                await self.api.patch(NAMESPACES, None, name, M.deleting_patch(str(version)))
+            except Conflict:
+                log.info("node %s: changed (claimed) while we meant to delete it; leaving it", node_id)
+                return False
+            except PermanentClusterError:
+                if await self._namespace(node_id) is None:  # 404: deleted between our read and patch
+                    return True
+                raise
+        await self.api.delete(NAMESPACES, None, name)
+        return True
 
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
@@ -411,9 +443,9 @@ class KubeVirtCluster:
             self._list_managed(SERVICES, L.managed_selector()),
             self._list_managed(NETWORK_POLICIES, L.managed_selector()),
         )
-        live = [ns for ns in namespaces if L.NODE_ID in _labels(ns) and not is_terminating(ns)]
-        # Objects inside a terminating namespace are on their way out with it: not leftovers.
-        going = {_meta(ns).get("name") for ns in namespaces if is_terminating(ns)}
+        live = [ns for ns in namespaces if L.NODE_ID in _labels(ns) and not is_deleting(ns)]
+        # Objects inside a terminating (or marked deleting) namespace go with it: not leftovers.
+        going = {_meta(ns).get("name") for ns in namespaces if is_deleting(ns)}
         services = [svc for svc in services if _meta(svc).get("namespace") not in going]
         policies = [pol for pol in policies if _meta(pol).get("namespace") not in going]
         # Oldest first, like a queue: the real API lists by name, we want creation order.

@@ -43,6 +43,10 @@ KUBE_DNS_NAMESPACE = "kube-system"
 KUBE_DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 NAMESPACE_NAME = "kubernetes.io/metadata.name"  # set by the API server on every namespace
 
+# State label value of a node the pool is deleting: not a NodeState (no port caller ever sees such a
+# node), a terminal mark that makes claims (which select state=free) pass it by.
+STATE_DELETING = "deleting"
+
 COMPONENT_SSH = "ssh"
 COMPONENT_SESSION_NETWORK = "session-network"
 

@@ -118,6 +118,13 @@ def free_patch(resource_version: str | None) -> Manifest:
     return {"metadata": metadata}
 
 
+def deleting_patch(resource_version: str) -> Manifest:
+    """Merge patch marking an unclaimed node as being deleted. The resourceVersion precondition is
+    what makes delete-if-unclaimed safe: a claim that patched the namespace since we read it makes
+    this answer 409, and the node stays with its session."""
+    return {"metadata": {"resourceVersion": resource_version, "labels": {L.STATE: L.STATE_DELETING}}}
+
+
 def ssh_key_secret(node_id: str, public_key: str) -> Manifest:
     """The platform's public key, read by KubeVirt's accessCredentials (noCloud propagation)."""
     return {

@@ -50,6 +50,13 @@ def node_state(namespace: Obj) -> NodeState | None:
         return None
 
 
+def is_deleting(namespace: Obj | None) -> bool:
+    """A node namespace on its way out: terminating, or marked deleting by delete-if-unclaimed
+    (the mark comes first; the namespace delete follows it)."""
+    labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
+    return is_terminating(namespace) or labels.get(L.STATE) == L.STATE_DELETING
+
+
 def vmi_address(vmi: Obj | None) -> str | None:
     interfaces = ((vmi or {}).get("status") or {}).get("interfaces") or []
     if not interfaces:
@@ -67,9 +74,9 @@ def is_ready(vmi: Obj | None) -> bool:
 
 
 def parse_node_status(node_id: str, namespace: Obj | None, vm: Obj | None, vmi: Obj | None) -> NodeStatus:
-    if namespace is None or is_terminating(namespace):
+    if namespace is None or is_deleting(namespace):
         return NodeStatus(node_id=node_id, phase=NodePhase.MISSING,
-                          reason="namespace absent" if namespace is None else "namespace terminating")
+                          reason="namespace absent" if namespace is None else "namespace being deleted")
     if vm is None:
         return NodeStatus(node_id=node_id, phase=NodePhase.PROVISIONING, reason="VirtualMachine not created yet")
     vm_meta = vm.get("metadata") or {}

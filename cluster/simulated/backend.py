@@ -414,6 +414,14 @@ class SimulatedCluster:
         for session_id in exposed:
             await self._ssh.stop(f"expose:{session_id}")
 
+    async def delete_node_if_unclaimed(self, node_id: str) -> bool:
+        await self._enter("delete_node_if_unclaimed")
+        if not await self._db(self._store.delete_node_if_unclaimed, node_id):
+            return False
+        # An unclaimed node has no session exposure; its own (orchestrator) endpoint may be serving.
+        await self._ssh.stop(f"node:{node_id}")
+        return True
+
     # --- session level --------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         await self._enter("claim")

@@ -171,6 +171,19 @@ class Store:
             db.execute("DELETE FROM exposures WHERE node_id = ?", (node_id,))
             return deleted > 0, exposed
 
+    def delete_node_if_unclaimed(self, node_id: str) -> bool:
+        """One transaction: delete the node only while it is provisioning or free. True when deleted
+        or absent, False when a session holds it (nothing changes). The state condition sits in the
+        same write transaction as claim's conditional UPDATE, so the two cannot both win."""
+        with self.tx() as db:
+            deleted = db.execute(
+                "DELETE FROM nodes WHERE node_id = ? AND state IN ('provisioning', 'free')", (node_id,)
+            ).rowcount
+            if not deleted and self._node(node_id) is not None:
+                return False
+            db.execute("DELETE FROM ssh_endpoints WHERE node_id = ?", (node_id,))
+            return True
+
     def endpoints_to_restore(self) -> tuple[list[tuple[str, int, str]], list[tuple[str, str, int, str]]]:
         """Node endpoints (node, port, key) and exposures (session, node, port, key) that were serving."""
         nodes = list(self.db.execute("SELECT node_id, port, host_key FROM ssh_endpoints WHERE port IS NOT NULL"))

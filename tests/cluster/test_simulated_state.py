@@ -85,6 +85,41 @@ async def test_two_workers_on_one_file_never_claim_the_same_node(state_file: Pat
         await b.aclose()
 
 
+async def test_a_node_is_either_claimed_or_deleted_never_both(state_file: Path) -> None:
+    """Session workers claim while the pool, in another thread on its own connection (another
+    worker), deletes the same free nodes with delete_node_if_unclaimed."""
+    sessions = SimulatedCluster(state_file)
+    node_ids = [f"pool-{i:02}" for i in range(30)]
+    try:
+        for node_id in node_ids:
+            await sessions.provision(spec(node_id))
+            await sessions.mark_free(node_id)
+
+        async def pool_deletes() -> dict[str, bool]:
+            pool = SimulatedCluster(state_file)
+            try:
+                answers = await asyncio.gather(*(pool.delete_node_if_unclaimed(n) for n in reversed(node_ids)))
+                return dict(zip(reversed(node_ids), answers, strict=True))
+            finally:
+                await pool.aclose()
+
+        deleting = asyncio.create_task(asyncio.to_thread(asyncio.run, pool_deletes()))
+        results = await asyncio.gather(*(sessions.claim(claim(f"s{i}", 2)) for i in range(12)))
+        deleted = await deleting
+        claimed = {n.node_id: n.session.session_id for r in results for n in r.nodes if n.session}
+        kept = {n.node_id: n for n in (await sessions.inventory()).nodes}
+        for node_id in node_ids:
+            if deleted[node_id]:
+                assert node_id not in claimed and node_id not in kept
+            else:
+                assert node_id in claimed and kept[node_id].state == NodeState.CLAIMED
+                assert kept[node_id].session is not None
+                assert kept[node_id].session.session_id == claimed[node_id]
+        assert set(kept) == set(claimed)
+    finally:
+        await sessions.aclose()
+
+
 async def test_wire_refuses_nodes_of_another_session(sim: SimulatedCluster) -> None:
     await sim.provision(spec("s1-cp", session="s1"))
     await sim.provision(spec("s2-w", "worker", session="s2"))

@@ -111,6 +111,29 @@ async def test_delete_node_is_idempotent(port: ClusterPort) -> None:
     assert [n.node_id for n in (await port.inventory()).nodes] == ["pool-cp-2"]
 
 
+async def test_delete_if_unclaimed_deletes_free_and_provisioning_nodes(port: ClusterPort) -> None:
+    await free_nodes(port, "pool-cp-1", "pool-cp-2")
+    await port.provision(spec("pool-cp-3"))  # still provisioning
+    assert await port.delete_node_if_unclaimed("pool-cp-1") is True
+    assert await port.delete_node_if_unclaimed("pool-cp-3") is True
+    assert await port.delete_node_if_unclaimed("pool-cp-1") is True  # absent: done
+    assert await port.delete_node_if_unclaimed("never-made") is True
+    assert (await port.node_status("pool-cp-1")).phase == NodePhase.MISSING
+    assert [n.node_id for n in (await port.inventory()).nodes] == ["pool-cp-2"]
+    assert [n.node_id for n in (await port.claim(want("s1", cp=2))).nodes] == ["pool-cp-2"]
+
+
+async def test_delete_if_unclaimed_refuses_a_claimed_node_and_keeps_it(port: ClusterPort) -> None:
+    await free_nodes(port, "pool-cp-1")
+    await port.provision(spec("cold-cp", session=ref("s2")))
+    (held,) = (await port.claim(want("s1", cp=1))).nodes
+    assert await port.delete_node_if_unclaimed(held.node_id) is False
+    assert await port.delete_node_if_unclaimed("cold-cp") is False
+    assert await session_of(port, "s1") == [held.node_id]
+    assert await session_of(port, "s2") == ["cold-cp"]
+    assert (await port.node_status(held.node_id)).phase != NodePhase.MISSING
+
+
 async def test_a_deleted_claimed_node_leaves_its_session(port: ClusterPort) -> None:
     await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
     held = await port.claim(want("s1", cp=2))

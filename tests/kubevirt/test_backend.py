@@ -427,3 +427,47 @@ async def test_a_terminating_namespace_is_gone_for_the_pool_and_blocks_reprovisi
     with pytest.raises(ClusterUnavailable, match="terminating"):
         await cluster.provision(spec("pool-a"))
     await cluster.delete_node("pool-a")  # the API answers 409 for a terminating namespace: already going
+
+
+async def test_delete_if_unclaimed_loses_to_a_claim_that_patched_first(cluster: KubeVirtCluster,
+                                                                       emulator: LabEmulator) -> None:
+    """A claim changes the namespace between our read and our `deleting` patch: the API server
+    answers 409 on the resourceVersion precondition, we report False and delete nothing."""
+    await cluster.provision(spec("pool-a"))
+    await cluster.mark_free("pool-a")
+    fault = emulator.inject("PATCH", r"^/api/v1/namespaces/lab-pool-a$", 409, message="the object has been modified")
+    deletes = emulator.inject("DELETE", r"^/api/v1/namespaces/lab-pool-a$", 500, message="must not be called")
+    assert await cluster.delete_node_if_unclaimed("pool-a") is False
+    assert len(fault.hits) == 1 and deletes.hits == []
+    ns = emulator.live(NAMESPACES, None, "lab-pool-a")
+    assert ns is not None and ns["metadata"]["labels"][L.STATE] == "free"
+    assert emulator.live(VMS, "lab-pool-a", "pool-a") is not None
+
+
+async def test_delete_if_unclaimed_marks_then_deletes_and_refuses_claimed(cluster: KubeVirtCluster,
+                                                                          emulator: LabEmulator) -> None:
+    await cluster.provision(spec("pool-a"))
+    await cluster.mark_free("pool-a")
+    await cluster.provision(spec("pool-b"))
+    await cluster.mark_free("pool-b")
+    result = await cluster.claim(ClaimRequest(session=ref("s1"), wants=[ClaimWant(node_class="cp", count=1)]))
+    (held,) = [n.node_id for n in result.nodes]
+    other = "pool-b" if held == "pool-a" else "pool-a"
+    assert await cluster.delete_node_if_unclaimed(held) is False
+    assert emulator.live(NAMESPACES, None, f"lab-{held}") is not None
+    # The delete fails after the mark: the node is gone for claims, inventory and mark_free already.
+    emulator.inject("DELETE", rf"^/api/v1/namespaces/lab-{other}$", 500, message="injected")
+    with pytest.raises(ClusterUnavailable):
+        await cluster.delete_node_if_unclaimed(other)
+    ns = emulator.live(NAMESPACES, None, f"lab-{other}")
+    assert ns is not None and ns["metadata"]["labels"][L.STATE] == L.STATE_DELETING
+    assert [n.node_id for n in (await cluster.inventory()).nodes] == [held]
+    assert (await cluster.claim(ClaimRequest(session=ref("s2"),
+                                             wants=[ClaimWant(node_class="cp", count=1)]))).nodes == []
+    with pytest.raises(NodeNotFound):
+        await cluster.mark_free(other)
+    assert (await cluster.node_status(other)).phase == NodePhase.MISSING
+    # The retry finds the mark and finishes the deletion; absent afterwards is success too.
+    assert await cluster.delete_node_if_unclaimed(other) is True
+    assert emulator.live(NAMESPACES, None, f"lab-{other}") is None
+    assert await cluster.delete_node_if_unclaimed(other) is True

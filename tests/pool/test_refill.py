@@ -6,11 +6,16 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.worker import Worker
 
-from cluster.models import ClaimRequest, ClaimWant, NodeSpec, NodeState, SessionRef
+from activities.cluster_activities import ClusterActivities
+from activities.pool_activities import PoolActivities
+from cluster.models import ClaimRequest, ClaimWant, Inventory, NodeSpec, NodeState, SessionRef
 from labrador.published_images import PublishedImage
-from tests.pool.conftest import CP, WORKER, PoolBed
+from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
+from workflows.models import ActivityName
 from workflows.pool_models import ClassSizing, PoolRefillInput, PoolRefillResult
 from workflows.pool_refill import PoolRefillWorkflow
 
@@ -82,6 +87,44 @@ async def test_overdue_provisioning_nodes_are_deleted(pool_bed: PoolBed) -> None
 
     assert result.classes[CP.name].deleted_overdue == 1
     assert (await pool_bed.sim.node_status("stuck-1")).phase == "missing"
+
+
+async def test_a_node_claimed_between_inventory_and_delete_stays_with_its_session(pool_bed: PoolBed) -> None:
+    """Rollover wants both free CP nodes gone, but a session claims one right after the refill's
+    inventory (played by an inventory activity that claims once it has read): that node is not
+    deleted, it is counted as claimed meanwhile, and the session still holds it."""
+    await refill(pool_bed.client, pool_bed, fixed(2, 0))
+    pool_bed.published.publish(PublishedImage(
+        node_class=CP.name, reference="127.0.0.1:5000/cp@sha256:" + "b" * 64, digest="sha256:" + "b" * 64,
+        published_at=datetime.now(UTC),
+    ))
+    racer = SessionRef(session_id="s-racer", workflow_id="wf-racer", run_id="run-racer")
+    won: list[str] = []
+
+    @activity.defn(name=ActivityName.INVENTORY)
+    async def inventory_then_a_claim() -> Inventory:
+        snapshot = await pool_bed.sim.inventory()
+        if not won:
+            claim = ClaimRequest(session=racer, wants=[ClaimWant(node_class=CP.name, count=1)])
+            won.extend(n.node_id for n in (await pool_bed.sim.claim(claim)).nodes)
+        return snapshot
+
+    task_queue = f"race-{uuid.uuid4().hex[:8]}"
+    cluster = [a for a in ClusterActivities(pool_bed.sim).all() if a.__name__ != "inventory"]
+    pool = PoolActivities(pool_bed.sim, lambda: dict(CLASSES), pool_bed.published).all()
+    async with Worker(pool_bed.client, task_queue=task_queue, workflows=[PoolRefillWorkflow],
+                      activities=[*cluster, *pool, inventory_then_a_claim]):
+        result = await pool_bed.client.execute_workflow(
+            PoolRefillWorkflow.run, fixed(2, 0, collect_leaks=False, use_capacity_broker=False),
+            id=f"refill-{uuid.uuid4().hex[:8]}", task_queue=task_queue, result_type=PoolRefillResult,
+        )
+
+    assert len(won) == 1
+    report = result.classes[CP.name]
+    assert (report.deleted_stale, report.claimed_meanwhile) == (1, 1)
+    held = [n for n in (await pool_bed.sim.inventory()).nodes if n.node_id == won[0]]
+    assert len(held) == 1 and held[0].state == NodeState.CLAIMED
+    assert held[0].session is not None and held[0].session.session_id == "s-racer"
 
 
 async def test_capacity_cap_limits_creation(pool_bed: PoolBed) -> None:

@@ -110,6 +110,13 @@ class MemoryCluster:
         self.nodes.pop(node_id, None)
         self.statuses.pop(node_id, None)
 
+    async def delete_node_if_unclaimed(self, node_id: str) -> bool:
+        record = self.nodes.get(node_id)
+        if record is not None and record.state == NodeState.CLAIMED:
+            return False
+        await self.delete_node(node_id)
+        return True
+
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         self._maybe_unavailable()
         mine = [n for n in self.nodes.values() if n.session and n.session.session_id == request.session.session_id]
