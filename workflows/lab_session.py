@@ -340,11 +340,26 @@ class LabSessionWorkflow:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
 
+        def holds_warm_nodes() -> bool:
+            return any(node.warm for node in self._nodes)
+
+        # No hold-and-wait: a session that must queue gives its warm nodes up first (they count against
+        # the cap), else sessions each holding part of the cap could wait for one another forever.
+        max_wait = self._input.timings.max_queue_wait
+        queue_since = workflow.now()
         try:
             await self._capacity.acquire(
-                self._session, len(self._lab.nodes), memory, limits, self._input.timings.max_queue_wait,
-                on_queued=queued, stop=lambda: self._end_reason is not None,
+                self._session, len(self._lab.nodes), memory, limits, max_wait, on_queued=queued,
+                stop=lambda: self._end_reason is not None
+                or (holds_warm_nodes() and self._capacity.position is not None),
             )
+            if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
+                await self._give_up_warm_nodes()
+                await self._capacity.acquire(
+                    self._session, len(self._lab.nodes), memory, limits,
+                    max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1)),
+                    on_queued=queued, stop=lambda: self._end_reason is not None,
+                )
         except CapacityRefused as refused:
             raise SessionFailed("no capacity", str(refused)) from None
         if self._end_reason is not None:
@@ -382,6 +397,18 @@ class LabSessionWorkflow:
                         name=lab_node.name, node_id=self._cold_node_id(lab_node), role=lab_node.role.value, warm=False
                     )
                 )
+
+    async def _give_up_warm_nodes(self) -> None:
+        """Delete the warm nodes this session claimed and plan cold ones in their place."""
+        lab_nodes = {n.name: n for n in self._lab.nodes}
+        warm = [node for node in self._nodes if node.warm]
+        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, CLUSTER_CALL)
+                        for node in warm)
+        self._nodes = [
+            node.model_copy(update={"warm": False, "node_id": self._cold_node_id(lab_nodes[node.name])})
+            if node.warm else node
+            for node in self._nodes
+        ]
 
     def _cold_node_id(self, lab_node: LabNode) -> str:
         # Deterministic: a retried or replayed provision finds the node it already created.

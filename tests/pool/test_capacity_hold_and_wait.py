@@ -1,8 +1,9 @@
-"""A known gap, kept as a strict xfail so that its fix shows up: sessions that hold warm nodes while
-they queue for cold ones can fill the cap together, and then none of them is ever granted.
+"""No hold-and-wait: sessions that hold warm nodes while they queue for cold ones could fill the cap
+together, and then none of them would ever be granted. A session that must queue gives its warm nodes
+up first (workflows/lab_session.py, `_give_up_warm_nodes`).
 
-Two 2-node labs, cap 2 VMs, 2 warm control planes: each session claims one warm node, then queues for
-its cold worker; the two warm nodes are the whole cap, so both wait until `max_queue_wait`.
+Two 2-node labs, cap 2 VMs, 2 warm control planes: each session claims one warm node and needs a cold
+worker; the two warm nodes are the whole cap, so without the rule both would wait until `max_queue_wait`.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from workflows.pool_models import CapacityLimits
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TimeoutError, reason="hold-and-wait: warm nodes are held while queueing (docs/pool.md)"
-)
 async def test_sessions_holding_warm_nodes_do_not_block_each_other_forever(pool_bed: PoolBed) -> None:
     await fill_pool(pool_bed, 2)
     base = load_catalog(PACKAGE_LABS_DIR).labs["kubelet-broken-worker"]
