@@ -19,6 +19,7 @@ from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
+    ScheduleDescription,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
@@ -88,12 +89,9 @@ def image_schedules(settings: Settings) -> list[tuple[str, Schedule]]:
 
 async def current_refill_input(client: Client) -> PoolRefillInput | None:
     """The refill argument stored in the schedule (None when the schedule does not exist)."""
-    try:
-        description = await client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID).describe()
-    except RPCError as error:
-        if error.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+    description = await _describe_refill_schedule(client)
+    if description is None:
+        return None
     action = description.schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow)
     return await _decode_refill_input(client, action)
@@ -205,13 +203,18 @@ async def set_paused(client: Client, paused: bool, note: str) -> None:
 
 
 async def is_paused(client: Client) -> bool | None:
+    description = await _describe_refill_schedule(client)
+    return None if description is None else description.schedule.state.paused
+
+
+async def _describe_refill_schedule(client: Client) -> ScheduleDescription | None:
+    """The refill schedule's description, None when it does not exist."""
     try:
-        description = await client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID).describe()
+        return await client.get_schedule_handle(POOL_REFILL_SCHEDULE_ID).describe()
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
-    return description.schedule.state.paused
 
 
 async def last_refill_result(client: Client) -> PoolRefillResult | None:

@@ -301,6 +301,15 @@ def session_policy(node_id: str, session_id: str, orchestrator_namespace: str) -
     }
 
 
+def _ssh_labels(node_id: str, session_id: str) -> dict[str, str]:
+    return {
+        L.MANAGED_BY: L.MANAGED_BY_VALUE,
+        L.NODE_ID: node_id,
+        L.SESSION: session_id,
+        L.COMPONENT: L.COMPONENT_SSH,
+    }
+
+
 def ssh_service(node_id: str, session_id: str) -> Manifest:
     return {
         "apiVersion": "v1",
@@ -308,12 +317,7 @@ def ssh_service(node_id: str, session_id: str) -> Manifest:
         "metadata": {
             "name": ssh_service_name(session_id),
             "namespace": node_names(node_id).namespace,
-            "labels": {
-                L.MANAGED_BY: L.MANAGED_BY_VALUE,
-                L.NODE_ID: node_id,
-                L.SESSION: session_id,
-                L.COMPONENT: L.COMPONENT_SSH,
-            },
+            "labels": _ssh_labels(node_id, session_id),
         },
         "spec": {
             "type": "NodePort",
@@ -333,12 +337,7 @@ def ssh_ingress_policy(node_id: str, session_id: str) -> Manifest:
         "metadata": {
             "name": ssh_policy_name(session_id),
             "namespace": node_names(node_id).namespace,
-            "labels": {
-                L.MANAGED_BY: L.MANAGED_BY_VALUE,
-                L.NODE_ID: node_id,
-                L.SESSION: session_id,
-                L.COMPONENT: L.COMPONENT_SSH,
-            },
+            "labels": _ssh_labels(node_id, session_id),
         },
         "spec": {
             "podSelector": {"matchLabels": L.vm_pod_selector(node_id)},
