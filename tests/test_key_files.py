@@ -124,3 +124,13 @@ def test_cli_names_a_world_readable_codec_key_file_and_exits_1(tmp_path: Path) -
     assert result.exit_code == 1, result.output
     assert f"setting codec_keys_file: {path} has mode 0644" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_world_readable_api_keys_file_is_refused(tmp_path: Path) -> None:
+    from labrador.api.keys import KeyConfigError, keys_from_settings
+
+    path = _file(tmp_path / "api.keys", b"admin:" + b"k" * 40 + b"\n", 0o644)
+    with pytest.raises(KeyConfigError, match=r"setting api_keys_file: .*api.keys has mode 0644"):
+        keys_from_settings(Settings(api_keys_file=path))
+    path.chmod(0o440)
+    assert len(keys_from_settings(Settings(api_keys_file=path))) == 1
