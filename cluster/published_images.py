@@ -4,12 +4,13 @@ The image pipeline publishes a new digest per node class; every reader (session 
 refill, `labrador image list`) asks this store. The effective image of a class is the published
 reference when present, else the catalog's base image. One key per node class.
 Backends: a JSON file in the data directory (simulated mode, here) and a ConfigMap in the worker's
-namespace (kubevirt mode, `cluster.kubevirt.published_images`).
+namespace (kubevirt mode, `cluster.kubevirt.published_images`). Which one a process uses is the
+shell's choice (`labrador.published_images.published_images_store`); activities get the store
+injected.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tempfile
@@ -19,7 +20,6 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from labrador.settings import Settings
 from labs.models import NodeClass
 
 
@@ -61,20 +61,6 @@ class JsonFilePublishedImages:
         with os.fdopen(fd, "w") as handle:
             json.dump(current, handle, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
-
-
-def published_images_store(settings: Settings) -> PublishedImages:
-    """ConfigMap in the worker's namespace in kubevirt mode, JSON file in the data dir otherwise."""
-    if settings.cluster_backend == "kubevirt":
-        # The ConfigMap store and its API wrapper live with the kubevirt backend; looked up by name
-        # so this module does not import the Kubernetes client in simulated mode.
-        api = importlib.import_module("cluster.kubevirt.api")
-        configmap_store = importlib.import_module("cluster.kubevirt.published_images")
-        kube_config = getattr(settings, "kube_config", None)
-        client = api.KubeApi(api.load_api_client(str(kube_config) if kube_config else None))
-        store: PublishedImages = configmap_store.ConfigMapPublishedImages(client, settings.kube_namespace)
-        return store
-    return JsonFilePublishedImages.in_data_dir(settings.data_dir)
 
 
 def effective_image(node_class: NodeClass, published: dict[str, PublishedImage]) -> str:
