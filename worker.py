@@ -80,8 +80,11 @@ def image_activities(settings: Settings) -> Any:
     on the queue that `image_worker_queue` hands out."""
     if settings.task_queue not in _IMAGE_ACTIVITIES:
         from activities.image_activities import ImageActivities
+        from labrador.published_images import published_images_store
 
-        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(
+            settings, image_worker_queue(settings.task_queue), published_images=published_images_store(settings)
+        )
     return _IMAGE_ACTIVITIES[settings.task_queue]
 
 
@@ -138,9 +141,9 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cluster.secret_files import InsecureKeyFile
+    from cluster.ssh import SshError
     from labrador.codec import CodecError
     from labrador.settings import SettingsError
-    from labrador.ssh import SshError
 
     try:
         asyncio.run(run(load_settings(use_dev_stack=False)))

@@ -12,9 +12,9 @@ import pytest
 
 from cluster.kubevirt.backend import public_key_from_private
 from cluster.secret_files import InsecureKeyFile, check_key_file, read_key_text
+from cluster.ssh import SshError, load_platform_key
 from labrador.codec import CodecError, codec_from_settings, new_key_entry
 from labrador.settings import Settings
-from labrador.ssh import SshError, load_platform_key
 from labrador.temporal import tls_config
 
 
@@ -85,8 +85,8 @@ def test_world_readable_temporal_tls_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_dev_generated_keys_are_private(tmp_path: Path) -> None:
+    from cluster.ssh import platform_key_path
     from labrador.codec import ensure_dev_codec_keys
-    from labrador.ssh import platform_key_path
 
     old = os.umask(0o022)
     try:

@@ -61,10 +61,10 @@ from cluster.models import (
     SshEndpoint,
     SshTarget,
 )
+from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from cluster.secret_files import read_key_bytes
-from labrador.naming import is_dns_label, short_hash
-from labrador.settings import Settings
+from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
 log = logging.getLogger(__name__)

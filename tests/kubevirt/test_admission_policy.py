@@ -21,7 +21,7 @@ from cluster.kubevirt import manifests as M
 from cluster.kubevirt.api import PERMISSIONS
 from cluster.kubevirt.published_images import configmap_manifest
 from cluster.models import NodeSpec, NodeState, SessionRef
-from labrador.naming import node_namespace
+from cluster.naming import node_namespace
 from labrador.settings import Settings
 from labs.models import ContainerDiskSource, NodeClass, PvcCloneSource, PvcRef, Role
 from tests.kubevirt import schemas

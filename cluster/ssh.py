@@ -36,7 +36,7 @@ import asyncssh
 
 from cluster.models import SshTarget
 from cluster.secret_files import InsecureKeyFile, read_key_bytes
-from labrador.settings import Settings
+from cluster.settings import Settings
 
 OUTPUT_LIMIT = 16 * 1024
 """Characters of combined output (and of stdout) kept per command."""
