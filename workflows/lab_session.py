@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from labrador.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
-    from workflows import search_attributes
+    from workflows import metrics, search_attributes
     from workflows.capacity import CapacityGate, CapacityRefused
     from workflows.models import (
         ActivityName,
@@ -273,6 +273,7 @@ class LabSessionWorkflow:
         self._ready_at = workflow.now()
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
+        metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
         return None
 
     async def _prepare(self) -> None:
