@@ -193,10 +193,13 @@ class LabClient:
 
     # --- messages -------------------------------------------------------------------------------
 
-    async def start(self, student_id: str, lab_name: str, wait: timedelta | None = None) -> StartedSession:
+    async def start(
+        self, student_id: str, lab_name: str, wait: timedelta | None = None, *, memo: dict[str, str] | None = None
+    ) -> StartedSession:
         """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
 
-        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`."""
+        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`. `memo` is
+        kept with the run (encrypted like payloads): the HTTP API records who started it there."""
         workflow_id = self._workflow_id(student_id)
         lab = self.catalog.labs.get(lab_name)
         if lab is None:
@@ -228,6 +231,7 @@ class LabClient:
                 ]
             ),
             static_summary=f"{lab.name} for {student_id}",
+            **({"memo": memo} if memo else {}),
         )
         ready: WaitReadyResult | None = None
         try:

@@ -111,6 +111,21 @@ class Settings(BaseModel):
         False, description="a reset gives the lab's full duration again (else the time left is kept)"
     )
 
+    # HTTP API (labrador/api, docs/api.md)
+    api_address: str = Field("127.0.0.1:8088", description="host:port the HTTP API listens on")
+    api_keys: SecretStr | None = Field(
+        None, description="API bearer keys 'scope:key[,scope:key]', scopes app and admin (several per scope)"
+    )
+    api_keys_file: Path | None = Field(None, description="file holding api_keys (a mounted Secret)")
+    api_rate_limit: int = Field(120, ge=1, description="requests per minute per API key (then 429)")
+    api_max_body_bytes: int = Field(65536, ge=1024, description="largest request body the API accepts")
+
+    # Observability and events (docs/api.md)
+    metrics_address: str | None = Field(None, description="host:port of the worker's Prometheus /metrics")
+    webhook_urls: str = Field("", description="comma-separated URLs that receive the lab event webhooks")
+    webhook_secret: SecretStr | None = Field(None, description="Standard Webhooks signing secret 'whsec_...'")
+    webhook_expiring_before: str = Field("5m", description="lab.expiring is sent this long before the deadline")
+
     @field_validator("*")
     @classmethod
     def _expand_home(cls, value: Any) -> Any:
@@ -119,7 +134,7 @@ class Settings(BaseModel):
 
     @field_validator(
         "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",
-        "session_health_grace", "session_pause_longest", "session_pause_total",
+        "session_health_grace", "session_pause_longest", "session_pause_total", "webhook_expiring_before",
     )
     @classmethod
     def _is_duration(cls, value: str) -> str:
