@@ -80,8 +80,11 @@ def image_activities(settings: Settings) -> Any:
     on the queue that `image_worker_queue` hands out."""
     if settings.task_queue not in _IMAGE_ACTIVITIES:
         from activities.image_activities import ImageActivities
+        from labrador.published_images import published_images_store
 
-        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(
+            settings, image_worker_queue(settings.task_queue), published_images=published_images_store(settings)
+        )
     return _IMAGE_ACTIVITIES[settings.task_queue]
 
 

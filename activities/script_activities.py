@@ -29,8 +29,8 @@ from temporalio.exceptions import ApplicationError
 from activities import node_commands as commands
 from cluster.models import SessionRef, SshTarget
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
-from labrador.settings import Settings
-from labrador.ssh import (
+from cluster.settings import Settings
+from cluster.ssh import (
     CommandInterrupted,
     CommandResult,
     HostKeyMismatch,

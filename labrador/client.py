@@ -33,8 +33,9 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
-from labrador.published_images import PublishedImages, published_images_store, with_effective_images
+from cluster.naming import InvalidName, session_id, session_workflow_id, validate_student_id
+from cluster.published_images import PublishedImages, with_effective_images
+from labrador.published_images import published_images_store
 from labrador.settings import Settings
 from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes

@@ -14,8 +14,8 @@ from activities.script_activities import ScriptActivities
 from cluster.models import NodeSpec, SessionRef
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.scenario import Scenario, ScenarioRule
+from cluster.ssh import RetryPolicy, SshRunner
 from labrador.settings import Settings
-from labrador.ssh import RetryPolicy, SshRunner
 from labs.models import Check, ContainerDiskSource, Role
 from tests.test_script_activities import STUDENT_KEY, make_lab
 from workflows.models import BoundNode, ChecksInput, ClockStepInput, SetupInput

@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         SessionWiring,
         SshEndpoint,
     )
-    from labrador.naming import dns_label, session_id
+    from cluster.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
     from workflows import search_attributes
     from workflows.capacity import CapacityGate, CapacityRefused

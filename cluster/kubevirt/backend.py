@@ -61,9 +61,9 @@ from cluster.models import (
     SshEndpoint,
     SshTarget,
 )
+from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
-from labrador.naming import is_dns_label, short_hash
-from labrador.settings import Settings
+from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
 from labs.models import quantity_bytes
 
 if TYPE_CHECKING:
-    from labrador.settings import Settings
+    from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 

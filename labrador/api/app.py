@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
+from cluster.naming import InvalidName, session_workflow_id, validate_student_id
 from labrador.api import problems
 from labrador.api.guards import BodyLimit, IdempotencyCache, RateLimiter
 from labrador.api.keys import ApiKey, Scope, find_key, keys_from_settings
@@ -45,7 +46,6 @@ from labrador.api.models import (
 )
 from labrador.api.problems import ProblemError, from_lab_error
 from labrador.client import LabClient, LabError, SessionConflict, TemporalUnreachable
-from labrador.naming import InvalidName, session_workflow_id, validate_student_id
 from labrador.settings import Settings
 from workflows import search_attributes
 from workflows.lab_session import WORKFLOW_NAME
@@ -320,7 +320,7 @@ def create_app(settings: Settings, labs: LabClient | None = None) -> FastAPI:
     @app.get("/v1/pool", tags=["admin"], responses=_ERRORS | {403: _ERRORS[403]})
     async def get_pool(key: Admin) -> dict[str, Any]:
         """The warm pool per node class, VM/memory/NodePort capacity and the capacity queue (admin)."""
-        from labrador.cli.pool_cmd import pool_status  # the same answer as `labrador pool status --json`
+        from labrador.pool_report import pool_status  # the same answer as `labrador pool status --json`
 
         result: dict[str, Any] = await call(lambda labs: pool_status(labs.client, labs.settings))
         return json.loads(json.dumps(result, default=str))

@@ -1,6 +1,6 @@
 """Errors as RFC 9457 `application/problem+json`, with the same refusals as the CLI.
 
-LabClient's refusals say "field: 'value' ..." (labrador.naming, labrador.client); that prefix becomes
+LabClient's refusals say "field: 'value' ..." (cluster.naming, labrador.client); that prefix becomes
 the problem's `field` and `value`. Bad input is 422 (or 400 for an unreadable body), a state that does
 not allow the request is 409, no lab is 404, Temporal unreachable is 503 (with Retry-After).
 """

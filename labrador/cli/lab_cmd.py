@@ -18,9 +18,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from cluster.naming import InvalidName, validate_student_id
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
 from labrador.client import LabClient, LabError, TemporalUnreachable
-from labrador.naming import InvalidName, validate_student_id
 from labrador.settings import Settings, SettingsError, load_settings
 from workflows.models import TERMINAL_PHASES, LabStatus, WaitReadyResult
 
