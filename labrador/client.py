@@ -37,7 +37,7 @@ from cluster.naming import InvalidName, session_id, session_workflow_id, validat
 from cluster.published_images import PublishedImages, with_effective_images
 from labrador.published_images import published_images_store
 from labrador.settings import Settings
-from labs.models import Catalog, parse_duration, quantity_bytes
+from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
@@ -49,7 +49,13 @@ from workflows.models import (
     LabSessionInput,
     LabSessionResult,
     LabStatus,
+    PauseLimits,
+    PauseRequest,
+    PauseResult,
     Phase,
+    ResetLimits,
+    ResumeRequest,
+    ResumeResult,
     SessionTimings,
     WaitReadyRequest,
     WaitReadyResult,
@@ -108,6 +114,33 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
         health_interval=duration(settings.session_health_interval),
         health_grace=duration(settings.session_health_grace),
     )
+
+
+def pause_limits(settings: Settings, lab: Lab) -> PauseLimits:
+    """The settings' pause rules, overridden by the lab file's `pause:` section."""
+    rules = lab.pause
+    return PauseLimits(
+        longest=rules.longest or _duration(settings.session_pause_longest),
+        total=rules.total or _duration(settings.session_pause_total),
+        max_pauses=settings.session_pause_max if rules.max_pauses is None else rules.max_pauses,
+        grade_when_expired=(settings.session_pause_expired_graded if rules.grade_when_expired is None
+                            else rules.grade_when_expired),
+    )
+
+
+def reset_limits(settings: Settings, lab: Lab) -> ResetLimits:
+    """The settings' reset rules, overridden by the lab file's `reset:` section."""
+    rules = lab.reset
+    return ResetLimits(
+        max_resets=settings.session_reset_max if rules.max_resets is None else rules.max_resets,
+        restart_time=settings.session_reset_restarts_time if rules.restart_time is None else rules.restart_time,
+    )
+
+
+def _duration(value: str) -> timedelta:
+    parsed = parse_duration(value)
+    assert isinstance(parsed, timedelta)
+    return parsed
 
 
 class LabClient:
@@ -187,6 +220,8 @@ class LabClient:
             capacity=CapacityLimits(
                 max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
             ),
+            pause=pause_limits(self.settings, lab),
+            reset=reset_limits(self.settings, lab),
         )
         options: dict[str, Any] = dict(
             id=workflow_id,
@@ -256,6 +291,18 @@ class LabClient:
     async def check(self, student_id: str) -> CheckReport:
         report: CheckReport = await self._update(student_id, LabSessionWorkflow.check, CheckRequest())
         return report
+
+    async def pause(self, student_id: str) -> PauseResult:
+        """Stop the lab's clock (SSH closed, VMs paused in place); refused unless ready/running and
+        within the lab's pause limits. The answer says when the pause would end the lab."""
+        result: PauseResult = await self._update(student_id, LabSessionWorkflow.pause, PauseRequest())
+        return result
+
+    async def resume(self, student_id: str) -> ResumeResult:
+        """Run a paused lab again; the answer has the (maybe new) SSH endpoint and the moved deadline.
+        `wait_ready` answers with the same endpoint and the student's key."""
+        result: ResumeResult = await self._update(student_id, LabSessionWorkflow.resume, ResumeRequest())
+        return result
 
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
         """Check that a lab runs (the signal alone would not say), then signal it to end."""

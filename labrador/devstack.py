@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
 from labrador.api.keys import ensure_dev_api_keys
 from labrador.api.server import build_server, serve, wait_started
 from labrador.binaries import temporal_cli
 from labrador.client import LabClient
 from labrador.codec import ensure_dev_codec_keys
+from labrador.metrics import Collector, metrics_runtime
 from labrador.schedules import apply_schedules
 from labrador.settings import Settings, dev_state_file, load_settings, running_dev_stack
 from labrador.temporal import connect
@@ -147,7 +149,8 @@ class DevStack:
         settings = ensure_dev_api_keys(settings)
         state_file = dev_state_file()
         try:
-            client = await self._start_server(settings)
+            runtime = metrics_runtime(settings)  # the worker's /metrics (SDK + labrador_* metrics)
+            client = await self._start_server(settings, runtime)
             from worker import build_port, build_workers
 
             port = build_port(settings)
@@ -161,6 +164,8 @@ class DevStack:
             write_state(state_file, settings, self.config.ui_url)
             if on_ready is not None:
                 on_ready(settings)
+            collector = Collector(client, settings, port, runtime.metric_meter) if runtime else None
+            sampling = asyncio.create_task(collector.run()) if collector else None
             running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers), api_task)
             stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait([running, stop_task], return_when=asyncio.FIRST_COMPLETED)
@@ -172,6 +177,10 @@ class DevStack:
                 await asyncio.gather(*(worker.shutdown() for worker in workers))
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
+            if sampling is not None:
+                sampling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampling
             close = getattr(port, "aclose", None)
             if close is not None:
                 await close()
@@ -189,7 +198,7 @@ class DevStack:
             start_new_session=True,  # our shutdown order, not the terminal's Ctrl-C, stops it
         )
 
-    async def _start_server(self, settings: Settings) -> Client:
+    async def _start_server(self, settings: Settings, runtime: Runtime | None = None) -> Client:
         self.server = self._spawn_server()
         deadline = asyncio.get_running_loop().time() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
@@ -199,7 +208,7 @@ class DevStack:
                     f"temporal server exited with {self.server.returncode}; see {self.config.data_dir / 'temporal.log'}"
                 )
             try:
-                client = await connect(settings)
+                client = await connect(settings, runtime)
                 await client.service_client.check_health()
                 return client
             except Exception as exc:  # not up yet

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import free_port
 
@@ -62,8 +63,13 @@ def test_dev_stack_serves_the_api_with_generated_keys(tmp_path: Path) -> None:
         assert status == 200 and pool["schedule"]["exists"]
         status, _ended = request(f"{api}/v1/sessions/dana/end", keys["app"], {"reason": "done"})
         assert status == 202
+        assert state["settings"]["metrics_address"] == f"127.0.0.1:{ports['metrics-port']}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics-port']}/metrics", timeout=10) as answer:
+            names = {family.name for family in text_string_to_metric_families(answer.read().decode())}
+        assert "labrador_session_start_to_ready_seconds" in names and any(n.startswith("temporal_") for n in names)
     finally:
         dev.send_signal(signal.SIGTERM)
         output, _ = dev.communicate(timeout=30)
     assert dev.returncode == 0, output
     assert f"HTTP API http://127.0.0.1:{ports['api-port']} (keys in {keys_file})" in output
+    assert f"metrics http://127.0.0.1:{ports['metrics-port']}/metrics" in output
