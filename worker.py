@@ -151,7 +151,16 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(load_settings(use_dev_stack=False)))
+    from cluster.secret_files import InsecureKeyFile
+    from cluster.ssh import SshError
+    from labrador.codec import CodecError
+    from labrador.settings import SettingsError
+
+    try:
+        asyncio.run(run(load_settings(use_dev_stack=False)))
+    except (SettingsError, CodecError, SshError, InsecureKeyFile) as exc:  # configuration: one line, exit 1
+        logging.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ copied into its input at start; workflows never read settings (import contract i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from cluster.naming import is_dns_label
 from labs.models import parse_duration
 
 PACKAGE_LABS_DIR = Path(__file__).resolve().parent.parent / "labs"
@@ -47,6 +49,11 @@ class Settings(BaseModel):
     ssh_private_key: Path | None = Field(None, description="platform SSH key the orchestrator logs in with")
     kube_config: Path | None = Field(None, description="kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster)")
     kube_nodeport_range: str = Field("30000-32767", description="the API server's --service-node-port-range")
+    image_source_namespaces: list[str] = Field(
+        ["labrador-golden"], description="namespaces of image sources (exports, golden PVCs, builder VMs: the first)")
+    lab_dns: Literal["cluster", "none"] = Field("cluster", description="lab VMs may query kube-dns (cluster) or no DNS")
+    ssh_source_ranges: list[str] = Field(
+        [], description="CIDRs allowed to reach lab SSH (empty: anyone); needs source IPs preserved")
     kube_clone_stall_timeout: float = Field(600.0, description="seconds without PVC-clone progress before a retry")
     kube_clone_restart_limit: int = Field(3, description="clone pod restarts tolerated before a retry")
     kube_clone_max_attempts: int = Field(3, description="PVC-clone attempts before the node fails")
@@ -125,6 +132,33 @@ class Settings(BaseModel):
     def _expand_home(cls, value: Any) -> Any:
         # `~/.ssh/key` from an environment variable or a config file means the user's home.
         return value.expanduser() if isinstance(value, Path) else value
+
+    @field_validator("image_source_namespaces", "ssh_source_ranges", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        # From an environment variable or a flag: "a,b".
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("image_source_namespaces")
+    @classmethod
+    def _source_namespaces(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one namespace (golden-image builder VMs run in the first)")
+        for name in value:
+            if not is_dns_label(name) or name.startswith(("kube-", "lab-")) or name == "default":
+                raise ValueError(f"{name!r} is not a namespace labrador may use for image sources "
+                                 "(a DNS label, not default, kube-* or lab-*)")
+        return value
+
+    @field_validator("ssh_source_ranges")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR like 203.0.113.0/24") from None
+        return value
 
     @field_validator(
         "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",

@@ -161,10 +161,14 @@ class LabClient:
 
     @classmethod
     async def connect(cls, settings: Settings, **kwargs: Any) -> LabClient:
+        from cluster.secret_files import InsecureKeyFile
+        from labrador.codec import CodecError
         from labrador.temporal import connect
 
         try:
             client = await connect(settings)
+        except (CodecError, InsecureKeyFile) as exc:  # a key file to fix, not an unreachable server
+            raise LabError(str(exc)) from None
         except (RuntimeError, RPCError, OSError) as exc:
             raise TemporalUnreachable(
                 f"Temporal at {settings.temporal_address} is unreachable ({' '.join(str(exc).split())}); "
