@@ -86,7 +86,8 @@ class World:
     def ssh_from(self, client: Endpoint, session: SessionRef, node_index: int = 0) -> bool:
         """A client connecting to host node N's nodePort of the session's SSH Service."""
         service = self.services[session.session_id]
-        target = next(p for p in self.pods.values() if p.labels.get(L.NODE_ID) == service["spec"]["selector"][L.NODE_ID])
+        node_id = service["spec"]["selector"][L.NODE_ID]
+        target = next(p for p in self.pods.values() if p.labels.get(L.NODE_ID) == node_id)
         return allowed(self.cluster, via_node_port(client, HOST_NODES[node_index], service), target, 22)
 
 
@@ -108,7 +109,7 @@ def expected_flows() -> list[tuple[str, Any, Any, int, str, bool]]:
         flows += [(f"{src} -> kube-dns:53/{proto}", src, "kube-dns", 53, proto, True) for proto in ("UDP", "TCP")]
         flows += [(f"{src} -> kube-dns:9153 (metrics)", src, "kube-dns", 9153, "TCP", False)]
         flows += [(f"{src} -> impostor kube-dns in another namespace", src, "fake-dns", 53, "UDP", False)]
-        for dst in LAB_B + [FREE]:
+        for dst in [*LAB_B, FREE]:
             flows += [(f"{src} -> {dst} (other session / free)", src, dst, p, proto, False) for p, proto in ANY_PORTS]
             flows += [(f"{dst} -> {src} (other session / free)", dst, src, p, proto, False) for p, proto in ANY_PORTS]
         flows += [(f"{src} -> worker", src, "worker", p, "TCP", False) for p in (22, 7233, 8088, 9090, 443)]
