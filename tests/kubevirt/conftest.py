@@ -97,7 +97,7 @@ async def cached(sync_api: KubeApi, platform_key: tuple[Path, str], clock: Clock
 async def caught_up(cache: ClusterCache, emulator: LabEmulator, seconds: float = 5.0) -> None:
     """Wait until the cache has seen every change the emulator made so far (bookmarks carry the
     version to watches of resources that did not change): the end of "eventually" in a test."""
-    target = emulator.version
+    target = emulator.last_event_version
     async with asyncio.timeout(seconds):
         while any(int(r.version or 0) < target for r in cache.reflectors.values()):
             emulator.bookmark()

@@ -135,7 +135,8 @@ class LabEmulator(kmock.KubernetesEmulator):
         return fault
 
     def end_watches(self) -> None:
-        """The API server ends every open watch (as on its own timeout, or a restart)."""
+        """The API server drops every open watch (a restart, a load balancer): the stream just
+        ends, without a last BOOKMARK (the one a watch gets when its timeoutSeconds is up)."""
         self._watch_generation += 1
         self._wake()
 
@@ -156,6 +157,10 @@ class LabEmulator(kmock.KubernetesEmulator):
         """Run `change` once, right after the next complete list of `resource` is served: the
         change lands after the list's resourceVersion, before the watch that follows it."""
         self._after_list.append((resource, change))
+
+    @property
+    def last_event_version(self) -> int:
+        return self._event_versions[-1] if self._event_versions else 0
 
     def requests_since(self, mark: int, *, watches: bool = False) -> list[tuple[str, str, str]]:
         """Requests after `mark` (an index in requests_log); watch streams only if asked."""
@@ -443,10 +448,15 @@ class LabEmulator(kmock.KubernetesEmulator):
             generation, marks = self._watch_generation, self._bookmark_generation
             deadline = asyncio.get_running_loop().time() + timeout
             cursor = since
-            while True:
+
+            async def bookmark() -> None:
+                await send("BOOKMARK", {"kind": resource.plural, "apiVersion": resource.version,
+                                        "metadata": {"resourceVersion": str(cursor)}})
+
+            while generation == self._watch_generation:
                 start = bisect.bisect_right(self._event_versions, cursor)
                 for event in self.events[start:]:
-                    cursor = max(cursor, event.version)
+                    cursor = max(cursor, event.version)  # every event, so bookmarks move quiet watches on
                     if event.resource != resource:
                         continue
                     was, now = visible(event.old), visible(event.obj)
@@ -457,16 +467,15 @@ class LabEmulator(kmock.KubernetesEmulator):
                         await send("ADDED" if event.type == "ADDED" or not was else "MODIFIED", event.obj)
                     elif was:
                         await send("DELETED", event.obj)  # left the selector
-                ended = generation != self._watch_generation
                 remaining = deadline - asyncio.get_running_loop().time()
-                if bookmarks and (ended or remaining <= 0 or marks != self._bookmark_generation):
+                if bookmarks and (remaining <= 0 or marks != self._bookmark_generation):
                     marks = self._bookmark_generation
-                    await send("BOOKMARK", {"kind": resource.plural, "apiVersion": resource.version,
-                                            "metadata": {"resourceVersion": str(max(cursor, self.version))}})
-                    cursor = max(cursor, self.version)
-                if ended or remaining <= 0:
+                    await bookmark()
+                if remaining <= 0:
                     break
                 changed = self._changed
+                if bisect.bisect_right(self._event_versions, cursor) < len(self.events):
+                    continue  # more came while we were sending
                 try:
                     await asyncio.wait_for(changed.wait(), timeout=remaining)
                 except TimeoutError:
