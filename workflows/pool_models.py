@@ -11,8 +11,8 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.models import SessionRef
-from labrador.pool_policy import ClassDemand
 from labs.models import NodeClass
+from workflows.pool_policy import ClassDemand
 
 POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
 POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
@@ -46,7 +46,7 @@ class PoolActivityName(StrEnum):
 
 
 class ClassSizing(Model):
-    """Bounds of the demand-aware target of one node class (labrador.pool_policy)."""
+    """Bounds of the demand-aware target of one node class (workflows.pool_policy)."""
 
     min_size: int = Field(0, ge=0)
     max_size: int = Field(10, ge=0)

@@ -24,10 +24,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    # Not `from workflows import pool_policy`: inside the sandbox that form loads a second copy of the
+    # module (its ClassDemand would not be the one PoolRefillResult validates against).
+    import workflows.pool_policy as pool_policy
     from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState
-    from labrador import pool_policy
-    from labrador.naming import dns_label
-    from labrador.pool_policy import ClassDemand, SizingParams
+    from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
     from workflows.pool_models import (
@@ -50,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         SessionRunRef,
         UnclaimedNodeDeletion,
     )
+    from workflows.pool_policy import ClassDemand, SizingParams
 
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.

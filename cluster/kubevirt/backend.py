@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from cluster.kubevirt.api import (
     SERVICES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
+    VMI_SUBRESOURCES,
     AsyncKubeApi,
     Conflict,
+    HttpError,
     KubeApi,
     NotFound,
     Resource,
@@ -41,6 +43,7 @@ from cluster.kubevirt.status import (
     CloneTracking,
     decide_clone,
     is_deleting,
+    is_paused,
     is_terminating,
     node_state,
     parse_node_status,
@@ -61,9 +64,10 @@ from cluster.models import (
     SshEndpoint,
     SshTarget,
 )
+from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
-from labrador.naming import is_dns_label, short_hash
-from labrador.settings import Settings
+from cluster.secret_files import read_key_bytes
+from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,7 @@ def public_key_from_private(path: Path) -> str:
     """The OpenSSH public key of the platform's private key (what the VMs must authorise)."""
     from cryptography.hazmat.primitives import serialization
 
-    data = path.expanduser().read_bytes()
+    data = read_key_bytes(path, "ssh_private_key")
     try:
         key: Any = serialization.load_ssh_private_key(data, password=None)
     except ValueError:
@@ -166,6 +170,8 @@ class KubeVirtCluster:
         clone_policy: ClonePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cache: ClusterCache | None = None,
+        lab_dns: M.LabDns = "cluster",
+        ssh_source_ranges: Sequence[str] = (),
     ) -> None:
         self.api = api
         self.cache = cache
@@ -175,6 +181,8 @@ class KubeVirtCluster:
         self.nodeport_capacity = nodeport_capacity(nodeport_range)
         self.clone_policy = clone_policy or ClonePolicy()
         self.clock = clock
+        self.lab_dns = lab_dns
+        self.ssh_source_ranges = tuple(ssh_source_ranges)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeVirtCluster:
@@ -194,6 +202,8 @@ class KubeVirtCluster:
                 max_attempts=settings.kube_clone_max_attempts,
                 backoff=timedelta(seconds=settings.kube_clone_backoff),
             ),
+            lab_dns=settings.lab_dns,
+            ssh_source_ranges=settings.ssh_source_ranges,
         )
 
     # --- reads: from the cache when it is fresh, else (and to confirm a negative) direct ---------
@@ -430,6 +440,38 @@ class KubeVirtCluster:
         await self._delete(NAMESPACES, None, name)
         return True
 
+    async def pause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, True)
+
+    async def unpause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, False)
+
+    async def _set_paused(self, node_id: str, paused: bool) -> None:
+        """PUT virtualmachineinstances/NAME/pause|unpause (subresources.kubevirt.io). virt-api answers
+        409 when the VMI is already in that state (or not running) and 404 without a VMI: then one look
+        at the VMI decides between "already done" (success: idempotent) and a clear error."""
+        names = M.node_names(node_id)
+        action = "pause" if paused else "unpause"
+        try:
+            await self.api.put_subresource(VMI_SUBRESOURCES, names.namespace, names.vm, action, {})
+            if self.cache is not None:  # the PUT answers no object: read it, so our next status shows it
+                await self._get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
+            return
+        except HttpError as exc:
+            if exc.status not in (404, 409):
+                raise exc.mapped() from None
+            refusal = exc.message or f"HTTP {exc.status}"
+        await self._require_node(node_id)
+        vmi = await self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
+        running = ((vmi or {}).get("status") or {}).get("phase") == "Running"
+        if paused and running and is_paused(vmi):
+            return  # already paused
+        if not paused and not (running and is_paused(vmi)):
+            return  # nothing to unpause (not paused, or not running at all: the health watch says so)
+        raise PermanentClusterError(
+            f"node {node_id}: cannot {action} VirtualMachineInstance {names.namespace}/{names.vm}: {refusal}"
+        )
+
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         session = request.session
@@ -489,8 +531,8 @@ class KubeVirtCluster:
         for node_id in [wiring.controlplane, *wiring.workers]:
             await self._require_session_node(session_id, node_id)
         for node_id in [wiring.controlplane, *wiring.workers]:
-            policy, _ = await self.api.create(NETWORK_POLICIES,
-                                              M.session_policy(node_id, session_id, self.orchestrator_namespace))
+            policy, _ = await self.api.create(NETWORK_POLICIES, M.session_policy(
+                node_id, session_id, self.orchestrator_namespace, lab_dns=self.lab_dns))
             self._observe(NETWORK_POLICIES, policy)
 
     async def _delete_labelled(self, resource: Any, session_id: str, component: str) -> int:
@@ -507,9 +549,11 @@ class KubeVirtCluster:
     async def expose(self, session_id: str, node_id: str) -> SshEndpoint:
         await self._require_session_node(session_id, node_id)
         names = M.node_names(node_id)
-        self._observe(NETWORK_POLICIES, (await self.api.create(NETWORK_POLICIES,
-                                                               M.ssh_ingress_policy(node_id, session_id)))[0])
-        service, _ = await self.api.create(SERVICES, M.ssh_service(node_id, session_id))
+        policy, _ = await self.api.create(NETWORK_POLICIES, M.ssh_ingress_policy(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
+        self._observe(NETWORK_POLICIES, policy)
+        service, _ = await self.api.create(SERVICES, M.ssh_service(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
         self._observe(SERVICES, service)
         port = _node_port(service)
         if port is None:

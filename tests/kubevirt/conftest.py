@@ -26,6 +26,7 @@ def platform_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("keys") / "id_ed25519"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                        serialization.NoEncryption()))
+    path.chmod(0o600)
     return path, public_key_from_private(path)
 
 
@@ -98,6 +99,7 @@ async def caught_up(cache: ClusterCache, emulator: LabEmulator, seconds: float =
     """Wait until the cache has seen every change the emulator made so far (bookmarks carry the
     version to watches of resources that did not change): the end of "eventually" in a test."""
     target = emulator.last_event_version
+    assert await cache.wait_synced(seconds)
     async with asyncio.timeout(seconds):
         while any(int(r.version or 0) < target for r in cache.reflectors.values()):
             emulator.bookmark()

@@ -18,6 +18,8 @@ resourceVersion, and ignores preconditions. This subclass:
   stream (as the real watch cache does); `after_list(resource, fn)` changes an object between a
   list and the watch that follows it;
 - counts every request (`requests_log`), so a benchmark can count what the backend costs;
+- serves KubeVirt's `subresources.kubevirt.io/v1` pause/unpause of a VMI as virt-api does (409 when
+  already paused / not paused / not running, 404 without a VMI), setting the Paused condition;
 - lets a test inject an HTTP error on the next N requests matching a method, a path regex and
   optionally a query regex.
 Writes from tests and from `VirtController` go through `put`/`modify`, so watchers see them.
@@ -85,6 +87,12 @@ def selector_matches(selector: str, labels: dict[str, str] | None) -> bool:
     return True
 
 
+_PAUSE_PATH = re.compile(
+    r"^/apis/subresources\.kubevirt\.io/v1/namespaces/(?P<ns>[^/]+)/virtualmachineinstances/(?P<name>[^/]+)"
+    r"/(?P<action>pause|unpause)$"
+)
+
+
 @dataclass
 class Fault:
     method: str
@@ -120,6 +128,7 @@ class LabEmulator(kmock.KubernetesEmulator):
     requests_log: list[tuple[str, str, str]] = attrs.field(factory=list, init=False)  # method, path, query
     open_watches: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    subresource_calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -264,7 +273,42 @@ class LabEmulator(kmock.KubernetesEmulator):
             except ValueError:
                 data = None
             return self._namespaces(raw_request.method, match.group("name"), data)
+        match = _PAUSE_PATH.match(raw_request.path)
+        if match:
+            return self._pause(raw_request.method, match.group("ns"), match.group("name"), match.group("action"))
         return await super().__call__(raw_request)
+
+    def _pause(self, method: str, namespace: str, name: str, action: str) -> aiohttp.web.StreamResponse:
+        """virt-api's PauseVMIRequestHandler / UnpauseVMIRequestHandler, with virt-handler's effect."""
+        self.subresource_calls.append((method, namespace, name, action))
+        if method != "PUT":
+            return _status(405, "MethodNotAllowed", method)
+        vmi = self.live(VMIS, namespace, name)
+        if vmi is None:
+            return _status(404, "NotFound", f'virtualmachineinstance.kubevirt.io "{name}" not found')
+        status = vmi.setdefault("status", {})
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Paused"]
+        paused = any(c.get("type") == "Paused" and c.get("status") == "True" for c in status.get("conditions") or [])
+        running = status.get("phase") == "Running"
+        if action == "pause":
+            if not running:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VM is not running')
+            if paused:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VMI is already paused')
+            conditions.append({"type": "Paused", "status": "True", "reason": "PausedByUser"})
+        else:
+            if not running or not paused:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VMI is not paused')
+        # The pod's readiness gate (virtual-machine-unpaused) makes the VMI not Ready while paused.
+        for condition in conditions:
+            if condition.get("type") == "Ready":
+                condition["status"] = "False" if action == "pause" else "True"
+        status["conditions"] = conditions
+        self.modify(VMIS, namespace, name, lambda body: body.__setitem__("status", copy.deepcopy(status)))
+        return aiohttp.web.Response(status=200)
 
     def _namespaces(self, method: str, name: str | None, data: Any) -> aiohttp.web.StreamResponse:
         if name is None and method == "POST":
