@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from labs.pool_sizing import PoolSizing
+
 # --- scalar types -------------------------------------------------------------------------------
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -280,6 +282,9 @@ class NodeClass(Strict):
     memory: Quantity | None = Field(default=None, description="default 1536Mi control plane, 1126Mi worker")
     disk: DiskSource = Field(default_factory=ContainerDiskSource)
     build: BuildRecipe | None = None
+    pool: PoolSizing | None = Field(
+        default=None, description="warm pool size: min, max, schedule of minimums (labs/pool_sizing.py)"
+    )
 
     @field_validator("memory")
     @classmethod
