@@ -26,9 +26,10 @@ def workflow_classes() -> list[type]:
     from workflows.lab_session import LabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
+    from workflows.webhooks import WebhookDeliveryWorkflow
 
     return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
-            *image_workflow_classes()]
+            WebhookDeliveryWorkflow, *image_workflow_classes()]
 
 
 def image_workflow_classes() -> list[type]:
@@ -57,10 +58,12 @@ def build_port(settings: Settings) -> Any:
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     from activities.cluster_activities import ClusterActivities
     from activities.script_activities import ScriptActivities
+    from activities.webhook_activities import WebhookActivities
 
     return [
         *ClusterActivities(port).all(),
         *ScriptActivities(port, settings).all(),
+        *WebhookActivities(settings).all(),
         *image_activities(settings).shared(),
         *pool_activities(port, settings),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -122,6 +123,9 @@ class Settings(BaseModel):
     webhook_urls: str = Field("", description="comma-separated URLs that receive the lab event webhooks")
     webhook_secret: SecretStr | None = Field(None, description="Standard Webhooks signing secret 'whsec_...'")
     webhook_expiring_before: str = Field("5m", description="lab.expiring is sent this long before the deadline")
+    webhook_max_attempts: int = Field(
+        12, ge=1, le=50, description="delivery attempts per URL (backoff from 1s doubling to 10m) before dead-letter"
+    )
 
     @field_validator("*")
     @classmethod
@@ -164,4 +168,24 @@ class Settings(BaseModel):
     def _is_duration(cls, value: str) -> str:
         if not isinstance(parse_duration(value), timedelta):
             raise ValueError(f"{value!r} is not a duration like '1h', '90m' or '1h30m'")
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _are_urls(cls, value: str) -> str:
+        for position, url in enumerate(u.strip() for u in value.split(",")):
+            if url and not (url.startswith(("http://", "https://")) and len(url) > len("https://")):
+                raise ValueError(f"entry {position + 1} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _is_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        body = text.removeprefix("whsec_")
+        if body == text or not re.fullmatch(r"[A-Za-z0-9+/]{16,}={0,2}", body):
+            raise ValueError("must be 'whsec_' followed by base64 (at least 12 bytes), e.g. from "
+                             "`labrador webhooks new-secret`")
         return value

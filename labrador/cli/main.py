@@ -26,9 +26,11 @@ def _register() -> None:
         labs_cmd,
         pool_cmd,
         schedules_cmd,
+        webhooks_cmd,
     )
 
-    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd):
+    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd,
+                   webhooks_cmd):
         module.register(app)
 
 
