@@ -207,15 +207,17 @@ def list_images(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    from rich.table import Table
+    from labrador.cli.tables import Col, print_table
 
-    table = Table("class", "base image", "published", "since")
-    for column in table.columns[1:3]:
-        column.overflow = "fold"
-    for row in rows:
-        table.add_row(row["node_class"], row["base_image"], row["published"] or "-",
-                      f"{row['published_at']:%Y-%m-%d %H:%M}" if row["published_at"] else "-")
-    console.print(table)
+    # Images are long: cut from the end with an ellipsis (the full references are in --json).
+    print_table(console, (
+        Col("class"), Col("base image", shrink=True, drop=1), Col("published", shrink=True, min_width=16),
+        Col("since", drop=2),
+    ), [
+        [row["node_class"], row["base_image"], row["published"] or "-",
+         f"{row['published_at']:%Y-%m-%d %H:%M}" if row["published_at"] else "-"]
+        for row in rows
+    ])
 
 
 def register(app: typer.Typer) -> None:

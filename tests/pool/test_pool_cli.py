@@ -17,6 +17,7 @@ from labrador import schedules
 from labrador.cli.main import app
 from labs.pool_sizing import PoolSizing
 from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
+from tests.test_tables import assert_one_line_per_row
 from workflows.pool_models import POOL_REFILL_SCHEDULE_ID
 
 pytestmark = pytest.mark.timeout(60)
@@ -143,3 +144,11 @@ async def test_pool_size_overrides_the_catalog_and_status_says_why(
     code, out = await labrador(cli_env, "pool", "size", WORKER.name, "--reset", "--json")
     assert (code, out) == (0, {"node_class": WORKER.name, "override": None})
     await status_when(cli_env, lambda s: s["classes"][WORKER.name]["why"] == "min")
+
+    # The table itself, as an operator sees it in an 80-column terminal: one line per class.
+    for width in (80, 200):
+        result = await asyncio.to_thread(CliRunner().invoke, app, ["pool", "status"],
+                                         env={**cli_env, "COLUMNS": str(width)})
+        assert result.exit_code == 0, result.output
+        assert_one_line_per_row(result.stdout, width, sorted([CP.name, WORKER.name]))
+        assert "min" in result.stdout  # the why column survives at 80
