@@ -61,11 +61,16 @@ def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
         fail(str(exc))
 
 
+def _key_path(settings: Settings, session_id: str) -> Path:
+    return settings.data_dir / "keys" / f"{session_id}.key"
+
+
 def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
-    """The session's private key in a 0600 file: never printed to a terminal or a log."""
+    """The session's private key in a 0600 file: never printed to a terminal or a log. Removed by
+    `lab end`, or by the first `lab status` that sees the session over (`_forget_key`)."""
     directory = settings.data_dir / "keys"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{session_id}.key"
+    path = _key_path(settings, session_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
@@ -96,6 +101,17 @@ async def _ssh_details(
 def _print_ssh(ready: dict[str, Any]) -> None:
     console.print(f"ready until {ready['deadline']:%H:%M:%S} UTC:")
     console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
+
+
+def _forget_key(session_id: str | None) -> None:
+    """Delete the private key file of a session that is over (or ending): the nodes it opened are
+    gone, and a key left on disk is a key left to steal."""
+    if not session_id:
+        return
+    try:
+        _key_path(load_settings(), session_id).unlink(missing_ok=True)
+    except (SettingsError, OSError):
+        pass  # nothing was written where these settings point
 
 
 NODE_COLUMNS = (
@@ -167,6 +183,8 @@ def status(student: StudentOpt, as_json: JsonFlag = False) -> None:
     """Phase, deadline, nodes and last check of a student's lab (also of the last one that ended)."""
     _student(student)
     result = _run(lambda client: client.status(student))
+    if result.phase in TERMINAL_PHASES:
+        _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
@@ -254,6 +272,7 @@ def end(
     """End a student's running lab: final grading, then teardown."""
     _student(student)
     result = _run(lambda client: client.end(student, reason))
+    _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
