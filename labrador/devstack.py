@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from temporalio.client import Client
 from labrador.binaries import temporal_cli
 from labrador.codec import ensure_dev_codec_keys
 from labrador.schedules import apply_schedules
-from labrador.settings import Settings, dev_state_file, load_settings, running_dev_stack
+from labrador.settings import DevStackNotReady, Settings, dev_state_file, load_settings, running_dev_stack
 from labrador.temporal import connect
 from workflows import search_attributes
 
@@ -39,6 +40,16 @@ SERVER_STOP_TIMEOUT = 15.0
 
 class DevStackError(RuntimeError):
     pass
+
+
+def _port_free(ip: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -73,9 +84,13 @@ def server_command(config: DevStackConfig) -> list[str]:
     return command
 
 
-def write_state(path: Path, settings: Settings, ui_url: str) -> None:
+def write_state(path: Path, settings: Settings, ui_url: str, *, ready: bool = True) -> None:
+    """The state file other commands find the stack by. `ready: false` while starting: commands wait
+    for it (labrador.settings.running_dev_stack) instead of reaching a server whose codec key is not
+    published yet."""
     state = {
         "pid": os.getpid(),
+        "ready": ready,
         "ui_url": ui_url,
         "settings": {
             "temporal_address": settings.temporal_address,
@@ -110,9 +125,20 @@ class DevStack:
         self._server_log: IO[bytes] | None = None
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[Settings], None] | None = None) -> None:
-        if running_dev_stack():
+        try:
+            other = running_dev_stack()
+        except DevStackNotReady:
+            other = {"starting": True}
+        if other:
             raise DevStackError(f"a dev stack is already running (see {dev_state_file()}); stop it first")
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        for what, port in (("--port", self.config.port), ("--ui-port", self.config.ui_port)):
+            if not _port_free(self.config.ip, port):
+                raise DevStackError(f"{what}: {self.config.ip}:{port} is already in use (another labrador dev or "
+                                    "Temporal?); stop it or choose another port")
+        try:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DevStackError(f"--data-dir: cannot create {self.config.data_dir}: {exc.strerror}") from None
         settings = load_settings(
             {
                 **self.flags,
@@ -125,6 +151,9 @@ class DevStack:
         # Dev histories are encrypted like production ones; the key file is published in the state file.
         settings = ensure_dev_codec_keys(settings)
         state_file = dev_state_file()
+        # Published before the server starts: a command run meanwhile waits for "ready" instead of
+        # reaching the server without the codec key (and starting a lab in plaintext).
+        write_state(state_file, settings, self.config.ui_url, ready=False)
         try:
             client = await self._start_server(settings)
             from worker import build_port, build_workers
@@ -133,7 +162,7 @@ class DevStack:
             workers = build_workers(client, settings, port)
             # The pool refills (and images rebuild) on their schedules in dev too, as in production.
             await apply_schedules(client, settings)
-            write_state(state_file, settings, self.config.ui_url)
+            write_state(state_file, settings, self.config.ui_url, ready=True)
             if on_ready is not None:
                 on_ready(settings)
             running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers))

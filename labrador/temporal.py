@@ -13,7 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
-from labrador.codec import codec_from_settings
+from labrador.codec import KeylessCodec, codec_from_settings
 from labrador.settings import Settings
 
 
@@ -24,7 +24,8 @@ def data_converter(settings: Settings) -> DataConverter:
     converter = pydantic_data_converter
     codec = codec_from_settings(settings)
     if codec is None:
-        return converter
+        # Without keys an encrypted payload is a one-line MissingCodecKey, not a converter KeyError.
+        return dataclasses.replace(converter, payload_codec=KeylessCodec())
     return dataclasses.replace(
         converter, payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
     )

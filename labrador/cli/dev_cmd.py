@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail
+from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail, non_negative_seconds_option, port_option
 from labrador.devstack import DevStack, DevStackConfig, DevStackError
 from labrador.settings import Settings, SettingsError, default_data_dir
 
@@ -19,10 +19,12 @@ def dev(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Temporal's SQLite file, simulated cluster, keys")
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="Temporal gRPC port")] = 7233,
-    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port")] = 8233,
+    port: Annotated[int, typer.Option("--port", help="Temporal gRPC port", callback=port_option)] = 7233,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port", callback=port_option)] = 8233,
     sim_boot_seconds: Annotated[
-        float | None, typer.Option("--sim-boot-seconds", help="simulated boot latency of new nodes")
+        float | None,
+        typer.Option("--sim-boot-seconds", help="simulated boot latency of new nodes",
+                     callback=non_negative_seconds_option),
     ] = None,
 ) -> None:
     """Run Temporal (Web UI included), the worker and the simulated cluster until Ctrl-C or SIGTERM."""
