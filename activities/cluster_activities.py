@@ -76,6 +76,8 @@ class ClusterActivities:
             self.unexpose_ssh,
             self.release_session,
             self.inventory,
+            self.pause_node,
+            self.unpause_node,
         ]
 
     @activity.defn(name=ActivityName.CLAIM_NODES)
@@ -175,3 +177,12 @@ class ClusterActivities:
     async def inventory(self) -> Inventory:
         return await self.port.inventory()
 
+    @activity.defn(name=ActivityName.PAUSE_NODE)
+    @map_port_errors
+    async def pause_node(self, request: NodeRef) -> None:
+        await self.port.pause_node(request.node_id)
+
+    @activity.defn(name=ActivityName.UNPAUSE_NODE)
+    @map_port_errors
+    async def unpause_node(self, request: NodeRef) -> None:
+        await self.port.unpause_node(request.node_id)

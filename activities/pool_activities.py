@@ -18,7 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cluster_activities import map_port_errors
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
-from labrador.published_images import PublishedImages, with_effective_images
+from cluster.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
 from workflows.models import NodeRef
 from workflows.pool_models import (

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from cluster.secret_files import InsecureKeyFile, read_key_text
 from labrador.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -172,7 +173,9 @@ def keys_text(settings: Settings) -> tuple[str, str] | None:
     if settings.codec_keys_file is not None:
         path = Path(settings.codec_keys_file).expanduser()
         try:
-            return path.read_text(), f"codec_keys_file {path}"
+            return read_key_text(path, "codec_keys_file"), f"codec_keys_file {path}"
+        except InsecureKeyFile as exc:
+            raise CodecError(str(exc)) from None
         except OSError as exc:
             raise CodecError(f"setting codec_keys_file: cannot read {path}: {exc.strerror}") from None
     return None

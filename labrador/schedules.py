@@ -50,12 +50,18 @@ class AppliedSchedule:
     description: str
 
 
-def refill_input_from_settings(settings: Settings, *, drained: Iterable[str] = ()) -> PoolRefillInput:
-    """The refill's argument: caps from settings; the drained set carried over by the caller."""
+def refill_input_from_settings(
+    settings: Settings, *, drained: Iterable[str] = (), refill_every: timedelta = DEFAULT_REFILL_EVERY
+) -> PoolRefillInput:
+    """The refill's argument: caps from settings; the drained set carried over by the caller.
+
+    `refill_interval` is the schedule's own interval: the sizing policy's lead time depends on it.
+    """
     return PoolRefillInput(
         max_vms=settings.max_vms,
         max_memory_bytes=quantity_bytes(settings.max_memory),
         drained=sorted(set(drained)),
+        refill_interval=refill_every,
     )
 
 
@@ -131,10 +137,11 @@ async def apply_schedules(
     """Create or update every schedule. Re-running changes nothing but what settings changed."""
     existing = await current_refill_input(client)
     drained = existing.drained if existing else []
-    refill_input = refill_input_from_settings(settings, drained=drained)
-    if existing is not None:  # keep sizing the operator set in the schedule; caps follow settings
+    refill_input = refill_input_from_settings(settings, drained=drained, refill_every=refill_every)
+    if existing is not None:  # keep the overrides the operator set in the schedule; caps and interval follow
         refill_input = existing.model_copy(
-            update={"max_vms": refill_input.max_vms, "max_memory_bytes": refill_input.max_memory_bytes}
+            update={"max_vms": refill_input.max_vms, "max_memory_bytes": refill_input.max_memory_bytes,
+                    "refill_interval": refill_every}
         )
     applied = [
         AppliedSchedule(
@@ -142,7 +149,8 @@ async def apply_schedules(
             await _create_or_update(
                 client, POOL_REFILL_SCHEDULE_ID, refill_schedule(settings, refill_input, refill_every)
             ),
-            f"PoolRefillWorkflow every {refill_every}, overlap SKIP, drained={refill_input.drained}",
+            f"PoolRefillWorkflow every {refill_every}, overlap SKIP, drained={refill_input.drained}"
+            + (f", size overrides={sorted(refill_input.sizing)}" if refill_input.sizing else ""),
         )
     ]
     for schedule_id, schedule in image_schedules(settings):

@@ -101,6 +101,7 @@ def test_keys_come_from_the_setting_or_a_mounted_file(tmp_path: Path) -> None:
     secret = tmp_path / "secret" / "keys"
     secret.parent.mkdir()
     secret.write_text(f"{OLD}\n{NEW}\n")  # a Secret's value, one key a line
+    secret.chmod(0o440)  # a Secret mounted with defaultMode 0440 (read through fsGroup)
     from_file = codec_from_settings(Settings(codec_keys_file=secret))
     assert isinstance(from_file, EncryptionCodec) and from_file.key_id == "2026-10"
     with pytest.raises(CodecError, match="cannot read"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from cluster.kubevirt.api import (
     SERVICES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
+    VMI_SUBRESOURCES,
     AsyncKubeApi,
     Conflict,
+    HttpError,
     KubeApi,
     load_api_client,
 )
@@ -38,6 +40,7 @@ from cluster.kubevirt.status import (
     CloneTracking,
     decide_clone,
     is_deleting,
+    is_paused,
     is_terminating,
     node_state,
     parse_node_status,
@@ -58,9 +61,10 @@ from cluster.models import (
     SshEndpoint,
     SshTarget,
 )
+from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
-from labrador.naming import is_dns_label, short_hash
-from labrador.settings import Settings
+from cluster.secret_files import read_key_bytes
+from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
 log = logging.getLogger(__name__)
@@ -85,7 +89,7 @@ def public_key_from_private(path: Path) -> str:
     """The OpenSSH public key of the platform's private key (what the VMs must authorise)."""
     from cryptography.hazmat.primitives import serialization
 
-    data = path.expanduser().read_bytes()
+    data = read_key_bytes(path, "ssh_private_key")
     try:
         key: Any = serialization.load_ssh_private_key(data, password=None)
     except ValueError:
@@ -160,6 +164,8 @@ class KubeVirtCluster:
         nodeport_range: str = DEFAULT_NODEPORT_RANGE,
         clone_policy: ClonePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lab_dns: M.LabDns = "cluster",
+        ssh_source_ranges: Sequence[str] = (),
     ) -> None:
         self.api = api
         self.orchestrator_namespace = orchestrator_namespace
@@ -168,6 +174,8 @@ class KubeVirtCluster:
         self.nodeport_capacity = nodeport_capacity(nodeport_range)
         self.clone_policy = clone_policy or ClonePolicy()
         self.clock = clock
+        self.lab_dns = lab_dns
+        self.ssh_source_ranges = tuple(ssh_source_ranges)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeVirtCluster:
@@ -185,6 +193,8 @@ class KubeVirtCluster:
                 max_attempts=settings.kube_clone_max_attempts,
                 backoff=timedelta(seconds=settings.kube_clone_backoff),
             ),
+            lab_dns=settings.lab_dns,
+            ssh_source_ranges=settings.ssh_source_ranges,
         )
 
     # --- helpers ----------------------------------------------------------------------------
@@ -352,6 +362,36 @@ class KubeVirtCluster:
         await self.api.delete(NAMESPACES, None, name)
         return True
 
+    async def pause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, True)
+
+    async def unpause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, False)
+
+    async def _set_paused(self, node_id: str, paused: bool) -> None:
+        """PUT virtualmachineinstances/NAME/pause|unpause (subresources.kubevirt.io). virt-api answers
+        409 when the VMI is already in that state (or not running) and 404 without a VMI: then one look
+        at the VMI decides between "already done" (success: idempotent) and a clear error."""
+        names = M.node_names(node_id)
+        action = "pause" if paused else "unpause"
+        try:
+            await self.api.put_subresource(VMI_SUBRESOURCES, names.namespace, names.vm, action, {})
+            return
+        except HttpError as exc:
+            if exc.status not in (404, 409):
+                raise exc.mapped() from None
+            refusal = exc.message or f"HTTP {exc.status}"
+        await self._require_node(node_id)
+        vmi = await self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
+        running = ((vmi or {}).get("status") or {}).get("phase") == "Running"
+        if paused and running and is_paused(vmi):
+            return  # already paused
+        if not paused and not (running and is_paused(vmi)):
+            return  # nothing to unpause (not paused, or not running at all: the health watch says so)
+        raise PermanentClusterError(
+            f"node {node_id}: cannot {action} VirtualMachineInstance {names.namespace}/{names.vm}: {refusal}"
+        )
+
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         session = request.session
@@ -398,7 +438,8 @@ class KubeVirtCluster:
         for node_id in [wiring.controlplane, *wiring.workers]:
             await self._require_session_node(session_id, node_id)
         for node_id in [wiring.controlplane, *wiring.workers]:
-            await self.api.create(NETWORK_POLICIES, M.session_policy(node_id, session_id, self.orchestrator_namespace))
+            await self.api.create(NETWORK_POLICIES, M.session_policy(
+                node_id, session_id, self.orchestrator_namespace, lab_dns=self.lab_dns))
 
     async def _delete_labelled(self, resource: Any, session_id: str, component: str) -> int:
         selector = L.selector_string(L.session_namespace_selector(session_id) | {L.COMPONENT: component})
@@ -414,8 +455,10 @@ class KubeVirtCluster:
     async def expose(self, session_id: str, node_id: str) -> SshEndpoint:
         await self._require_session_node(session_id, node_id)
         names = M.node_names(node_id)
-        await self.api.create(NETWORK_POLICIES, M.ssh_ingress_policy(node_id, session_id))
-        service, _ = await self.api.create(SERVICES, M.ssh_service(node_id, session_id))
+        await self.api.create(NETWORK_POLICIES, M.ssh_ingress_policy(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
+        service, _ = await self.api.create(SERVICES, M.ssh_service(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
         port = _node_port(service)
         if port is None:
             fresh = await self.api.get(SERVICES, names.namespace, M.ssh_service_name(session_id))

@@ -163,7 +163,12 @@ def build(
     if golden and classes[node_class].build is None:
         fail(f"--golden: node class {node_class!r} has no build recipe")
     if golden:
-        source = source.model_copy(update={"namespace": settings.kube_namespace})
+        source = source.model_copy(update={"namespace": settings.image_source_namespaces[0]})
+    if settings.cluster_backend == "kubevirt" and source.namespace not in (None, *settings.image_source_namespaces):
+        # The admission policy (deploy/admission-policy.yaml) would refuse the export there.
+        flag = "--from-vm" if from_vm else "--from-pvc"
+        fail(f"{flag}: namespace {source.namespace!r} is not in image_source_namespaces "
+             f"({', '.join(settings.image_source_namespaces)})")
     try:
         params = build_input(classes[node_class], settings, source)
     except ValidationError as exc:
@@ -181,7 +186,8 @@ def build(
 @image_app.command("list")
 def list_images(as_json: JsonFlag = False) -> None:
     """Per node class: the catalog's base image, the published one, and the one nodes use."""
-    from labrador.published_images import effective_image, published_images_store
+    from cluster.published_images import effective_image
+    from labrador.published_images import published_images_store
 
     settings = _settings({})
     classes = _node_classes(settings)

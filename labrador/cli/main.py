@@ -40,6 +40,7 @@ app = typer.Typer(
 def _register() -> None:
     # Each area owns its module and adds its commands; `labrador --help` lists them all.
     from labrador.cli import (
+        api_cmd,
         codec_cmd,
         dev_cmd,
         image_cmd,
@@ -47,9 +48,11 @@ def _register() -> None:
         labs_cmd,
         pool_cmd,
         schedules_cmd,
+        webhooks_cmd,
     )
 
-    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd):
+    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd,
+                   webhooks_cmd):
         module.register(app)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cluster.naming import InvalidName, is_dns_label, validate_student_id
 from labrador.cli.main import app
-from labrador.naming import InvalidName, is_dns_label, validate_student_id
 from labrador.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

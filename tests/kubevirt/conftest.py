@@ -24,6 +24,7 @@ def platform_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("keys") / "id_ed25519"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                        serialization.NoEncryption()))
+    path.chmod(0o600)
     return path, public_key_from_private(path)
 
 
