@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from cluster.naming import InvalidName, validate_student_id
 from labrador.cli.common import (
@@ -25,13 +24,16 @@ from labrador.cli.common import (
     EXIT_UNREACHABLE,
     JsonFlag,
     console,
+    err_console,
     fail,
     print_json,
     seconds_option,
 )
+from labrador.cli.progress import PhaseLine, describe_phase, following
+from labrador.cli.tables import Col, print_table
 from labrador.client import LabClient, LabError, Pending, TemporalUnreachable
 from labrador.settings import Settings, SettingsError, load_settings
-from workflows.models import TERMINAL_PHASES, LabStatus, WaitReadyResult
+from workflows.models import TERMINAL_PHASES, CheckReport, LabStatus, WaitReadyResult
 
 T = TypeVar("T")
 RETRY_PAUSE = 1.0
@@ -87,11 +89,16 @@ async def _retrying(action: Callable[[], Awaitable[T]], deadline: float) -> T:
             await asyncio.sleep(RETRY_PAUSE)
 
 
+def _key_path(settings: Settings, session_id: str) -> Path:
+    return settings.data_dir / "keys" / f"{session_id}.key"
+
+
 def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
-    """The session's private key in a 0600 file: never printed to a terminal or a log."""
+    """The session's private key in a 0600 file: never printed to a terminal or a log. Removed by
+    `lab end`, or by the first `lab status` that sees the session over (`_forget_key`)."""
     directory = settings.data_dir / "keys"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{session_id}.key"
+    path = _key_path(settings, session_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
@@ -124,6 +131,23 @@ def _print_ssh(ready: dict[str, Any]) -> None:
     console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
 
 
+def _forget_key(session_id: str | None) -> None:
+    """Delete the private key file of a session that is over (or ending): the nodes it opened are
+    gone, and a key left on disk is a key left to steal."""
+    if not session_id:
+        return
+    try:
+        _key_path(load_settings(), session_id).unlink(missing_ok=True)
+    except (SettingsError, OSError):
+        pass  # nothing was written where these settings point
+
+
+NODE_COLUMNS = (
+    Col("node"), Col("id", drop=2, shrink=True), Col("role"), Col("warm", drop=1), Col("address", shrink=True),
+    Col("healthy"),
+)
+
+
 def _print_status(status: LabStatus) -> None:
     console.print(f"[bold]{status.student_id}[/bold] · lab {status.lab_name} · phase [bold]{status.phase}[/bold]")
     if status.paused_at and status.pause_expires_at:
@@ -134,13 +158,11 @@ def _print_status(status: LabStatus) -> None:
     if status.reason:
         console.print(f"reason: {status.reason}" + (f" ({status.detail})" if status.detail else ""))
     if status.nodes:
-        table = Table()
-        for column in ("node", "id", "role", "warm", "address", "healthy"):
-            table.add_column(column)
-        for node in status.nodes:
-            table.add_row(node.name, node.node_id, node.role, "yes" if node.warm else "no", node.address or "-",
-                          "yes" if node.healthy else "NO")
-        console.print(table)
+        print_table(console, NODE_COLUMNS, [
+            [node.name, node.node_id, node.role, "yes" if node.warm else "no", node.address or "-",
+             "yes" if node.healthy else "NO"]
+            for node in status.nodes
+        ])
     if status.last_check:
         console.print(f"last check: {status.last_check.score}/{status.last_check.max_score} points")
 
@@ -161,12 +183,23 @@ def start(
     async def action(client: LabClient) -> dict[str, Any]:
         deadline = time.monotonic() + (timeout if wait else min(timeout, START_RETRY_WINDOW))
         first_wait = timedelta(seconds=min(20.0, timeout)) if wait else None
-        started = await _retrying(lambda: client.start(student, lab, wait=first_wait, reuse_running=True), deadline)
-        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
-        if not wait:
-            return out
-        out["ready"] = await _ssh_details(client, student, started.session_id, max(0.0, deadline - time.monotonic()),
-                                          started.ready)
+
+        async def phase() -> str:
+            return describe_phase(await client.status(student))
+
+        # On a terminal, the phase as it changes (stderr); under --json or without a TTY: nothing.
+        with PhaseLine(err_console, enabled=wait and not as_json) as line:
+            async with following(line, phase):
+                # Retried across a transient outage: start is idempotent for the same lab (reuse_running).
+                started = await _retrying(
+                    lambda: client.start(student, lab, wait=first_wait, reuse_running=True), deadline
+                )
+                out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
+                if not wait:
+                    return out
+                out["ready"] = await _ssh_details(
+                    client, student, started.session_id, max(0.0, deadline - time.monotonic()), started.ready
+                )
         return out
 
     out = _run(action)
@@ -185,6 +218,8 @@ def status(student: StudentOpt, as_json: JsonFlag = False) -> None:
     """Phase, deadline, nodes and last check of a student's lab (also of the last one that ended)."""
     _student(student)
     result = _run(lambda client: client.status(student))
+    if result.phase in TERMINAL_PHASES:
+        _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
@@ -212,12 +247,17 @@ def check(student: StudentOpt, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(report)
         return
-    table = Table(title=f"{report.score}/{report.max_score} points")
-    for column in ("check", "node", "passed", "points"):
-        table.add_column(column)
-    for item in report.results:
-        table.add_row(item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}")
-    console.print(table)
+    _print_report(report)
+
+
+CHECK_COLUMNS = (Col("check", shrink=True, min_width=16), Col("node", drop=1), Col("passed"), Col("points"))
+
+
+def _print_report(report: CheckReport) -> None:
+    print_table(console, CHECK_COLUMNS, [
+        [item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}"]
+        for item in report.results
+    ], title=f"{report.score}/{report.max_score} points")
 
 
 @lab_app.command("pause")
@@ -267,6 +307,7 @@ def end(
     """End a student's running lab: final grading, then teardown."""
     _student(student)
     result = _run(lambda client: client.end(student, reason))
+    _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
@@ -283,13 +324,21 @@ def list_sessions(
     if as_json:
         print_json(sessions)
         return
-    table = Table()
-    for column in ("student", "lab", "phase", "started", "status"):
-        table.add_column(column)
-    for item in sessions:
-        started = f"{item.started_at:%Y-%m-%d %H:%M:%S}" if item.started_at else "-"
-        table.add_row(item.student_id or "?", item.lab_name or "?", item.phase or "?", started, item.status)
-    console.print(table)
+    _print_sessions(sessions)
+
+
+SESSION_COLUMNS = (
+    Col("student", shrink=True), Col("lab", shrink=True, min_width=16), Col("phase"), Col("started", drop=2),
+    Col("status", drop=1),
+)
+
+
+def _print_sessions(sessions: list[Any]) -> None:
+    print_table(console, SESSION_COLUMNS, [
+        [item.student_id or "?", item.lab_name or "?", item.phase or "?",
+         f"{item.started_at:%Y-%m-%d %H:%M:%S}" if item.started_at else "-", item.status]
+        for item in sessions
+    ])
 
 
 def register(app: typer.Typer) -> None:

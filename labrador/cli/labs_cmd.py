@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from labrador.cli.common import EXIT_REFUSED, JsonFlag, console, fail, print_json
+from labrador.cli.tables import Col, print_table
 from labrador.settings import Settings, SettingsError, catalog_limits, load_settings
 from labs.loader import CatalogError, load_catalog
 from labs.models import Catalog, format_duration
@@ -31,6 +31,12 @@ def _settings() -> Settings:
         return load_settings()
     except SettingsError as exc:
         fail(str(exc))
+
+
+LABS_COLUMNS = (
+    Col("name"), Col("kind", drop=1), Col("duration"), Col("nodes"), Col("checks", drop=2),
+    Col("title", shrink=True, min_width=16), Col("classes", drop=3, shrink=True),
+)
 
 
 def _load(path: Path | None, as_json: bool) -> Catalog:
@@ -74,12 +80,8 @@ def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
             ]
         )
         return
-    table = Table(title=f"{len(labs)} labs")
-    table.add_column("name", no_wrap=True)
-    for column in ("kind", "duration", "nodes", "checks", "title", "classes"):
-        table.add_column(column)
-    for lab in labs:
-        table.add_row(
+    print_table(console, LABS_COLUMNS, [
+        [
             lab.name,
             lab.kind,
             format_duration(lab.effective_duration),
@@ -87,8 +89,9 @@ def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
             f"{len(lab.checks)} ({lab.total_points} pts)",
             lab.title,
             ", ".join(lab.node_class_names),
-        )
-    console.print(table)
+        ]
+        for lab in labs
+    ], title=f"{len(labs)} labs")
 
 
 @labs_app.command("schema")

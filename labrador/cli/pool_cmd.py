@@ -12,11 +12,12 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from temporalio.client import Client
 
 from labrador import schedules
-from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, err_console, fail, print_json
+from labrador.cli.progress import PhaseLine, following, pending_activities
+from labrador.cli.tables import Col, print_table
 from labrador.cli.temporal_cli import connected, settings_or_fail
 from labrador.pool_report import pool_status
 from labrador.settings import Settings
@@ -45,16 +46,20 @@ def _bounds(cls: dict[str, Any]) -> str:
     return text + ("*" if cls.get("override") else "")
 
 
+POOL_COLUMNS = (
+    Col("class"), Col("free"), Col("prov"), Col("claimed"), Col("target"), Col("why", shrink=True, min_width=14),
+    Col("min..max", drop=1), Col("stale", drop=3), Col("drained", drop=2), Col("image", shrink=True, drop=4),
+)
+
+
 def _print_status(data: dict[str, Any]) -> None:
-    table = Table(title="warm pool")
-    for column in ("class", "free", "prov", "claimed", "target", "why", "min..max", "stale", "drained", "image"):
-        table.add_column(column)
-    for cls in data["classes"].values():
-        target = "-" if cls["target"] is None else str(cls["target"])
-        table.add_row(cls["node_class"], str(cls["free"]), str(cls["provisioning"]), str(cls["claimed"]), target,
-                      cls.get("why") or "-", _bounds(cls), str(cls["stale"]), "yes" if cls["drained"] else "",
-                      cls["image"])
-    console.print(table)
+    rows = [
+        [cls["node_class"], str(cls["free"]), str(cls["provisioning"]), str(cls["claimed"]),
+         "-" if cls["target"] is None else str(cls["target"]), cls.get("why") or "-", _bounds(cls),
+         str(cls["stale"]), "yes" if cls["drained"] else "", cls["image"]]
+        for cls in data["classes"].values()
+    ]
+    print_table(console, POOL_COLUMNS, rows, title="warm pool")
     if any(cls.get("override") for cls in data["classes"].values()):
         console.print("* size override from `labrador pool size` (wins over node-classes.yaml `pool:`)")
     schedule = data["schedule"]
@@ -177,7 +182,16 @@ def drain(node_class: ClassArg, wait: WaitFlag = True, as_json: JsonFlag = False
         )
         out: dict[str, Any] = {"node_class": node_class, "drained": updated.drained}
         if wait:
-            result = await schedules.trigger_refill_and_wait(client)
+            handle = await schedules.start_refill_now(client)
+
+            async def phase() -> str:
+                running = await pending_activities(handle)
+                return f"draining {node_class}: refill running, {running} node operation(s) in flight"
+
+            with PhaseLine(err_console, enabled=not as_json) as line:
+                line.update(f"draining {node_class}: refill started")
+                async with following(line, phase):
+                    result = await schedules.wait_for_refill(handle)
             report = result.classes.get(node_class)
             out["deleted_free_nodes"] = report.deleted_drained if report else 0
         return out

@@ -66,24 +66,30 @@ async def simulated_backend(tmp_path: Path) -> AsyncIterator[Backend]:
 
 @asynccontextmanager
 async def kubevirt_backend(tmp_path: Path) -> AsyncIterator[Backend]:
-    """The kubevirt backend over HTTP against kmock's emulator (completed in tests/kubevirt/emulator.py);
-    `make_ready` plays virt-controller: the VMI runs, is Ready and has a pod IP."""
+    """The kubevirt backend as the worker runs it (reads from its list+watch cache) over HTTP
+    against kmock's emulator (completed in tests/kubevirt/emulator.py); `make_ready` plays
+    virt-controller (the VMI runs, is Ready and has a pod IP) and waits for the cache to see it."""
     import kmock
     from kubernetes import client
 
     from cluster.kubevirt.api import AsyncKubeApi, KubeApi
     from cluster.kubevirt.backend import KubeVirtCluster
+    from cluster.kubevirt.cache import ClusterCache
+    from tests.kubevirt.conftest import caught_up
     from tests.kubevirt.emulator import LabEmulator, VirtController
 
     async with LabEmulator() as emulator, kmock.Server(emulator):
         configuration = client.Configuration()
         configuration.host = str(emulator.url).rstrip("/")
         api_client = client.ApiClient(configuration)
+        sync_api = KubeApi(api_client, timeout=(2.0, 10.0))
+        cache = ClusterCache(sync_api, page_size=3)
         cluster = KubeVirtCluster(
-            AsyncKubeApi(KubeApi(api_client, timeout=(2.0, 10.0))),
+            AsyncKubeApi(sync_api),
             orchestrator_namespace="labrador",
             external_host="127.0.0.1",
             ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIContractTestKeyOnly contract",
+            cache=cache,
         )
         virt = VirtController(emulator)
         addresses: dict[str, str] = {}
@@ -91,10 +97,13 @@ async def kubevirt_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         async def make_ready(node_id: str) -> None:
             addresses.setdefault(node_id, f"10.244.0.{len(addresses) + 10}")
             virt.running(node_id, addresses[node_id])
+            await caught_up(cache, emulator)
 
         try:
             yield Backend("kubevirt", cluster, make_ready, None, {"emulator": emulator, "virt": virt})
         finally:
+            await cluster.close()
+            emulator.end_watches()
             api_client.close()
 
 

@@ -90,6 +90,7 @@ def test_dev_stack_serves_the_lab_commands_and_stops_cleanly_on_sigterm(tmp_path
 
         ended = cli("lab", "end", "--student", "alice", "--json")
         assert ended.returncode == 0, ended.stderr
+        assert not key_file.exists()  # the session's private key leaves the disk with the session
 
         pool = cli("pool", "status", "--json")  # the refill schedule exists and answers
         assert pool.returncode == 0, pool.stderr
