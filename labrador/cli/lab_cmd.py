@@ -18,7 +18,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cluster.naming import InvalidName, validate_student_id
-from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, err_console, fail, print_json
+from labrador.cli.progress import PhaseLine, describe_phase, following
 from labrador.cli.tables import Col, print_table
 from labrador.client import LabClient, LabError, TemporalUnreachable
 from labrador.settings import Settings, SettingsError, load_settings
@@ -151,12 +152,20 @@ def start(
 
     async def action(client: LabClient) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
-        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
-        if not wait:
-            return out
-        out["ready"] = await _ssh_details(client, student, started.session_id, max(0.0, deadline - time.monotonic()),
-                                          started.ready)
+
+        async def phase() -> str:
+            return describe_phase(await client.status(student))
+
+        # On a terminal, the phase as it changes (stderr); under --json or without a TTY: nothing.
+        with PhaseLine(err_console, enabled=wait and not as_json) as line:
+            async with following(line, phase):
+                started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
+                out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
+                if not wait:
+                    return out
+                out["ready"] = await _ssh_details(
+                    client, student, started.session_id, max(0.0, deadline - time.monotonic()), started.ready
+                )
         return out
 
     out = _run(action)
