@@ -267,3 +267,32 @@ def test_version_comparison_and_slimming() -> None:
            "status": {"phase": "Running"}}
     assert slim(VMIS_RESOURCE, vmi) == {"metadata": {"name": "n1"}, "status": {"phase": "Running"}}
 
+
+
+async def test_the_request_budget_of_a_start_and_of_running_labs(emulator: LabEmulator, sync_api: KubeApi) -> None:
+    """Issue 10's budget, with the benchmark's own start sequence (bench/kube_requests.py): a warm
+    3-node start <= 12 requests, a cold one <= 25, and a health round of running labs none."""
+    from bench.kube_requests import KEY, boot_when_created, fill, start_lab
+    from cluster.kubevirt.api import AsyncKubeApi
+
+    fill(emulator, 5)
+    cluster = KubeVirtCluster(AsyncKubeApi(sync_api), ssh_public_key=KEY, cache=ClusterCache(sync_api))
+    try:
+        assert await cache_of(cluster).wait_synced(5)
+        mark = len(emulator.requests_log)
+        await start_lab(cluster, ref("warm"), None)
+        warm = len(emulator.requests_since(mark))
+        cold_nodes = ["cold-0", "cold-1", "cold-2"]
+        booting = asyncio.create_task(boot_when_created(emulator, cold_nodes))
+        mark = len(emulator.requests_log)
+        await start_lab(cluster, ref("cold"), cold_nodes)
+        await booting
+        cold = len(emulator.requests_since(mark))
+        mark = len(emulator.requests_log)
+        for lab in range(5):
+            for index in range(3):
+                assert (await cluster.node_status(f"run-{lab}-{index}")).phase == NodePhase.READY
+        await cluster.inventory()
+        assert warm <= 12 and cold <= 25 and emulator.requests_since(mark) == []
+    finally:
+        await cluster.close()
