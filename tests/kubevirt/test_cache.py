@@ -296,3 +296,25 @@ async def test_the_request_budget_of_a_start_and_of_running_labs(emulator: LabEm
         assert warm <= 12 and cold <= 25 and emulator.requests_since(mark) == []
     finally:
         await cluster.close()
+
+
+async def test_after_an_outage_the_cache_is_trusted_again_once_its_watch_is_back(
+    sync_api: KubeApi, emulator: LabEmulator, virt: VirtController, platform_key: tuple[Any, str], clock: Clock
+) -> None:
+    cache = ClusterCache(sync_api, stale_after=0.2)
+    cached = make_cluster(sync_api, platform_key[1], clock, cache)
+    try:
+        await cached.provision(spec("n1"))
+        assert await cache.wait_synced(5)
+        emulator.inject("GET", r"/virtualmachineinstances$", 503, query="watch=true", times=1)
+        emulator.end_watches()
+        await eventually(lambda: cache.reflectors[VMIS_RESOURCE].stats.errors == 1)
+        await eventually(lambda: cache.reflectors[VMIS_RESOURCE].broken_since is None)  # reconnected
+        await asyncio.sleep(0.3)  # longer than stale_after: an open watch is not an outage
+        virt.running("n1", "10.244.1.7")
+        await caught_up(cache, emulator)
+        mark = len(emulator.requests_log)
+        assert (await cached.node_status("n1")).phase == NodePhase.READY
+        assert emulator.requests_since(mark) == []
+    finally:
+        await cached.close()
