@@ -22,6 +22,7 @@ from labrador.temporal import connect
 
 
 def workflow_classes() -> list[type]:
+    from workflows.bulk_end import BulkEndWorkflow
     from workflows.capacity_broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
@@ -29,7 +30,7 @@ def workflow_classes() -> list[type]:
     from workflows.webhooks import WebhookDeliveryWorkflow
 
     return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
-            WebhookDeliveryWorkflow, *image_workflow_classes()]
+            WebhookDeliveryWorkflow, BulkEndWorkflow, *image_workflow_classes()]
 
 
 def image_workflow_classes() -> list[type]:
@@ -56,11 +57,13 @@ def build_port(settings: Settings) -> Any:
 
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
+    from activities.bulk_activities import bulk_activities
     from activities.cluster_activities import ClusterActivities
     from activities.script_activities import ScriptActivities
     from activities.webhook_activities import WebhookActivities
 
     return [
+        *bulk_activities(),
         *ClusterActivities(port).all(),
         *ScriptActivities(port, settings).all(),
         *WebhookActivities(settings).all(),
