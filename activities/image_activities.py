@@ -154,7 +154,7 @@ class ImageActivities:
         return self._published_images
 
     def work_dir(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise PermanentError(f"work key {key!r} is not a safe directory name")
         path = self.work_root / key
         path.mkdir(parents=True, exist_ok=True)

@@ -9,16 +9,17 @@ copied into its input at start; workflows never read settings (import contract i
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from cluster.naming import is_dns_label
-from labs.models import parse_duration
+from labs.models import MIN_MEMORY, parse_duration, quantity_bytes
 
 PACKAGE_LABS_DIR = Path(__file__).resolve().parent.parent / "labs"
 
@@ -27,8 +28,31 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", "~/.local/share")).expanduser() / "labrador"
 
 
+MAX_VMS_LIMIT = 100_000
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,254}")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+_REPOSITORY_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+
+
+def _host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not _HOST_RE.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not {what} host:port (port 1-65535)")
+    return value
+
+
+def port_range(value: str) -> tuple[int, int]:
+    """'30000-32767' -> (30000, 32767); both ends 1-65535, low <= high."""
+    low, sep, high = value.partition("-")
+    if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise ValueError(f"{value!r} is not a port range like '30000-32767' (ports 1-65535, low first)")
+    return int(low), int(high)
+
+
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Every value is checked here, before anything starts: a bad one is a SettingsError (exit 1).
+    # No NaN or infinity in any float (`--timeout nan` would compare false against every limit).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Temporal
     temporal_address: str = Field("127.0.0.1:7233", description="Temporal frontend host:port")
@@ -54,17 +78,20 @@ class Settings(BaseModel):
     lab_dns: Literal["cluster", "none"] = Field("cluster", description="lab VMs may query kube-dns (cluster) or no DNS")
     ssh_source_ranges: list[str] = Field(
         [], description="CIDRs allowed to reach lab SSH (empty: anyone); needs source IPs preserved")
-    kube_clone_stall_timeout: float = Field(600.0, description="seconds without PVC-clone progress before a retry")
-    kube_clone_restart_limit: int = Field(3, description="clone pod restarts tolerated before a retry")
-    kube_clone_max_attempts: int = Field(3, description="PVC-clone attempts before the node fails")
-    kube_clone_backoff: float = Field(30.0, description="seconds before the first clone retry (doubles each time)")
+    kube_clone_stall_timeout: float = Field(
+        600.0, gt=0.0, description="seconds without PVC-clone progress before a retry")
+    kube_clone_restart_limit: int = Field(3, ge=0, description="clone pod restarts tolerated before a retry")
+    kube_clone_max_attempts: int = Field(
+        3, ge=1, le=100, description="PVC-clone attempts before the node fails")
+    kube_clone_backoff: float = Field(
+        30.0, ge=0.0, description="seconds before the first clone retry (doubles each time)")
     sim_boot_seconds: float = Field(0.0, ge=0.0, description="simulated backend: seconds until a new node is ready")
     sim_faults_file: Path | None = Field(None, description="simulated backend: YAML fault plan (docs/simulated.md)")
     sim_scenario_file: Path | None = Field(
         None, description="simulated backend: YAML SSH scenario answered by every node (docs/simulated.md)"
     )
     sim_ssh_idle_seconds: float | None = Field(
-        None, ge=0.0, description="simulated backend: close node SSH listeners idle this long (None: never)"
+        None, gt=0.0, description="simulated backend: close node SSH listeners idle this long (None: never)"
     )
 
     # Images
@@ -91,7 +118,7 @@ class Settings(BaseModel):
 
     # Limits
     max_lab_duration: str = Field("4h", description="longest duration a lab file may ask for")
-    max_vms: int = Field(200, description="global cap on lab VMs")
+    max_vms: int = Field(200, ge=1, le=MAX_VMS_LIMIT, description="global cap on lab VMs")
     max_memory: str = Field("512Gi", description="global cap on lab VM memory")
 
     # Session time rules (copied into each session's input at start)
@@ -166,8 +193,102 @@ class Settings(BaseModel):
     )
     @classmethod
     def _is_duration(cls, value: str) -> str:
-        if not isinstance(parse_duration(value), timedelta):
+        parsed = parse_duration(value)
+        if not isinstance(parsed, timedelta):
             raise ValueError(f"{value!r} is not a duration like '1h', '90m' or '1h30m'")
+        if parsed <= timedelta(0):
+            raise ValueError(f"{value!r} must be longer than zero")
+        if parsed > timedelta(days=30):
+            raise ValueError(f"{value!r} is longer than 30 days")
+        return value
+
+    @field_validator("max_memory")
+    @classmethod
+    def _is_memory(cls, value: str) -> str:
+        try:
+            size = quantity_bytes(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a Kubernetes quantity like 512Gi") from None
+        if size < quantity_bytes(MIN_MEMORY):
+            raise ValueError(f"{value!r} is less than one node ({MIN_MEMORY})")
+        return value
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _is_address(cls, value: str) -> str:
+        return _host_port(value, "a Temporal address")
+
+    @field_validator("api_address")
+    @classmethod
+    def _is_api_address(cls, value: str) -> str:
+        return _host_port(value, "an API listen address")
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _is_metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value, "a metrics listen address")
+
+    @field_validator("registry")
+    @classmethod
+    def _is_registry(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if sep and port.isdigit():
+            return _host_port(value, "a registry")
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a registry host[:port]")
+        return value
+
+    @field_validator("external_host")
+    @classmethod
+    def _is_host(cls, value: str) -> str:
+        if not _HOST_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name or address")
+        return value
+
+    @field_validator("temporal_namespace", "task_queue")
+    @classmethod
+    def _is_name(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a name (letters, digits and . _ / -, no spaces)")
+        return value
+
+    @field_validator("kube_namespace")
+    @classmethod
+    def _is_namespace(cls, value: str) -> str:
+        if not is_dns_label(value):
+            raise ValueError(f"{value!r} is not a Kubernetes namespace name (DNS-1123 label)")
+        return value
+
+    @field_validator("image_repository")
+    @classmethod
+    def _is_repository(cls, value: str) -> str:
+        if not _REPOSITORY_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a repository path like labrador/node-images")
+        return value
+
+    @field_validator("kube_nodeport_range")
+    @classmethod
+    def _is_port_range(cls, value: str) -> str:
+        port_range(value)
+        return value
+
+    @field_validator("image_rebuild_schedule")
+    @classmethod
+    def _is_cron(cls, value: str) -> str:
+        if not (value.startswith("@") or len(value.split()) == 5):
+            raise ValueError(f"{value!r} is not a cron expression (five fields, or @daily/@weekly)")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL byte")
+        multiline = info.field_name in ("codec_keys", "api_keys")  # key lists may be one per line
+        if isinstance(value, str) and ("\n" in value or "\r" in value) and not multiline:
+            raise ValueError("contains a line break")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a finite number")
         return value
 
     @field_validator("webhook_urls")

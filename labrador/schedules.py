@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -27,6 +28,7 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowHandle,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -248,7 +250,12 @@ async def last_refill_result(client: Client) -> PoolRefillResult | None:
 
 
 async def trigger_refill_and_wait(client: Client, wait: timedelta = timedelta(minutes=2)) -> PoolRefillResult:
-    """Run one refill now with the schedule's current argument and return its result.
+    """Run one refill now with the schedule's current argument and return its result."""
+    return await wait_for_refill(await start_refill_now(client, wait), wait)
+
+
+async def start_refill_now(client: Client, wait: timedelta = timedelta(minutes=2)) -> WorkflowHandle[Any, Any]:
+    """Start one refill now with the schedule's current argument (the caller waits: `wait_for_refill`).
 
     Started directly (ID `labrador-pool-refill-now-<uuid>`) rather than with a schedule trigger: the
     scheduler names runs by the second, so two triggers within one second collide and one is lost.
@@ -263,11 +270,15 @@ async def trigger_refill_and_wait(client: Client, wait: timedelta = timedelta(mi
         refill_input = refill_input.model_copy(
             update={"previous": PoolRefillMemory(demand=last.demand, claimed_node_ids=last.claimed_node_ids)}
         )
-    handle = await client.start_workflow(
+    return await client.start_workflow(
         "PoolRefillWorkflow", refill_input, id=f"{POOL_REFILL_WORKFLOW_ID}-now-{uuid.uuid4().hex[:12]}",
         task_queue=action.task_queue, execution_timeout=wait, result_type=PoolRefillResult,
     )
+
+
+async def wait_for_refill(handle: WorkflowHandle[Any, Any], wait: timedelta = timedelta(minutes=2)) -> PoolRefillResult:
     try:
-        return await asyncio.wait_for(handle.result(), wait.total_seconds())
+        result: PoolRefillResult = await asyncio.wait_for(handle.result(), wait.total_seconds())
     except TimeoutError:
         raise TimeoutError(f"the refill did not finish within {wait} (is a worker on the task queue?)") from None
+    return result

@@ -15,7 +15,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from cluster.secret_files import read_key_bytes
-from labrador.codec import codec_from_settings
+from labrador.codec import KeylessCodec, codec_from_settings
 from labrador.settings import Settings
 
 
@@ -26,7 +26,8 @@ def data_converter(settings: Settings) -> DataConverter:
     converter = pydantic_data_converter
     codec = codec_from_settings(settings)
     if codec is None:
-        return converter
+        # Without keys an encrypted payload is a one-line MissingCodecKey, not a converter KeyError.
+        return dataclasses.replace(converter, payload_codec=KeylessCodec())
     return dataclasses.replace(
         converter, payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
     )

@@ -75,7 +75,7 @@ def _days(text: str) -> frozenset[int]:
 
 def parse_window(text: str) -> Window:
     """`weekdays 08-18` -> Window; ValueError naming what is wrong."""
-    match = _WINDOW_RE.match(text)
+    match = _WINDOW_RE.fullmatch(text)
     if not match:
         raise ValueError(
             f"{text!r} is not a window like 'weekdays 08-18' or 'sat 09:30-12' (DAYS HH[:MM]-HH[:MM], UTC)"

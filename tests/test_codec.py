@@ -18,6 +18,7 @@ from labrador.codec import (
     KEY_ID_METADATA,
     CodecError,
     EncryptionCodec,
+    KeylessCodec,
     codec_from_settings,
     ensure_dev_codec_keys,
     new_key_entry,
@@ -129,7 +130,7 @@ async def test_data_converter_encrypts_values_and_failure_messages() -> None:
     decoded = await converter.decode_failure(failure)
     assert "secret-material" in str(decoded)
 
-    assert data_converter(Settings()).payload_codec is None  # no keys: plaintext, development only
+    assert isinstance(data_converter(Settings()).payload_codec, KeylessCodec)  # no keys: plaintext (dev only)
 
 
 async def test_codec_server_encodes_and_decodes_over_http() -> None:

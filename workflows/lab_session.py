@@ -190,6 +190,7 @@ class LabSessionWorkflow:
         self._phase_since = self._started_at
         self._phase_seconds: dict[str, float] = {}
         self._nodes: list[BoundNode] = []
+        self._nodes_ready = 0  # of the current readiness wait (status: "provisioning n/m nodes ready")
         self._credentials: SessionCredentials | None = None
         self._endpoint: SshEndpoint | None = None
         self._ready_at: datetime | None = None
@@ -501,7 +502,14 @@ class LabSessionWorkflow:
         await _local(ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, CLUSTER_CALL)
 
     async def _wait_until_nodes_ready(self) -> None:
-        statuses = await self._all(self._node_ready(node) for node in self._nodes)
+        self._nodes_ready = 0
+
+        async def counted(node: BoundNode) -> NodeStatus:
+            status = await self._node_ready(node)
+            self._nodes_ready += 1  # state for the status query only: the commands are the same
+            return status
+
+        statuses = await self._all(counted(node) for node in self._nodes)
         self._nodes = [
             node.model_copy(update={"address": status.address, "healthy": True})
             for node, status in zip(self._nodes, statuses, strict=True)
@@ -891,6 +899,7 @@ class LabSessionWorkflow:
             deadline=self._deadline,
             extensions_used=self._extensions_used,
             nodes=self._nodes,
+            nodes_ready=self._nodes_ready if self._phase == Phase.PROVISIONING else None,
             last_check=self._last_check,
             queue_position=self._capacity.position,
             reason=self._reason or self._health_problem,

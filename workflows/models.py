@@ -306,6 +306,7 @@ class LabStatus(Model):
     deadline: datetime | None = None
     extensions_used: int = 0
     nodes: list[BoundNode] = Field(default_factory=list)
+    nodes_ready: int | None = Field(default=None, description="while provisioning: nodes ready so far")
     last_check: CheckReport | None = None
     queue_position: int | None = None
     reason: str | None = None

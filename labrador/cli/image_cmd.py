@@ -133,7 +133,8 @@ async def _build(settings: Settings, params: Any, as_json: bool) -> Any:
         err_console.print(f"building {params.node_class.name} from {params.source.describe()} "
                           f"(workflow {workflow_id})")
     try:
-        return await _follow(client, handle, show=not as_json)
+        # The bars only on a terminal: under --json or in a log, nothing but the result.
+        return await _follow(client, handle, show=not as_json and err_console.is_terminal)
     except WorkflowFailureError as exc:
         cause: Any = exc.cause
         while getattr(cause, "cause", None) is not None:

@@ -8,6 +8,7 @@ unreachable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +19,26 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from cluster.naming import InvalidName, validate_student_id
-from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.cli.common import (
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    print_json,
+    seconds_option,
+)
+from labrador.cli.progress import PhaseLine, describe_phase, following
 from labrador.cli.tables import Col, print_table
-from labrador.client import LabClient, LabError, TemporalUnreachable
+from labrador.client import LabClient, LabError, Pending, TemporalUnreachable
 from labrador.settings import Settings, SettingsError, load_settings
 from workflows.models import TERMINAL_PHASES, CheckReport, LabStatus, WaitReadyResult
 
 T = TypeVar("T")
+RETRY_PAUSE = 1.0
+START_RETRY_WINDOW = 30.0
+"""Without --wait, `start` retries a transient outage this long (with --wait: until --timeout)."""
 
 lab_app = typer.Typer(
     help="Students' lab sessions: start, status, extend, check, pause, resume, reset, end, list.",
@@ -34,10 +48,11 @@ lab_app = typer.Typer(
 StudentOpt = Annotated[str, typer.Option("--student", "-s", help="student ID")]
 
 
-def _student(student: str) -> str:
-    """Refuse a bad student ID before anything is contacted."""
+def _student(student: str, *, new: bool = False) -> str:
+    """Refuse a bad student ID before anything is contacted (upper case only for labs that may predate
+    the lower-case rule: see cluster.naming.validate_student_id)."""
     try:
-        return validate_student_id(student)
+        return validate_student_id(student, existing=not new)
     except InvalidName as exc:
         fail(str(exc))
 
@@ -56,8 +71,22 @@ def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
         return asyncio.run(go())
     except TemporalUnreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
+    except Pending as exc:
+        fail(str(exc), EXIT_PENDING)
     except LabError as exc:
         fail(str(exc))
+
+
+async def _retrying(action: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """Run `action` again across a transient Temporal outage until `deadline` (monotonic): the actions
+    retried here are idempotent (start returns the running session, wait_ready is a poll)."""
+    while True:
+        try:
+            return await action()
+        except TemporalUnreachable:
+            if time.monotonic() + RETRY_PAUSE >= deadline:
+                raise
+            await asyncio.sleep(RETRY_PAUSE)
 
 
 def _key_path(settings: Settings, session_id: str) -> Path:
@@ -83,8 +112,8 @@ async def _ssh_details(
     the ssh details. `result`: an answer already in hand (start's update-with-start)."""
     deadline = time.monotonic() + seconds
     while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
-        poll = min(20.0, max(0.0, deadline - time.monotonic()))
-        result = await client.wait_ready(student, timedelta(seconds=poll))
+        poll = timedelta(seconds=min(20.0, max(1.0, deadline - time.monotonic())))
+        result = await _retrying(functools.partial(client.wait_ready, student, poll), deadline)
     if result is None or not result.ready:
         phase = result.phase if result else "unknown"
         reason = f": {result.reason}" if result and result.reason else ""
@@ -143,20 +172,34 @@ def start(
     student: StudentOpt,
     lab: Annotated[str, typer.Option("--lab", "-l", help="lab name from the catalog")],
     wait: Annotated[bool, typer.Option("--wait", help="wait until ready and write the SSH key")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 900.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds --wait waits at most", callback=seconds_option)
+    ] = 900.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a lab for a student (one lab per student at a time)."""
-    _student(student)
+    _student(student, new=True)
 
     async def action(client: LabClient) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
-        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
-        if not wait:
-            return out
-        out["ready"] = await _ssh_details(client, student, started.session_id, max(0.0, deadline - time.monotonic()),
-                                          started.ready)
+        deadline = time.monotonic() + (timeout if wait else min(timeout, START_RETRY_WINDOW))
+        first_wait = timedelta(seconds=min(20.0, timeout)) if wait else None
+
+        async def phase() -> str:
+            return describe_phase(await client.status(student))
+
+        # On a terminal, the phase as it changes (stderr); under --json or without a TTY: nothing.
+        with PhaseLine(err_console, enabled=wait and not as_json) as line:
+            async with following(line, phase):
+                # Retried across a transient outage: start is idempotent for the same lab (reuse_running).
+                started = await _retrying(
+                    lambda: client.start(student, lab, wait=first_wait, reuse_running=True), deadline
+                )
+                out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
+                if not wait:
+                    return out
+                out["ready"] = await _ssh_details(
+                    client, student, started.session_id, max(0.0, deadline - time.monotonic()), started.ready
+                )
         return out
 
     out = _run(action)
@@ -164,7 +207,8 @@ def start(
         print_json(out)
         return
     started = out["started"]
-    console.print(f"started lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
+    verb = "already running:" if started.get("existing") else "started"
+    console.print(f"{verb} lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
     if "ready" in out:
         _print_ssh(out["ready"])
 

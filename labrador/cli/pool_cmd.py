@@ -15,7 +15,8 @@ import typer
 from temporalio.client import Client
 
 from labrador import schedules
-from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, err_console, fail, print_json
+from labrador.cli.progress import PhaseLine, following, pending_activities
 from labrador.cli.tables import Col, print_table
 from labrador.cli.temporal_cli import connected, settings_or_fail
 from labrador.pool_report import pool_status
@@ -181,7 +182,16 @@ def drain(node_class: ClassArg, wait: WaitFlag = True, as_json: JsonFlag = False
         )
         out: dict[str, Any] = {"node_class": node_class, "drained": updated.drained}
         if wait:
-            result = await schedules.trigger_refill_and_wait(client)
+            handle = await schedules.start_refill_now(client)
+
+            async def phase() -> str:
+                running = await pending_activities(handle)
+                return f"draining {node_class}: refill running, {running} node operation(s) in flight"
+
+            with PhaseLine(err_console, enabled=not as_json) as line:
+                line.update(f"draining {node_class}: refill started")
+                async with following(line, phase):
+                    result = await schedules.wait_for_refill(handle)
             report = result.classes.get(node_class)
             out["deleted_free_nodes"] = report.deleted_drained if report else 0
         return out

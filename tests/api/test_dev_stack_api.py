@@ -44,9 +44,9 @@ def test_dev_stack_serves_the_api_with_generated_keys(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 90
-        while not state_file.exists() and dev.poll() is None and time.monotonic() < deadline:
+        while not _ready(state_file) and dev.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert state_file.exists(), "the dev stack did not come up"
+        assert _ready(state_file), "the dev stack did not come up"
         state = json.loads(state_file.read_text())
         api = state["api_url"]
         assert api == f"http://127.0.0.1:{ports['api-port']}"
@@ -86,3 +86,11 @@ def test_dev_stack_serves_the_api_with_generated_keys(tmp_path: Path) -> None:
     assert dev.returncode == 0, output
     assert f"HTTP API http://127.0.0.1:{ports['api-port']} (keys in {keys_file})" in output
     assert f"metrics http://127.0.0.1:{ports['metrics-port']}/metrics" in output
+
+
+def _ready(state_file: Path) -> bool:
+    """The state file appears at once with "ready": false; true once the stack serves."""
+    try:
+        return bool(json.loads(state_file.read_text()).get("ready"))
+    except (OSError, ValueError):
+        return False

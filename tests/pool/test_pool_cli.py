@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cluster.models import NodeSpec
 from labrador import schedules
+from labrador.cli import pool_cmd
 from labrador.cli.main import app
 from labs.pool_sizing import PoolSizing
 from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
@@ -152,3 +155,17 @@ async def test_pool_size_overrides_the_catalog_and_status_says_why(
         assert result.exit_code == 0, result.output
         assert_one_line_per_row(result.stdout, width, sorted([CP.name, WORKER.name]))
         assert "min" in result.stdout  # the why column survives at 80
+
+
+async def test_drain_wait_shows_the_refill_on_a_terminal_only(
+    cli_env: dict[str, str], pool_bed: PoolBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await labrador(cli_env, "schedules", "apply", "--refill-every", "1h", "--json"))[0] == 0
+    plain = await asyncio.to_thread(CliRunner().invoke, app, ["pool", "drain", WORKER.name], env=cli_env)
+    assert plain.exit_code == 0 and plain.stderr == "" and plain.stdout.startswith("drained"), plain.output
+    screen = io.StringIO()
+    monkeypatch.setattr(pool_cmd, "err_console", Console(file=screen, force_terminal=True, color_system=None))
+    shown = await asyncio.to_thread(CliRunner().invoke, app, ["pool", "drain", CP.name], env=cli_env)
+    assert shown.exit_code == 0 and shown.stdout.startswith("drained"), shown.output
+    assert f"draining {CP.name}: refill" in screen.getvalue(), screen.getvalue()
+    assert "draining" not in shown.stdout
