@@ -221,11 +221,13 @@ async def run(labs: int, health_interval: float) -> None:
             mark = len(emulator.requests_log)
             for node_id in sample:
                 await direct.node_status(node_id)
+            per_status = counted(emulator, mark) / len(sample)
+            mark = len(emulator.requests_log)
             await direct.inventory()
-            per_status = (counted(emulator, mark) - 3) / len(sample)
-            old_rate = (per_status * len(running) + 3) / health_interval
-            print(f"  without the cache: {per_status:.0f} requests per status + 3 unpaged lists per inventory "
-                  f"= {old_rate:.0f} requests/s")
+            inventory_pages = counted(emulator, mark)
+            old_rate = (per_status * len(running) + inventory_pages) / health_interval
+            print(f"  without the cache: {per_status:.0f} requests per status, {inventory_pages} list pages per "
+                  f"inventory = {old_rate:.0f} requests/s")
         finally:
             await cluster.close()
             emulator.end_watches()
