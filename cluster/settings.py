@@ -144,6 +144,9 @@ class Settings(BaseModel):
     api_keys_file: Path | None = Field(None, description="file holding api_keys (a mounted Secret)")
     api_rate_limit: int = Field(120, ge=1, description="requests per minute per API key (then 429)")
     api_max_body_bytes: int = Field(65536, ge=1024, description="largest request body the API accepts")
+    published_images_dir: Path | None = Field(
+        None, description="read published images from this mounted ConfigMap directory (the API: no Kubernetes access)"
+    )
 
     # Observability and events (docs/api.md)
     metrics_address: str | None = Field(None, description="host:port of the worker's Prometheus /metrics")

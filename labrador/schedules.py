@@ -3,7 +3,7 @@
 - `labrador-pool-refill`: PoolRefillWorkflow every minute (default), overlap SKIP (a slow refill is
   never stacked). Its argument (PoolRefillInput) is built from settings and also holds the *drained*
   classes: `apply` keeps the drained set it finds, `pool drain/resume CLASS` edit it (see docs/pool.md).
-- The image rebuild schedules of the image pipeline: `image_schedules()` is the hook (see below).
+- The image rebuild schedules of the image pipeline (`image_schedules()`, below).
 """
 
 from __future__ import annotations
@@ -83,15 +83,10 @@ def refill_schedule(settings: Settings, refill_input: PoolRefillInput, every: ti
 
 
 def image_schedules(settings: Settings) -> list[tuple[str, Schedule]]:
-    """Hook for the image pipeline: `(schedule ID, Schedule)` pairs of the image rebuilds.
+    """`(schedule ID, Schedule)` pairs of the image rebuilds (image_pipeline.schedules), applied by the
+    same create-or-update code as the refill."""
+    from image_pipeline.schedules import image_rebuild_schedules
 
-    The image branch provides `image_pipeline.schedules.image_rebuild_schedules(settings)`; until it
-    exists there is nothing to apply. Applied by the same create-or-update code as the refill.
-    """
-    try:
-        from image_pipeline.schedules import image_rebuild_schedules
-    except ImportError:
-        return []
     return list(image_rebuild_schedules(settings))
 
 

@@ -134,3 +134,22 @@ def test_world_readable_api_keys_file_is_refused(tmp_path: Path) -> None:
         keys_from_settings(Settings(api_keys_file=path))
     path.chmod(0o440)
     assert len(keys_from_settings(Settings(api_keys_file=path))) == 1
+
+
+def test_every_pod_in_deploy_meets_the_restricted_profile_its_namespace_enforces() -> None:
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    (namespace,) = [d for d in yaml.safe_load_all((deploy / "namespace.yaml").read_text()) if d]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    workloads = [d for f in deploy.rglob("*.yaml") for d in yaml.safe_load_all(f.read_text())
+                 if d and d.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}]
+    assert workloads
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"] if "template" in workload.get("spec", {}) else workload["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] in {"RuntimeDefault", "Localhost"}
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+        assert all(set(v) & {"secret", "emptyDir", "configMap", "projected", "downwardAPI"} for v in pod["volumes"])

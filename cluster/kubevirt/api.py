@@ -4,18 +4,20 @@ Why not the typed `CoreV1Api`/`CustomObjectsApi` methods: our manifests are plai
 functions, schema-validated), CRDs come back as dicts anyway, and one code path for every resource
 lets each call be declared as (group, resource, verb) in `PERMISSIONS`, which the RBAC test
 compares with deploy/. The client still does configuration (KUBECONFIG or in-cluster), auth, TLS
-and serialisation. The sync client runs in threads (`asyncio.to_thread`) from async code.
+and serialisation. The sync client runs in threads from async code (`AsyncKubeApi`'s pool for
+calls; the cache's watch streams in daemon threads of their own, see cache.py). Lists are paged
+(`limit`/`continue`); `watch` streams events and can be ended from another thread.
 
 Error mapping (`api_error`): every status is turned deliberately into `ClusterUnavailable`
 (retry) or `PermanentClusterError` (do not), with the object named. 404 on get means "absent"
 and 404 on delete means "already gone"; 409 on create means "exists" (create-or-get); callers
-handle those before mapping.
+handle those before mapping. `NotFound` (404), `Conflict` (409) and `Gone` (410) are subclasses a
+caller can catch: a claim moves on to the next node on the first two, the cache relists on the third.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -465,10 +467,6 @@ class AsyncKubeApi:
     async def list(self, resource: Resource, namespace: str | None = None, label_selector: str | None = None
                    ) -> list[Obj]:
         return await self._run(self.sync.list, resource, namespace, label_selector)
-
-    async def list_all(self, resource: Resource, label_selector: str | None, *, limit: int = 0
-                       ) -> tuple[Items, str]:
-        return await self._run(functools.partial(self.sync.list_all, resource, None, label_selector, limit=limit))
 
     async def create(self, resource: Resource, body: Obj) -> tuple[Obj, bool]:
         return await self._run(self.sync.create, resource, body)

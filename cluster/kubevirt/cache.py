@@ -246,6 +246,7 @@ class Reflector:
             self._stop_stream = stop
             if self._closing:  # closed while the request was on its way
                 stop()
+            loop.call_soon_threadsafe(self._watching)
 
         # Spread the watches' ends so the five reconnects of a process do not come at once.
         timeout = max(1, int(self.watch_timeout * random.uniform(0.8, 1.2)))
@@ -265,6 +266,10 @@ class Reflector:
                 await asyncio.shield(stream)
             self._stop_stream = None
         stream.result()  # the stream's own error (HTTP status, broken connection), if any
+
+    def _watching(self) -> None:
+        """The watch is open again: the outage (if any) is over, the store is being kept current."""
+        self.broken_since = None
 
     def _apply(self, event: Obj) -> None:
         kind = event.get("type")

@@ -51,6 +51,9 @@ class PhaseLine:
         if self._status is not None:
             self._status.stop()
             self._status = None
+            if kind is None and self._current is not None:  # the last phase finished too: keep its line
+                self.console.print(f"[dim]✓ {self._current} ({time.monotonic() - self._since:.1f}s)[/dim]",
+                                   highlight=False)
 
 
 def describe_phase(status: LabStatus) -> str:

@@ -39,8 +39,12 @@ async def test_dry_run_then_bulk_end_of_a_lab(api: Api, stack: Stack) -> None:
                                         json={"lab": LAB, "all": True, "reason": "x"})
     assert status == 422 and problem["field"] == "selector"
 
-    status, preview, _ = await api.call("POST", "/v1/admin/end", key=ADMIN_KEY,
-                                        json={"lab": LAB, "reason": "maintenance", "dry_run": True})
+    for _ in range(100):  # Visibility is eventually consistent
+        status, preview, _ = await api.call("POST", "/v1/admin/end", key=ADMIN_KEY,
+                                            json={"lab": LAB, "reason": "maintenance", "dry_run": True})
+        if set(mine) <= {s["student_id"] for s in preview["sessions"]}:
+            break
+        await asyncio.sleep(0.1)
     assert status == 200 and preview["count"] >= 3
     assert set(mine) <= {s["student_id"] for s in preview["sessions"]}
     assert other not in {s["student_id"] for s in preview["sessions"]}
@@ -59,7 +63,11 @@ async def test_dry_run_then_bulk_end_of_a_lab(api: Api, stack: Stack) -> None:
             break
         await asyncio.sleep(0.1)
     assert state["status"] == "completed" and state["ended"] >= 3 and state["failed"] == 0, state
-    runs = [e async for e in stack.env.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+    for _ in range(100):  # Visibility is eventually consistent
+        runs = [e async for e in stack.env.client.list_workflows(f"WorkflowId = '{workflow_id}'")]
+        if len(runs) >= 2:
+            break
+        await asyncio.sleep(0.1)
     assert len(runs) >= 2  # continued as new (history per run stays bounded)
     for student in mine:
         result = await stack.labs.result(student)

@@ -54,7 +54,12 @@ async def test_retried_until_delivered_dead_letter_listed_and_replayed(
     assert good.events == [sent.body()]
     assert dead.requests == 2  # webhook_max_attempts
 
-    letters = [letter for letter in await webhooks.dead_letters(client) if letter.event_id == sent.id]
+    letters: list[webhooks.DeadLetter] = []
+    for _ in range(100):  # Visibility is eventually consistent
+        letters = [letter for letter in await webhooks.dead_letters(client) if letter.event_id == sent.id]
+        if letters:
+            break
+        await asyncio.sleep(0.1)
     assert len(letters) == 1 and letters[0].type == "lab.ready"
     ((url, error),) = letters[0].dead.items()
     assert url == dead.url and "HTTP 500" in error and "hush" not in url + error  # no query-string secrets

@@ -5,9 +5,9 @@ test-side hooks the contract needs) and the set of markers the backend cannot ho
 with such a marker is skipped for that backend only, with the reason shown by `-ra`.
 
 Markers:
-- needs_real_concurrency: exclusivity under truly concurrent writers (the Kubernetes API emulator
-  accepts stale resourceVersions, so it cannot prove it).
-- needs_label_selectors: list filtering by label selector (the emulator ignores selectors).
+- needs_real_concurrency: exclusivity under truly concurrent writers (the kubevirt backend passes
+  it on our emulator, which refuses stale resourceVersions on namespaces like the API server).
+- needs_label_selectors: list filtering by label selector (our emulator applies equality selectors).
 - needs_ssh_server: the backend serves a reachable SSH endpoint that records commands.
 """
 
@@ -109,12 +109,9 @@ async def kubevirt_backend(tmp_path: Path) -> AsyncIterator[Backend]:
 
 BACKENDS: dict[str, BackendKind] = {
     "simulated": BackendKind(simulated_backend),
-    # The emulator ignores label selectors and kmock itself ignores resourceVersions (our completion
-    # honours them for namespaces, but the contract's concurrency proof belongs to a real API server).
-    "kubevirt": BackendKind(
-        kubevirt_backend,
-        unsupported=frozenset({"needs_real_concurrency", "needs_label_selectors", "needs_ssh_server"}),
-    ),
+    # Our emulator applies label selectors and honours resourceVersion preconditions on namespaces
+    # (where claims happen); it serves no SSH.
+    "kubevirt": BackendKind(kubevirt_backend, unsupported=frozenset({"needs_ssh_server"})),
 }
 
 

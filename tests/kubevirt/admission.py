@@ -53,6 +53,9 @@ class Request:
         version = target["apiVersion"].rpartition("/")[2]
         kind = target["kind"]
         metadata = target.get("metadata", {})
+        if kind not in CLUSTER_SCOPED and self.namespace_object is not None:
+            # what the API server passes: the object's own namespace
+            assert self.namespace_object["metadata"]["name"] == metadata.get("namespace"), "namespaceObject mismatch"
         request = {
             "operation": self.operation,
             "resource": {"group": group, "version": version, "resource": PLURALS[kind]},

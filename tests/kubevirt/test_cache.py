@@ -267,3 +267,54 @@ def test_version_comparison_and_slimming() -> None:
            "status": {"phase": "Running"}}
     assert slim(VMIS_RESOURCE, vmi) == {"metadata": {"name": "n1"}, "status": {"phase": "Running"}}
 
+
+
+async def test_the_request_budget_of_a_start_and_of_running_labs(emulator: LabEmulator, sync_api: KubeApi) -> None:
+    """Issue 10's budget, with the benchmark's own start sequence (bench/kube_requests.py): a warm
+    3-node start <= 12 requests, a cold one <= 25, and a health round of running labs none."""
+    from bench.kube_requests import KEY, boot_when_created, fill, start_lab
+    from cluster.kubevirt.api import AsyncKubeApi
+
+    fill(emulator, 5)
+    cluster = KubeVirtCluster(AsyncKubeApi(sync_api), ssh_public_key=KEY, cache=ClusterCache(sync_api))
+    try:
+        assert await cache_of(cluster).wait_synced(5)
+        mark = len(emulator.requests_log)
+        await start_lab(cluster, ref("warm"), None)
+        warm = len(emulator.requests_since(mark))
+        cold_nodes = ["cold-0", "cold-1", "cold-2"]
+        booting = asyncio.create_task(boot_when_created(emulator, cold_nodes))
+        mark = len(emulator.requests_log)
+        await start_lab(cluster, ref("cold"), cold_nodes)
+        await booting
+        cold = len(emulator.requests_since(mark))
+        mark = len(emulator.requests_log)
+        for lab in range(5):
+            for index in range(3):
+                assert (await cluster.node_status(f"run-{lab}-{index}")).phase == NodePhase.READY
+        await cluster.inventory()
+        assert warm <= 12 and cold <= 25 and emulator.requests_since(mark) == []
+    finally:
+        await cluster.close()
+
+
+async def test_after_an_outage_the_cache_is_trusted_again_once_its_watch_is_back(
+    sync_api: KubeApi, emulator: LabEmulator, virt: VirtController, platform_key: tuple[Any, str], clock: Clock
+) -> None:
+    cache = ClusterCache(sync_api, stale_after=0.2)
+    cached = make_cluster(sync_api, platform_key[1], clock, cache)
+    try:
+        await cached.provision(spec("n1"))
+        assert await cache.wait_synced(5)
+        emulator.inject("GET", r"/virtualmachineinstances$", 503, query="watch=true", times=1)
+        emulator.end_watches()
+        await eventually(lambda: cache.reflectors[VMIS_RESOURCE].stats.errors == 1)
+        await eventually(lambda: cache.reflectors[VMIS_RESOURCE].broken_since is None)  # reconnected
+        await asyncio.sleep(0.3)  # longer than stale_after: an open watch is not an outage
+        virt.running("n1", "10.244.1.7")
+        await caught_up(cache, emulator)
+        mark = len(emulator.requests_log)
+        assert (await cached.node_status("n1")).phase == NodePhase.READY
+        assert emulator.requests_since(mark) == []
+    finally:
+        await cached.close()
