@@ -72,7 +72,7 @@ not accepting SSH yet) inside one attempt, heartbeating, before giving up. Bound
 deadline; the session's provisioning_overdue timer bounds the whole preparation. Only the lab's own
 script failing is final at once. Done here, not by Temporal's retry policy, so the workflow's commands
 do not change (3 attempts within ~8 s used to end the lab on one short API outage)."""
-SETUP_INFRA_BACKOFF = (1.0, 15.0)
+SETUP_INFRA_BACKOFF = (0.5, 10.0)
 TEARDOWN_RETRY = RetryPolicy(attempts=2, initial_backoff=0.5, connect_timeout=10.0)
 CHECK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.5, connect_timeout=10.0)
 """Checks answer a waiting student (the `check` update): give up on an unreachable node sooner."""
