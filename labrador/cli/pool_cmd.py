@@ -111,6 +111,7 @@ def size(
     min_size: MinOption = None,
     max_size: MaxOption = None,
     reset: ResetFlag = False,
+    now: Annotated[bool, typer.Option("--wait", help="run a refill now and report the new target")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Override the warm-pool size of CLASS (wins over node-classes.yaml `pool:`); applied by the next refill."""
@@ -150,21 +151,33 @@ def size(
                 fail(f"pool size: --min {low} is more than the max {high} of {node_class}: give --max too")
         updated = await schedules.edit_refill_input(client, edit)
         override = updated.sizing.get(node_class)
-        return {
+        out: dict[str, Any] = {
             "node_class": node_class,
             "override": None if override is None else {"min": override.min_size, "max": override.max_size},
         }
+        if now:
+            handle = await schedules.start_refill_now(client)
+            with PhaseLine(err_console, enabled=not as_json) as line:
+                line.update(f"sizing {node_class}: refill started")
+                result = await schedules.wait_for_refill(handle)
+            report = result.classes.get(node_class)
+            if report is not None:
+                out.update(target=report.target, why=report.target_reason, free=report.free)
+        return out
 
     out = _run(run)
     if as_json:
         print_json(out)
         return
     override = out["override"]
+    when = "applied now" if "target" in out else "applied by the next refill"
     if override is None:
-        console.print(f"{node_class}: size override dropped; node-classes.yaml `pool:` applies from the next refill")
+        console.print(f"{node_class}: size override dropped; node-classes.yaml `pool:` {when}")
     else:
         shown = ", ".join(f"{key} {value}" for key, value in override.items() if value is not None)
-        console.print(f"{node_class}: size override {shown} (wins over node-classes.yaml); applied by the next refill")
+        console.print(f"{node_class}: size override {shown} (wins over node-classes.yaml); {when}")
+    if "target" in out:
+        console.print(f"target {out['target']} ({out['why']}), {out['free']} free")
 
 
 @pool_app.command("drain")

@@ -148,6 +148,12 @@ async def test_pool_size_overrides_the_catalog_and_status_says_why(
     assert (code, out) == (0, {"node_class": WORKER.name, "override": None})
     await status_when(cli_env, lambda s: s["classes"][WORKER.name]["why"] == "min")
 
+    # --wait: a refill at once, and what it decided.
+    code, out = await labrador(cli_env, "pool", "size", WORKER.name, "--max", "1", "--min", "1", "--wait", "--json")
+    assert code == 0, out
+    assert out == {"node_class": WORKER.name, "override": {"min": 1, "max": 1}, "target": 1,  # type: ignore[comparison-overlap]
+                   "why": "override min", "free": 1}
+
     # The table itself, as an operator sees it in an 80-column terminal: one line per class.
     for width in (80, 200):
         result = await asyncio.to_thread(CliRunner().invoke, app, ["pool", "status"],
