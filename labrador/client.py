@@ -101,6 +101,7 @@ class EndPending(Pending):
 
 
 STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+MAX_REASON_CHARS = 200
 
 
 class StartedSession(BaseModel):
@@ -346,6 +347,8 @@ class LabClient:
 
         The signal is durable once sent: if no worker answers the status query afterwards, EndPending
         says so (the lab ends when a worker picks it up) instead of reporting a failure."""
+        if len(reason) > MAX_REASON_CHARS or any(ord(c) < 32 for c in reason):
+            raise LabError(f"reason: at most {MAX_REASON_CHARS} characters on one line (got {len(reason)})")
         handle = self._handle(student_id)
         await self._require_decodable()
         await self._require_running(student_id, handle)

@@ -432,7 +432,9 @@ def _load_node_classes(
     return classes, known
 
 
-MAX_LAB_FILES = 1000
+MAX_LAB_FILES = 500
+MAX_CATALOG_BYTES = 8 << 20
+"""All lab files together: the loader also runs in the worker (pool plans), never for long."""
 
 
 def lab_files(directory: Path) -> list[Path]:
@@ -467,7 +469,16 @@ def load_catalog(
         errors.append(LocatedError(str(directory), 1, 1, "(file)", "no lab files (*.yaml) in this directory"))
     labs: dict[str, Lab] = {}
     names: dict[str, str] = {}
+    total = 0
     for path in files:
+        try:
+            total += path.lstat().st_size
+        except OSError:
+            pass  # _read reports it
+        if total > MAX_CATALOG_BYTES:
+            errors.append(LocatedError(str(directory), 1, 1, "(file)",
+                                       f"the lab files are larger than {MAX_CATALOG_BYTES >> 20} MiB together"))
+            break
         document = _read(path, str(path), errors, directory)
         if document is None:
             continue

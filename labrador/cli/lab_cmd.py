@@ -277,7 +277,9 @@ def pause(student: StudentOpt, as_json: JsonFlag = False) -> None:
 @lab_app.command("resume")
 def resume(
     student: StudentOpt,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the SSH details")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for the SSH details", callback=seconds_option)
+    ] = 300.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Resume a paused lab: the VMs run again, their clocks are set, SSH opens (maybe on a new port)."""

@@ -34,7 +34,7 @@ def _run(action: Any) -> Any:
 
 
 @webhooks_app.command("dead")
-def dead(limit: Annotated[int, typer.Option("--limit", help="at most this many")] = 100,
+def dead(limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="at most this many")] = 100,
          as_json: JsonFlag = False) -> None:
     """Deliveries that gave up (dead letters): event, URLs and their last error."""
     letters = _run(lambda client, settings: webhooks.dead_letters(client, limit))

@@ -164,3 +164,20 @@ def test_dev_on_a_port_in_use_is_refused_in_one_line_before_anything_starts(tmp_
     assert result.returncode == 1, result.stderr
     assert f"127.0.0.1:{port} is already in use" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d" / "temporal.sqlite").exists()
+
+
+async def test_an_end_reason_is_bounded_before_anything_is_sent() -> None:
+    from labrador.client import LabClient, LabError
+
+    labs = LabClient(None, Settings())  # type: ignore[arg-type]  # nothing may be contacted
+    for reason in ("x" * 201, "two\nlines"):
+        with pytest.raises(LabError, match="reason: at most 200 characters on one line"):
+            await labs.end("alice", reason)
+
+
+@pytest.mark.parametrize("args", [["lab", "resume", "--student", "alice", "--timeout", "nan"],
+                                  ["pool", "size", "cp-v1-32", "--max", "10000000"],
+                                  ["webhooks", "dead", "--limit", "0"]])
+def test_other_numeric_flags_are_bounded(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args, env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    assert result.exit_code == 2, result.output

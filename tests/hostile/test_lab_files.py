@@ -232,3 +232,15 @@ def test_a_catastrophic_pattern_validates_and_matches_in_linear_time() -> None:
 )
 def test_the_documented_semantics_of_stdout_patterns(pattern: str, stdout: str, matches: bool) -> None:
     assert stdout_matches(pattern, stdout) is matches
+
+
+def test_the_catalog_as_a_whole_is_bounded(tmp_path: Path) -> None:
+    catalog(tmp_path)
+    filler = "# " + "x" * (120 * 1024) + "\nname: lab{i}\n"
+    for i in range(70):  # 70 files of 120 KiB: more than 8 MiB together
+        (tmp_path / f"lab{i:02d}.yaml").write_text(filler.format(i=i))
+    started = time.monotonic()
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(tmp_path)
+    assert any("larger than 8 MiB together" in e.message for e in caught.value.errors)
+    assert time.monotonic() - started < 10

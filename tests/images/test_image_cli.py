@@ -45,7 +45,7 @@ def invoke(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     (["--class", "cp-v1-31", "--from-disk", "/no/such/disk.img"], "--from-disk"),
     (["--class", "worker-v1-31-pvc", "--golden"], "has no build recipe"),
     (["--class", "cp-v1-31", "--from-vm", "a/b", "--registry", "https://reg.example/x"],
-     "--registry: 'https://reg.example/x' is not a registry host[:port]"),
+     "(from --registry): 'https://reg.example/x' is not a registry host[:port]"),
 ])
 def test_bad_input_is_refused_with_the_flag_named(tmp_path: Path, registry: Registry, args: list[str],
                                                   message: str) -> None:
