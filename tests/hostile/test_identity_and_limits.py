@@ -201,5 +201,5 @@ def test_a_config_file_alias_bomb_is_one_line(tmp_path: Path) -> None:
     for i in range(1, 9):
         text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 7) + "]\n"
     config.write_text(text)
-    with pytest.raises(SettingsError, match="aliases|expands"):
+    with pytest.raises(SettingsError, match=r"aliases|expands"):
         load_settings(config_file=config, environ={"HOME": "/nonexistent"}, use_dev_stack=False)
