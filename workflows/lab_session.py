@@ -193,47 +193,38 @@ class LabSessionWorkflow:
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
         self._version = 0
         self._seen_version = 0
-        self._evicted = False
 
     # --- the story --------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: LabSessionInput) -> LabSessionResult:
         self._enter(Phase.CLAIMING, first=True)
-        outcome = Phase.FAILED
         checks: CheckReport | None = None
+        reraise: BaseException | None = None
+        # Teardown runs only after one of the explicit outcomes below, never in a `finally`: when the SDK
+        # evicts this instance from the worker's cache it cancels the instance's tasks (a CancelledError
+        # with no cancellation request) and refuses every further command by raising its
+        # `_WorkflowBeingEvictedError`, a BaseException. Both leave `run` here without reaching the
+        # teardown: the run itself goes on elsewhere from its history, and tears down there, once.
         try:
-            ended_early = None
-            if self._input.capacity is not None:  # a global cap: claim, then queue for the cold nodes
-                ended_early = await self._claim_and_queue_for_capacity()
-            if ended_early is None:
-                ended_early = await self._prepare_within_limit()
-            if ended_early is not None:
-                outcome, self._reason = Phase.ENDED, ended_early
-            else:
-                outcome, self._reason = await self._run_until_the_end()
-                if self._reason != "unclaimed":
-                    checks = await self._final_grading()
-        except GeneratorExit:
-            # Evicted from the worker's cache (or the worker stops): the run goes on elsewhere from its
-            # history. Nothing may be torn down here, and workflow calls would fail outside the loop.
-            self._evicted = True
-            raise
+            outcome, checks = await self._live()
         except SessionFailed as failure:
             outcome, self._reason, self._detail = Phase.FAILED, failure.reason, failure.detail
         except ActivityError as error:
             outcome, self._reason = Phase.FAILED, f"{self._phase} failed: {_cause(error)}"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            if workflow.cancellation_reason() is None:  # not a cancel request: the instance is evicted
+                raise
             outcome, self._reason, self._detail = Phase.ENDED, "cancelled", "the workflow was cancelled"
-            raise
+            reraise = cancelled
         except WORKFLOW_BUGS as bug:
             outcome, self._reason = Phase.FAILED, f"internal error: {type(bug).__name__}: {bug}"
-            raise
-        finally:
-            if not self._evicted:
-                await self._abandon_preparation()
-                await self._teardown()
-                self._enter(outcome)
+            reraise = bug
+        await self._abandon_preparation()
+        await self._teardown()
+        self._enter(outcome)
+        if reraise is not None:
+            raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
         return LabSessionResult(
             student_id=request.student_id,
@@ -248,6 +239,20 @@ class LabSessionWorkflow:
             phase_seconds=dict(self._phase_seconds),
             teardown_problems=list(self._teardown_problems),
         )
+
+    async def _live(self) -> tuple[Phase, CheckReport | None]:
+        """From the claim to the final grading: the outcome, and the grading report if any."""
+        ended_early = None
+        if self._input.capacity is not None:  # a global cap: claim, then queue for the cold nodes
+            ended_early = await self._claim_and_queue_for_capacity()
+        if ended_early is None:
+            ended_early = await self._prepare_within_limit()
+        if ended_early is not None:
+            self._reason = ended_early
+            return Phase.ENDED, None
+        outcome, self._reason = await self._run_until_the_end()
+        checks = await self._final_grading() if self._reason != "unclaimed" else None
+        return outcome, checks
 
     async def _prepare_within_limit(self) -> str | None:
         """Prepare the lab, bounded by `provisioning_overdue`; returns the end reason if the student

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from temporalio import workflow
 from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -229,18 +231,36 @@ async def test_a_bug_fails_the_session_after_tearing_it_down(time_env: WorkflowE
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
-async def test_a_session_evicted_after_every_task_behaves_the_same(time_env: WorkflowEnvironment) -> None:
-    """No workflow cache: every task replays the history and the previous instance is thrown away. The
-    thrown-away instances must not run their teardown (it belongs to the run, not to the instance)."""
+async def test_a_session_evicted_after_every_task_behaves_the_same(
+    time_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No workflow cache: every task replays the history and the previous instance is evicted (the SDK
+    cancels its tasks and refuses its commands). The evicted instances must not even enter the teardown
+    step (it belongs to the run, not to the instance): the step itself is counted, not only the
+    activities it schedules (the SDK would refuse those anyway)."""
+    entries: list[str] = []
+    teardown = LabSessionWorkflow._teardown
+
+    async def counted_teardown(self: LabSessionWorkflow) -> None:
+        # The SDK's own flag for "this instance is being evicted" (private; read only by this test).
+        runtime: Any = workflow._Runtime.current()  # noqa: SLF001
+        if runtime._deleting:  # noqa: SLF001
+            entries.append("evicted")
+        elif not workflow.unsafe.is_replaying():
+            entries.append("live")  # replays of the recorded teardown are not new entries
+        await teardown(self)
+
+    monkeypatch.setattr(LabSessionWorkflow, "_teardown", counted_teardown)
     port, scripts = MemoryCluster(), ScriptStandIns()
     async with session_worker(time_env.client, port, scripts.all(), max_cached_workflows=0) as tq:
         handle = await start_session(time_env.client, tq, make_lab(workers=1, duration=timedelta(minutes=30)))
         ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
         assert ready.ready
+        await time_env.sleep(timedelta(minutes=20))  # extend is allowed in the lab's last 15 minutes
         await handle.execute_update(LabSessionWorkflow.extend, ExtendRequest())
         result: LabSessionResult = await handle.result()
 
     assert (result.outcome, result.reason) == (Phase.EXPIRED, "expired")
     assert close_to(result.phase_seconds["running"], timedelta(minutes=45))
+    assert entries == ["live"]  # exactly one entry into the teardown step for the session
     assert scripts.teardowns == 1 and port.session_objects() == []
-
