@@ -101,6 +101,8 @@ class Settings(BaseModel):
     session_provisioning_overdue: str = Field("15m", description="a lab not ready within this fails (overdue)")
     session_health_interval: str = Field("30s", description="how often a running lab's nodes are checked")
     session_health_grace: str = Field("2m", description="how long a node may stay not-ready before the lab fails")
+    session_extend_window: str = Field("15m", description="extend is allowed only in the lab's last part")
+    session_check_min_interval: str = Field("10s", description="at most one student check per lab per interval")
 
     @field_validator("*")
     @classmethod
@@ -110,7 +112,7 @@ class Settings(BaseModel):
 
     @field_validator(
         "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",
-        "session_health_grace",
+        "session_health_grace", "session_extend_window", "session_check_min_interval",
     )
     @classmethod
     def _is_duration(cls, value: str) -> str:

@@ -7,7 +7,8 @@
 
 Time rules: the lab's duration counts from READY; a student who does not fetch credentials (the
 `wait_ready` update) within `unclaimed_timeout` loses the lab; preparing for longer than
-`provisioning_overdue` fails the session. Teardown runs in a `finally`, also on cancellation and bugs.
+`provisioning_overdue` fails the session. Teardown runs after every outcome (also cancellation and bugs),
+but never when the SDK evicts a cached instance: the run tears down once, from its history.
 
 Deterministic code only (see the import contract): activities are called by name.
 """
@@ -15,13 +16,14 @@ Deterministic code only (see the import contract): activities are called by name
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 # Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
 with workflow.unsafe.imports_passed_through():
@@ -112,9 +114,22 @@ TEARDOWN_CALL = CallOptions(
         maximum_attempts=0,
     ),
 )
-HEALTH_CALL = CallOptions(
-    timedelta(seconds=20), RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+# A few quick local attempts (~1.5 s in all), then a regular activity if the API is still down: a local
+# activity that retries for long keeps its workflow task open, and queries and update validators
+# (`lab status`, `extend`) wait behind it; a regular activity's retries leave the workflow free.
+QUICK_CLUSTER_CALL = CallOptions(
+    timedelta(seconds=30),
+    RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_attempts=4),
 )
+CLUSTER_RETRY = CLUSTER_CALL.retry  # as a regular activity: until it answers (bounded by provisioning_overdue)
+# Health looks are bounded and short (an unanswered look is not evidence against the node).
+HEALTH_CALL = CallOptions(
+    timedelta(seconds=20), RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
+)
+# Patches (docs/session.md "Replay safety"): runs that took the old path keep it on replay.
+PATCH_TEARDOWN_ACTIVITIES = "teardown-as-regular-activities"
+PATCH_BOUNDED_LOCAL_RETRIES = "bounded-local-retries"
+PATCH_ONE_CHECK_AT_A_TIME = "one-check-at-a-time"
 WAIT_READY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -188,6 +203,9 @@ class LabSessionWorkflow:
         self._detail: str | None = None
         self._teardown_problems: list[str] = []
         self._preparation: asyncio.Task[None] | None = None
+        # One check at a time per lab (concurrent `check` messages join it), one start per interval.
+        self._check_task: asyncio.Task[CheckReport] | None = None
+        self._check_started_at: datetime | None = None
         # The pool's capacity queue (workflows/capacity.py): only cold provisions wait in it.
         self._capacity = CapacityGate()
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
@@ -438,7 +456,7 @@ class LabSessionWorkflow:
             disk=node_class.disk,
             session=self._session,
         )
-        await _local(ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, CLUSTER_CALL)
+        await _cluster_call(ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, f"provision {lab_node.name}")
 
     async def _wait_until_nodes_ready(self) -> None:
         statuses = await self._all(self._node_ready(node) for node in self._nodes)
@@ -449,7 +467,9 @@ class LabSessionWorkflow:
 
     async def _node_ready(self, node: BoundNode) -> NodeStatus:
         """One quick look first (warm nodes are ready already), then a heartbeating wait if needed."""
-        status = await self._node_status(node, CLUSTER_CALL)
+        status: NodeStatus = await _cluster_call(
+            ActivityName.NODE_HEALTH, NodeRef(node_id=node.node_id), NodeStatus, f"status of {node.name}"
+        )
         if status.phase == NodePhase.READY:
             return status
         overdue = self._input.timings.provisioning_overdue
@@ -477,7 +497,7 @@ class LabSessionWorkflow:
             controlplane=controlplane.node_id,
             workers=[n.node_id for n in self._nodes if n.node_id != controlplane.node_id],
         )
-        await _local(ActivityName.WIRE_SESSION, wiring, None, CLUSTER_CALL)
+        await _cluster_call(ActivityName.WIRE_SESSION, wiring, None, "wire the session")
 
     async def _create_credentials(self) -> SessionCredentials:
         credentials: SessionCredentials = await _local(
@@ -516,11 +536,11 @@ class LabSessionWorkflow:
 
     async def _expose(self) -> None:
         controlplane = self._node_named(self._lab.controlplane.name)
-        self._endpoint = await _local(
+        self._endpoint = await _cluster_call(
             ActivityName.EXPOSE_SSH,
             ExposeInput(session_id=self._session.session_id, node_id=controlplane.node_id),
             SshEndpoint,
-            CLUSTER_CALL,
+            "expose SSH",
         )
 
     async def _watch_node_health(self) -> None:
@@ -602,13 +622,23 @@ class LabSessionWorkflow:
                 )
             except ActivityError as error:  # best effort: the nodes are deleted anyway
                 self._teardown_problems.append(f"teardown scripts: {_cause(error)}")
+        # Regular activities: they retry until the API answers (maybe for an hour) while the workflow
+        # stays free to answer `lab status` and validators at once. Runs that tore down with local
+        # activities before this patch replay as they ran.
+        as_activities = workflow.patched(PATCH_TEARDOWN_ACTIVITIES)
         for name, result_type in (
             (ActivityName.UNEXPOSE_SSH, None),
             (ActivityName.UNWIRE_SESSION, None),
             (ActivityName.RELEASE_SESSION, ReleaseResult),
         ):
             try:
-                await _local(name, session, result_type, TEARDOWN_CALL)
+                if as_activities:
+                    await workflow.execute_activity(
+                        name, session, result_type=result_type, start_to_close_timeout=TEARDOWN_CALL.start_to_close,
+                        retry_policy=TEARDOWN_CALL.retry, summary=f"teardown: {name}",
+                    )
+                else:
+                    await _local(name, session, result_type, TEARDOWN_CALL)
             except ActivityError as error:  # a permanent error: leave it to the leak collector, say so
                 self._teardown_problems.append(f"{name}: {_cause(error)}")
         try:
@@ -667,17 +697,40 @@ class LabSessionWorkflow:
 
     @extend.validator
     def _validate_extend(self, request: ExtendRequest) -> None:
-        if self._phase != Phase.RUNNING or self._end_reason is not None:
+        if self._phase != Phase.RUNNING or self._end_reason is not None or self._deadline is None:
             raise ApplicationError(f"extend: the lab is not running (phase {self._phase})", type="NotRunning")
         if self._extensions_used >= self._lab.max_extensions:
             raise ApplicationError(
                 f"extend: no extensions left ({self._extensions_used} of {self._lab.max_extensions} used)",
                 type="NoExtensionsLeft",
             )
+        timings = self._input.timings
+        left = self._deadline - workflow.now()
+        if left > timings.extend_window:
+            raise ApplicationError(
+                f"extend: allowed only in the lab's last {format_duration(timings.extend_window)} "
+                f"({_minutes(left)} left, until {self._deadline:%H:%M} UTC)",
+                type="TooEarly",
+            )
+        assert self._ready_at is not None
+        total = self._deadline + self._lab.extension - self._ready_at
+        if total > timings.max_lab_duration:
+            raise ApplicationError(
+                f"extend: the lab would last {_minutes(total)} in all, more than max_lab_duration "
+                f"{format_duration(timings.max_lab_duration)}",
+                type="OverMaxDuration",
+            )
 
     @workflow.update
     async def check(self, request: CheckRequest) -> CheckReport:
-        report = await self._run_checks()
+        if not workflow.patched(PATCH_ONE_CHECK_AT_A_TIME):  # runs from before: one activity per message
+            report = await self._run_checks()
+            self._last_check = report
+            return report
+        if self._check_task is None or self._check_task.done():  # else: join the check that runs
+            self._check_started_at = workflow.now()
+            self._check_task = asyncio.create_task(self._run_checks())
+        report = await self._check_task
         self._last_check = report
         return report
 
@@ -685,6 +738,18 @@ class LabSessionWorkflow:
     def _validate_check(self, request: CheckRequest) -> None:
         if self._phase not in (Phase.READY, Phase.RUNNING):
             raise ApplicationError(f"check: the lab is not ready (phase {self._phase})", type="NotReady")
+        if self._check_task is not None and not self._check_task.done():
+            return  # a check is running: this message joins it and gets the same report
+        interval = self._input.timings.check_min_interval
+        if self._check_started_at is not None:
+            since = workflow.now() - self._check_started_at
+            if since < interval:
+                wait = max(1, math.ceil((interval - since).total_seconds()))
+                raise ApplicationError(
+                    f"check: at most one check every {format_duration(interval)}; the last one started "
+                    f"{int(since.total_seconds())}s ago, try again in {wait}s",
+                    type="TooSoon",
+                )
 
     @workflow.signal
     def end(self, request: EndRequest) -> None:
@@ -757,9 +822,31 @@ class LabSessionWorkflow:
         return [t.result() for t in tasks]
 
 
+def _minutes(duration: timedelta) -> str:
+    """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
+    return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
+
+
 async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
     return await workflow.execute_local_activity(
         name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry
+    )
+
+
+async def _cluster_call(name: ActivityName, arg: Any, result_type: type | None, summary: str) -> Any:
+    """A short idempotent cluster call of the preparation: quick local attempts, then (API still down) a
+    regular activity retrying until it answers, so that no local activity keeps the workflow task
+    open for long. Runs from before the patch replay with their unbounded local retries."""
+    if not workflow.patched(PATCH_BOUNDED_LOCAL_RETRIES):
+        return await _local(name, arg, result_type, CLUSTER_CALL)
+    try:
+        return await _local(name, arg, result_type, QUICK_CLUSTER_CALL)
+    except ActivityError as error:
+        if error.retry_state not in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT):
+            raise  # a permanent error (or a cancel): nothing a retry would change
+    return await workflow.execute_activity(
+        name, arg, result_type=result_type, start_to_close_timeout=CLUSTER_CALL.start_to_close,
+        retry_policy=CLUSTER_RETRY, summary=f"{summary} (cluster API retry)",
     )
 
 
