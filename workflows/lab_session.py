@@ -23,7 +23,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 # Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
 with workflow.unsafe.imports_passed_through():
@@ -130,6 +130,10 @@ HEALTH_CALL = CallOptions(
 PATCH_TEARDOWN_ACTIVITIES = "teardown-as-regular-activities"
 PATCH_BOUNDED_LOCAL_RETRIES = "bounded-local-retries"
 PATCH_ONE_CHECK_AT_A_TIME = "one-check-at-a-time"
+PATCH_LOCAL_FAILURES_CAUGHT = "local-activity-failures-caught"
+# temporalio 1.35 raises a local activity's final failure as the bare ApplicationError (no ActivityError
+# around it, as a regular activity's has): code that handles a local call's failure catches both.
+CALL_FAILED = (ActivityError, ApplicationError)
 WAIT_READY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -228,7 +232,7 @@ class LabSessionWorkflow:
             outcome, checks = await self._live()
         except SessionFailed as failure:
             outcome, self._reason, self._detail = Phase.FAILED, failure.reason, failure.detail
-        except ActivityError as error:
+        except FailureError as error:  # an activity's failure (local ones arrive as a bare ApplicationError)
             outcome, self._reason = Phase.FAILED, f"{self._phase} failed: {_cause(error)}"
         except asyncio.CancelledError as cancelled:
             if workflow.cancellation_reason() is None:  # not a cancel request: the instance is evicted
@@ -554,6 +558,10 @@ class LabSessionWorkflow:
                 statuses = await self._all(self._node_status(node, HEALTH_CALL) for node in self._nodes)
             except ActivityError:
                 continue  # the cluster API did not answer: not evidence against the nodes
+            except ApplicationError:  # how a local activity's failure arrives
+                if not workflow.patched(PATCH_LOCAL_FAILURES_CAUGHT):
+                    raise  # runs from before: this ended the health watch
+                continue
             now = workflow.now()
             problems: list[str] = []
             nodes: list[BoundNode] = []
@@ -841,8 +849,9 @@ async def _cluster_call(name: ActivityName, arg: Any, result_type: type | None, 
         return await _local(name, arg, result_type, CLUSTER_CALL)
     try:
         return await _local(name, arg, result_type, QUICK_CLUSTER_CALL)
-    except ActivityError as error:
-        if error.retry_state not in (RetryState.MAXIMUM_ATTEMPTS_REACHED, RetryState.TIMEOUT):
+    except CALL_FAILED as error:
+        cause = error.cause if isinstance(error, ActivityError) and error.cause is not None else error
+        if isinstance(cause, CancelledError) or (isinstance(cause, ApplicationError) and cause.non_retryable):
             raise  # a permanent error (or a cancel): nothing a retry would change
     return await workflow.execute_activity(
         name, arg, result_type=result_type, start_to_close_timeout=CLUSTER_CALL.start_to_close,
