@@ -22,13 +22,15 @@ from labrador.temporal import connect
 
 
 def workflow_classes() -> list[type]:
+    from workflows.bulk_end import BulkEndWorkflow
     from workflows.capacity_broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
+    from workflows.webhooks import WebhookDeliveryWorkflow
 
     return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
-            *image_workflow_classes()]
+            WebhookDeliveryWorkflow, BulkEndWorkflow, *image_workflow_classes()]
 
 
 def image_workflow_classes() -> list[type]:
@@ -55,12 +57,16 @@ def build_port(settings: Settings) -> Any:
 
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
+    from activities.bulk_activities import bulk_activities
     from activities.cluster_activities import ClusterActivities
     from activities.script_activities import ScriptActivities
+    from activities.webhook_activities import WebhookActivities
 
     return [
+        *bulk_activities(),
         *ClusterActivities(port).all(),
         *ScriptActivities(port, settings).all(),
+        *WebhookActivities(settings).all(),
         *image_activities(settings).shared(),
         *pool_activities(port, settings),
     ]
@@ -80,8 +86,11 @@ def image_activities(settings: Settings) -> Any:
     on the queue that `image_worker_queue` hands out."""
     if settings.task_queue not in _IMAGE_ACTIVITIES:
         from activities.image_activities import ImageActivities
+        from labrador.published_images import published_images_store
 
-        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(
+            settings, image_worker_queue(settings.task_queue), published_images=published_images_store(settings)
+        )
     return _IMAGE_ACTIVITIES[settings.task_queue]
 
 
@@ -112,12 +121,15 @@ def build_worker(
     *,
     extra_activities: Sequence[Callable[..., Any]] = (),
 ) -> Worker:
+    from workflows.metrics import MetricsInterceptor
+
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=workflow_classes(),
         activities=[*activity_functions(port, settings), *extra_activities],
         max_concurrent_activities=200,
+        interceptors=[MetricsInterceptor()],  # labrador_* metrics; no-ops without a metrics endpoint
     )
 
 
@@ -127,17 +139,31 @@ def build_workers(client: Client, settings: Settings, port: Any) -> list[Worker]
 
 
 async def run(settings: Settings) -> None:
-    client = await connect(settings)
+    from labrador.metrics import collecting, metrics_runtime
+
+    runtime = metrics_runtime(settings)  # serves /metrics on metrics_address (SDK + labrador_* metrics)
+    client = await connect(settings, runtime)
     port = build_port(settings)
     workers = build_workers(client, settings, port)
-    logging.info("worker on %s, task queues %s, backend %s", settings.temporal_address,
-                 ", ".join(w.task_queue for w in workers), settings.cluster_backend)
-    await asyncio.gather(*(w.run() for w in workers))
+    logging.info("worker on %s, task queues %s, backend %s%s", settings.temporal_address,
+                 ", ".join(w.task_queue for w in workers), settings.cluster_backend,
+                 f", metrics on http://{settings.metrics_address}/metrics" if runtime else "")
+    async with collecting(client, settings, port, runtime):
+        await asyncio.gather(*(w.run() for w in workers))
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(load_settings(use_dev_stack=False)))
+    from cluster.secret_files import InsecureKeyFile
+    from cluster.ssh import SshError
+    from labrador.codec import CodecError
+    from labrador.settings import SettingsError
+
+    try:
+        asyncio.run(run(load_settings(use_dev_stack=False)))
+    except (SettingsError, CodecError, SshError, InsecureKeyFile) as exc:  # configuration: one line, exit 1
+        logging.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

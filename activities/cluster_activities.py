@@ -26,7 +26,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
 )
-from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError, WatchesNodes
 from workflows.models import (
     ActivityName,
     ExposeInput,
@@ -76,6 +76,8 @@ class ClusterActivities:
             self.unexpose_ssh,
             self.release_session,
             self.inventory,
+            self.pause_node,
+            self.unpause_node,
         ]
 
     @activity.defn(name=ActivityName.CLAIM_NODES)
@@ -91,7 +93,9 @@ class ClusterActivities:
     @activity.defn(name=ActivityName.WAIT_NODE_READY)
     @map_port_errors
     async def wait_node_ready(self, request: WaitReadyInput) -> NodeStatus:
-        """Poll until the node is ready; heartbeat each poll. A FAILED or vanished node is permanent.
+        """Wait until the node is ready; heartbeat at each look. A FAILED or vanished node is permanent.
+        A backend that watches (kubevirt's cache) wakes the wait on the node's next event; others
+        are asked again every `poll_interval`.
 
         The first attempt's start time travels in the heartbeat details, so a retried attempt
         (worker restart, heartbeat timeout) keeps counting `timeout` from the original start.
@@ -128,7 +132,10 @@ class ClusterActivities:
                     non_retryable=True,
                 )
             activity.heartbeat(started.isoformat())
-            await asyncio.sleep(request.poll_interval.total_seconds())
+            if isinstance(self.port, WatchesNodes):
+                await self.port.wait_node_change(request.node_id, request.poll_interval.total_seconds())
+            else:
+                await asyncio.sleep(request.poll_interval.total_seconds())
 
     @activity.defn(name=ActivityName.NODE_HEALTH)
     @map_port_errors
@@ -175,3 +182,12 @@ class ClusterActivities:
     async def inventory(self) -> Inventory:
         return await self.port.inventory()
 
+    @activity.defn(name=ActivityName.PAUSE_NODE)
+    @map_port_errors
+    async def pause_node(self, request: NodeRef) -> None:
+        await self.port.pause_node(request.node_id)
+
+    @activity.defn(name=ActivityName.UNPAUSE_NODE)
+    @map_port_errors
+    async def unpause_node(self, request: NodeRef) -> None:
+        await self.port.unpause_node(request.node_id)

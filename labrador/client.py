@@ -33,10 +33,12 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
-from labrador.published_images import PublishedImages, published_images_store, with_effective_images
+from cluster.naming import InvalidName, session_id, session_workflow_id, validate_student_id
+from cluster.published_images import PublishedImages, with_effective_images
+from labrador.codec import CodecError
+from labrador.published_images import published_images_store
 from labrador.settings import Settings
-from labs.models import Catalog, parse_duration, quantity_bytes
+from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
@@ -48,7 +50,13 @@ from workflows.models import (
     LabSessionInput,
     LabSessionResult,
     LabStatus,
+    PauseLimits,
+    PauseRequest,
+    PauseResult,
     Phase,
+    ResetLimits,
+    ResumeRequest,
+    ResumeResult,
     SessionTimings,
     WaitReadyRequest,
     WaitReadyResult,
@@ -71,8 +79,29 @@ class SessionConflict(LabError):
     pass
 
 
+class PayloadsUndecodable(LabError):
+    """This client has no codec key (or not the right one) for the stack's encrypted payloads; nothing
+    was sent. One line naming the key id and where keys are configured (CLI exit 1)."""
+
+
 class TemporalUnreachable(Exception):
     """Temporal did not answer: the infrastructure is at fault, not the request."""
+
+
+class WorkerUnavailable(TemporalUnreachable):
+    """Temporal answered but no worker did (a query or update needs one): nothing changed."""
+
+
+class Pending(Exception):
+    """The request was delivered but its effect is not confirmed yet (no worker has acted on it)."""
+
+
+class EndPending(Pending):
+    pass
+
+
+STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+MAX_REASON_CHARS = 200
 
 
 class StartedSession(BaseModel):
@@ -82,6 +111,8 @@ class StartedSession(BaseModel):
     run_id: str
     session_id: str
     ready: WaitReadyResult | None = None
+    existing: bool = False
+    """True when the student already had this lab running: start returned it instead of a new one."""
 
 
 class SessionSummary(BaseModel):
@@ -112,6 +143,33 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
     )
 
 
+def pause_limits(settings: Settings, lab: Lab) -> PauseLimits:
+    """The settings' pause rules, overridden by the lab file's `pause:` section."""
+    rules = lab.pause
+    return PauseLimits(
+        longest=rules.longest or _duration(settings.session_pause_longest),
+        total=rules.total or _duration(settings.session_pause_total),
+        max_pauses=settings.session_pause_max if rules.max_pauses is None else rules.max_pauses,
+        grade_when_expired=(settings.session_pause_expired_graded if rules.grade_when_expired is None
+                            else rules.grade_when_expired),
+    )
+
+
+def reset_limits(settings: Settings, lab: Lab) -> ResetLimits:
+    """The settings' reset rules, overridden by the lab file's `reset:` section."""
+    rules = lab.reset
+    return ResetLimits(
+        max_resets=settings.session_reset_max if rules.max_resets is None else rules.max_resets,
+        restart_time=settings.session_reset_restarts_time if rules.restart_time is None else rules.restart_time,
+    )
+
+
+def _duration(value: str) -> timedelta:
+    parsed = parse_duration(value)
+    assert isinstance(parsed, timedelta)
+    return parsed
+
+
 class LabClient:
     def __init__(
         self,
@@ -127,13 +185,18 @@ class LabClient:
         self._catalog = catalog
         self._published = published
         self.timings = timings or timings_from_settings(settings)
+        self._decodable_checked = False
 
     @classmethod
     async def connect(cls, settings: Settings, **kwargs: Any) -> LabClient:
+        from cluster.secret_files import InsecureKeyFile
+        from labrador.codec import CodecError
         from labrador.temporal import connect
 
         try:
             client = await connect(settings)
+        except (CodecError, InsecureKeyFile) as exc:  # a key file to fix, not an unreachable server
+            raise LabError(str(exc)) from None
         except (RuntimeError, RPCError, OSError) as exc:
             raise TemporalUnreachable(
                 f"Temporal at {settings.temporal_address} is unreachable ({' '.join(str(exc).split())}); "
@@ -146,11 +209,11 @@ class LabClient:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            from labrador.settings import catalog_limits
             from labs.loader import CatalogError, load_catalog
 
-            max_duration = parse_duration(self.settings.max_lab_duration)
             try:
-                self._catalog = load_catalog(self.settings.catalog_dir, max_duration=max_duration)
+                self._catalog = load_catalog(self.settings.catalog_dir, **catalog_limits(self.settings))
             except CatalogError as exc:
                 raise LabError(f"catalog {self.settings.catalog_dir} is invalid: {exc}") from exc
         return self._catalog
@@ -163,11 +226,19 @@ class LabClient:
 
     # --- messages -------------------------------------------------------------------------------
 
-    async def start(self, student_id: str, lab_name: str, wait: timedelta | None = None) -> StartedSession:
+    async def start(
+        self, student_id: str, lab_name: str, wait: timedelta | None = None, *, memo: dict[str, str] | None = None,
+        reuse_running: bool = False,
+    ) -> StartedSession:
         """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
 
-        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`."""
-        workflow_id = self._workflow_id(student_id)
+        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`. `memo` is
+        kept with the run (encrypted like payloads): the HTTP API records who started it there.
+        With `reuse_running` (the CLI) it is idempotent for the same student and lab: a second start (a
+        retry after a lost answer) returns the running session (`.existing`, with credentials when
+        `wait`); without it, or for another lab, a running lab is a SessionConflict. The HTTP API keeps
+        the conflict (its Idempotency-Key answers retries) so one app key never gets another's credentials."""
+        workflow_id = self._workflow_id(student_id, new=True)
         lab = self.catalog.labs.get(lab_name)
         if lab is None:
             known = ", ".join(sorted(self.catalog.labs)) or "none"
@@ -182,6 +253,8 @@ class LabClient:
             capacity=CapacityLimits(
                 max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
             ),
+            pause=pause_limits(self.settings, lab),
+            reset=reset_limits(self.settings, lab),
         )
         options: dict[str, Any] = dict(
             id=workflow_id,
@@ -196,8 +269,10 @@ class LabClient:
                 ]
             ),
             static_summary=f"{lab.name} for {student_id}",
+            **({"memo": memo} if memo else {}),
         )
         ready: WaitReadyResult | None = None
+        await self._require_decodable()
         try:
             if wait is None:
                 handle = await self.client.start_workflow(LabSessionWorkflow.run, request, **options)
@@ -210,11 +285,15 @@ class LabClient:
                 )
                 handle = await operation.workflow_handle()
         except WorkflowAlreadyStartedError:
-            raise await self._conflict(student_id) from None
+            if not reuse_running:
+                raise await self._conflict(student_id) from None
+            return await self._existing_or_conflict(student_id, lab.name, wait)
         except WorkflowUpdateFailedError as exc:
             raise LabError(_message(exc)) from exc
         except RPCError as exc:
             raise self._rpc_error(exc) from exc
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
         run_id = handle.result_run_id or handle.run_id or ""
         return StartedSession(
             student_id=student_id, lab_name=lab.name, workflow_id=workflow_id, run_id=run_id,
@@ -225,12 +304,15 @@ class LabClient:
         """One poll: credentials when ready, else "not ready yet" after `wait`. One update ID per call,
         kept across transport retries (Temporal answers a repeated ID with the first result)."""
         handle = self._handle(student_id)
+        await self._require_decodable()
         update_id = f"wait-ready-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
                 return await handle.execute_update(
                     LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id
                 )
+            except CodecError as exc:
+                raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
                 raise LabError(_message(exc)) from exc
             except RPCError as exc:
@@ -251,29 +333,65 @@ class LabClient:
         report: CheckReport = await self._update(student_id, LabSessionWorkflow.check, CheckRequest())
         return report
 
+    async def pause(self, student_id: str) -> PauseResult:
+        """Stop the lab's clock (SSH closed, VMs paused in place); refused unless ready/running and
+        within the lab's pause limits. The answer says when the pause would end the lab."""
+        result: PauseResult = await self._update(student_id, LabSessionWorkflow.pause, PauseRequest())
+        return result
+
+    async def resume(self, student_id: str) -> ResumeResult:
+        """Run a paused lab again; the answer has the (maybe new) SSH endpoint and the moved deadline.
+        `wait_ready` answers with the same endpoint and the student's key."""
+        result: ResumeResult = await self._update(student_id, LabSessionWorkflow.resume, ResumeRequest())
+        return result
+
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
-        """Check that a lab runs (the signal alone would not say), then signal it to end."""
+        """Check that a lab runs (the signal alone would not say), then signal it to end.
+
+        The signal is durable once sent: if no worker answers the status query afterwards, EndPending
+        says so (the lab ends when a worker picks it up) instead of reporting a failure."""
+        if len(reason) > MAX_REASON_CHARS or any(ord(c) < 32 for c in reason):
+            raise LabError(f"reason: at most {MAX_REASON_CHARS} characters on one line (got {len(reason)})")
         handle = self._handle(student_id)
+        await self._require_decodable()
         await self._require_running(student_id, handle)
         try:
             await handle.signal(LabSessionWorkflow.end, EndRequest(reason=reason))
         except RPCError as exc:
             raise self._rpc_error(exc, student_id) from exc
-        return await self.status(student_id)
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
+        try:
+            return await self.status(student_id)
+        except TemporalUnreachable:
+            raise EndPending(
+                f"end requested for {student_id!r}; the lab will end when a worker picks it up "
+                f"(no worker answered within {STATUS_QUERY_TIMEOUT.total_seconds():g} s)"
+            ) from None
 
     async def status(self, student_id: str) -> LabStatus:
         handle = self._handle(student_id)
         try:
-            status: LabStatus = await handle.query(LabSessionWorkflow.status)
+            status: LabStatus = await handle.query(LabSessionWorkflow.status, rpc_timeout=STATUS_QUERY_TIMEOUT)
         except WorkflowQueryFailedError as exc:
             raise LabError(f"status of {student_id}'s lab: {exc}") from exc
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
         except RPCError as exc:
+            if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                raise WorkerUnavailable(
+                    f"no worker answered for {student_id!r}'s lab within {STATUS_QUERY_TIMEOUT.total_seconds():g} s "
+                    f"(is a worker polling task queue {self.settings.task_queue!r}?)"
+                ) from exc
             raise self._rpc_error(exc, student_id) from exc
         return status
 
     async def result(self, student_id: str) -> LabSessionResult:
         handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))
-        return await handle.result()
+        try:
+            return await handle.result()
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
 
     async def list(self, phase: str | None = None) -> list[SessionSummary]:
         """Sessions by phase (visibility); without a phase, the running ones."""
@@ -307,9 +425,9 @@ class LabClient:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _workflow_id(self, student_id: str) -> str:
+    def _workflow_id(self, student_id: str, *, new: bool = False) -> str:
         try:
-            validate_student_id(student_id)
+            validate_student_id(student_id, existing=not new)
         except InvalidName as exc:
             raise LabError(str(exc)) from None
         return session_workflow_id(student_id)
@@ -327,10 +445,13 @@ class LabClient:
 
     async def _update(self, student_id: str, update: Any, request: BaseModel) -> Any:
         handle = self._handle(student_id)
+        await self._require_decodable()
         update_id = f"{update.__name__}-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
                 return await handle.execute_update(update, request, id=update_id)
+            except CodecError as exc:
+                raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
                 raise LabError(_message(exc)) from exc
             except RPCError as exc:
@@ -339,6 +460,41 @@ class LabClient:
                     continue
                 raise self._rpc_error(exc, student_id) from exc
         raise AssertionError("unreachable")
+
+    async def _require_decodable(self) -> None:
+        """A keyless client on an encrypted stack refuses before it writes anything (labrador.stack_codec)."""
+        if self._decodable_checked:
+            return
+        from labrador.codec import keys_text
+        from labrador.stack_codec import refuse_if_undecodable
+
+        try:
+            await refuse_if_undecodable(
+                self.client, self.settings.task_queue, has_keys=keys_text(self.settings) is not None
+            )
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
+        except RPCError as exc:
+            raise self._rpc_error(exc) from exc
+        self._decodable_checked = True
+
+    async def _existing_or_conflict(self, student_id: str, lab_name: str, wait: timedelta | None) -> StartedSession:
+        """The running session when it is the same lab (start is idempotent), else SessionConflict."""
+        handle = self._handle(student_id)
+        try:
+            description = await handle.describe()
+        except RPCError:
+            raise await self._conflict(student_id) from None
+        if description.status != Status.RUNNING or description.typed_search_attributes.get(
+            search_attributes.LAB_NAME
+        ) != lab_name:
+            raise await self._conflict(student_id)
+        run_id = description.run_id
+        ready = await self.wait_ready(student_id, wait) if wait is not None else None
+        return StartedSession(
+            student_id=student_id, lab_name=lab_name, workflow_id=description.id, run_id=run_id,
+            session_id=session_id(student_id, run_id), ready=ready, existing=True,
+        )
 
     async def _conflict(self, student_id: str) -> LabError:
         handle = self._handle(student_id)

@@ -34,11 +34,14 @@ class ActivityName(StrEnum):
     UNEXPOSE_SSH = "unexpose_ssh"
     RELEASE_SESSION = "release_session"
     INVENTORY = "inventory"
+    PAUSE_NODE = "pause_node"
+    UNPAUSE_NODE = "unpause_node"
     # scripts over SSH (activities/script_activities.py)
     CREATE_SESSION_CREDENTIALS = "create_session_credentials"
     RUN_SETUP = "run_setup"
     RUN_CHECKS = "run_checks"
     RUN_TEARDOWN_SCRIPTS = "run_teardown_scripts"
+    STEP_GUEST_CLOCKS = "step_guest_clocks"
 
 
 class Phase(StrEnum):
@@ -50,6 +53,8 @@ class Phase(StrEnum):
     EXPOSING = "exposing"
     READY = "ready"
     RUNNING = "running"
+    PAUSED = "paused"  # timers stopped, SSH unexposed, VMs paused in place (update `pause`, `resume`)
+    RESETTING = "resetting"  # fresh nodes being prepared next to the old ones (update `reset`)
     GRADING = "grading"
     TEARING_DOWN = "tearing-down"
     ENDED = "ended"
@@ -80,6 +85,22 @@ class SessionTimings(Model):
     )
 
 
+class PauseLimits(Model):
+    """Effective pause rules of one session (settings, overridden by the lab file's `pause:`)."""
+
+    longest: timedelta = timedelta(minutes=30)
+    total: timedelta = timedelta(hours=2)
+    max_pauses: int = 3
+    grade_when_expired: bool = False
+
+
+class ResetLimits(Model):
+    """Effective reset rules of one session (settings, overridden by the lab file's `reset:`)."""
+
+    max_resets: int = 1
+    restart_time: bool = False
+
+
 class LabSessionInput(Model):
     student_id: str
     lab: Lab
@@ -91,6 +112,8 @@ class LabSessionInput(Model):
         default=None,
         description="global cap (settings max_vms/max_memory): cold provisions wait in the pool's queue; None: no cap",
     )
+    pause: PauseLimits = Field(default_factory=PauseLimits)
+    reset: ResetLimits = Field(default_factory=ResetLimits)
 
 
 # --- node bindings ------------------------------------------------------------------------------
@@ -174,6 +197,18 @@ class TeardownInput(Model):
     nodes: list[BoundNode]
 
 
+class ClockStepInput(Model):
+    """After an unpause: set each guest's clock to the orchestrator's (no guest agent does it)."""
+
+    session: SessionRef
+    nodes: list[BoundNode]
+
+
+class ClockStepResult(Model):
+    stepped: list[str] = Field(default_factory=list, description="lab node names whose clock was set")
+    failed: dict[str, str] = Field(default_factory=dict, description="lab node name -> why it could not be set")
+
+
 # --- cluster activity inputs ----------------------------------------------------------------------
 
 
@@ -230,6 +265,39 @@ class ExtendResult(Model):
     extensions_left: int
 
 
+class PauseRequest(Model):
+    pass
+
+
+class PauseResult(Model):
+    paused_at: datetime
+    expires_at: datetime = Field(description="past this the lab ends with reason 'pause expired'")
+    pauses_left: int
+    pause_time_left: timedelta = Field(description="paused time left in all, this pause included")
+
+
+class ResumeRequest(Model):
+    pass
+
+
+class ResumeResult(Model):
+    endpoint: SshEndpoint
+    deadline: datetime = Field(description="moved by the time spent paused")
+    paused_seconds: float
+    clock_problems: dict[str, str] = Field(default_factory=dict, description="nodes whose clock could not be set")
+
+
+class ResetRequest(Model):
+    pass
+
+
+class ResetResult(Model):
+    endpoint: SshEndpoint
+    deadline: datetime
+    resets_left: int
+    nodes: list[BoundNode]
+
+
 class EndRequest(Model):
     reason: str = "ended by student"
 
@@ -248,10 +316,16 @@ class LabStatus(Model):
     deadline: datetime | None = None
     extensions_used: int = 0
     nodes: list[BoundNode] = Field(default_factory=list)
+    nodes_ready: int | None = Field(default=None, description="while provisioning: nodes ready so far")
     last_check: CheckReport | None = None
     queue_position: int | None = None
     reason: str | None = None
     detail: str | None = None
+    paused_at: datetime | None = Field(default=None, description="set while paused")
+    pause_expires_at: datetime | None = Field(default=None, description="set while paused")
+    pauses_used: int = 0
+    paused_seconds: float = Field(default=0.0, description="paused time so far (finished pauses)")
+    resets_used: int = 0
 
 
 class LabSessionResult(Model):

@@ -31,7 +31,9 @@ async def test_status_and_extend_answer_at_once_while_teardown_is_stuck_retrying
     cluster.faults = FaultPlan(api_error_rate=1.0, api_error_methods=["release"])  # teardown cannot finish
     await stack.labs.end(who)
     async with asyncio.timeout(20):
-        while (await stack.labs.status(who)).phase != Phase.TEARING_DOWN:
+        while True:
+            if (await stack.labs.status(who)).phase == Phase.TEARING_DOWN:
+                break
             await asyncio.sleep(0.05)
     await asyncio.sleep(3)  # several release attempts have failed and backed off by now
 

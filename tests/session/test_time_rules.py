@@ -339,8 +339,8 @@ async def test_a_session_evicted_after_every_task_behaves_the_same(
 
     async def counted_teardown(self: LabSessionWorkflow) -> None:
         # The SDK's own flag for "this instance is being evicted" (private; read only by this test).
-        runtime: Any = workflow._Runtime.current()  # noqa: SLF001
-        if runtime._deleting:  # noqa: SLF001
+        runtime: Any = workflow._Runtime.current()
+        if runtime._deleting:
             entries.append("evicted")
         elif not workflow.unsafe.is_replaying():
             entries.append("live")  # replays of the recorded teardown are not new entries
