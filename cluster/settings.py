@@ -126,6 +126,8 @@ class Settings(BaseModel):
     session_provisioning_overdue: str = Field("15m", description="a lab not ready within this fails (overdue)")
     session_health_interval: str = Field("30s", description="how often a running lab's nodes are checked")
     session_health_grace: str = Field("2m", description="how long a node may stay not-ready before the lab fails")
+    session_extend_window: str = Field("15m", description="extend is allowed only in the lab's last part")
+    session_check_min_interval: str = Field("10s", description="at most one student check per lab per interval")
     # Pause and reset limits (a lab file's `pause:` / `reset:` sections override them per lab)
     session_pause_longest: str = Field("30m", description="longest single pause; past it the lab ends (pause expired)")
     session_pause_total: str = Field("2h", description="total paused time allowed per lab")
@@ -193,6 +195,7 @@ class Settings(BaseModel):
     @field_validator(
         "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",
         "session_health_grace", "session_pause_longest", "session_pause_total", "webhook_expiring_before",
+        "session_extend_window", "session_check_min_interval",
     )
     @classmethod
     def _is_duration(cls, value: str) -> str:

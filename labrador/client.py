@@ -137,6 +137,9 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
         provisioning_overdue=duration(settings.session_provisioning_overdue),
         health_interval=duration(settings.session_health_interval),
         health_grace=duration(settings.session_health_grace),
+        max_lab_duration=duration(settings.max_lab_duration),
+        extend_window=duration(settings.session_extend_window),
+        check_min_interval=duration(settings.session_check_min_interval),
     )
 
 
