@@ -153,3 +153,18 @@ def test_every_pod_in_deploy_meets_the_restricted_profile_its_namespace_enforces
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
         assert all(set(v) & {"secret", "emptyDir", "configMap", "projected", "downwardAPI"} for v in pod["volumes"])
+
+
+def test_the_simulated_clusters_store_of_host_keys_is_private(tmp_path: Path) -> None:
+    from cluster.simulated.store import Store
+
+    old = os.umask(0o022)
+    try:
+        fresh = Store(tmp_path / "new.sqlite")  # holds the simulated nodes' SSH host private keys
+        fresh.close()
+        assert (tmp_path / "new.sqlite").stat().st_mode & 0o077 == 0
+        _file(tmp_path / "old.sqlite", b"", 0o644)  # made by an earlier version
+        Store(tmp_path / "old.sqlite").close()
+        assert (tmp_path / "old.sqlite").stat().st_mode & 0o077 == 0
+    finally:
+        os.umask(old)
