@@ -168,3 +168,14 @@ def test_the_simulated_clusters_store_of_host_keys_is_private(tmp_path: Path) ->
         assert (tmp_path / "old.sqlite").stat().st_mode & 0o077 == 0
     finally:
         os.umask(old)
+
+
+def test_the_clis_copy_of_a_student_key_is_private_even_over_an_old_file(tmp_path: Path) -> None:
+    from labrador.cli.lab_cmd import _key_file
+
+    settings = Settings(data_dir=tmp_path)
+    (tmp_path / "keys").mkdir()
+    _file(tmp_path / "keys" / "s-alice-1a2b3c.key", b"stale", 0o644)
+    path = _key_file(settings, "s-alice-1a2b3c", "-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert path.stat().st_mode & 0o077 == 0
+    assert path.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"
