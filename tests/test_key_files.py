@@ -179,3 +179,20 @@ def test_the_clis_copy_of_a_student_key_is_private_even_over_an_old_file(tmp_pat
     path = _key_file(settings, "s-alice-1a2b3c", "-----BEGIN OPENSSH PRIVATE KEY-----")
     assert path.stat().st_mode & 0o077 == 0
     assert path.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+def test_a_world_readable_docker_config_is_refused(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from image_pipeline.auth import docker_config_credentials
+    from image_pipeline.errors import PermanentError
+
+    auth = base64.b64encode(b"robot:s3cret").decode()
+    path = _file(tmp_path / "config.json", json.dumps({"auths": {"registry.example.test": {"auth": auth}}}).encode(),
+                 0o644)
+    with pytest.raises(PermanentError, match=r"setting docker_config: .*config.json has mode 0644"):
+        docker_config_credentials("registry.example.test", path)
+    path.chmod(0o640)
+    found = docker_config_credentials("registry.example.test", path)
+    assert found is not None and found.password == "s3cret"
