@@ -33,7 +33,8 @@ class ActivityName(StrEnum):
     EXPOSE_SSH = "expose_ssh"
     UNEXPOSE_SSH = "unexpose_ssh"
     RELEASE_SESSION = "release_session"
-    INVENTORY = "inventory"
+    INVENTORY = "inventory"  # the node list: only for activities and tools, never into a workflow
+    INVENTORY_SUMMARY = "inventory_summary"
     # scripts over SSH (activities/script_activities.py)
     CREATE_SESSION_CREDENTIALS = "create_session_credentials"
     RUN_SETUP = "run_setup"

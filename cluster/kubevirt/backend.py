@@ -47,6 +47,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -57,6 +58,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from labrador.naming import is_dns_label, short_hash
@@ -437,6 +439,9 @@ class KubeVirtCluster:
         return deleted
 
     # --- pool -------------------------------------------------------------------------------
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
+
     async def inventory(self) -> Inventory:
         namespaces, services, policies = await asyncio.gather(
             self._list_managed(NAMESPACES, L.managed_selector()),

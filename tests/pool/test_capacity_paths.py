@@ -126,7 +126,15 @@ async def test_gave_warm_nodes_up(pool_bed: PoolBed) -> None:
     nodes = (await pool_bed.sim.inventory()).nodes
     assert len(nodes) == 1 and nodes[0].session is not None  # only the holder's: the warm one was given up
     await end(holder)
-    await ready(waiting)
+    try:
+        await ready(waiting)
+    except AssertionError:
+        from workflows.capacity.models import CapacityState, capacity_broker_id
+        h = pool_bed.client.get_workflow_handle(capacity_broker_id(pool_bed.task_queue))
+        print("STATE", await h.query("state", result_type=CapacityState))
+        async for e in h.fetch_history_events():
+            print(e.event_type, str(e)[:300].replace("\n"," "))
+        raise
     status = await waiting.query(LabSessionWorkflow.status)
     assert [n.warm for n in status.nodes] == [False, False]
     assert (await end(waiting, "gave-warm-nodes-up")).outcome == Phase.ENDED
