@@ -80,8 +80,11 @@ def image_activities(settings: Settings) -> Any:
     on the queue that `image_worker_queue` hands out."""
     if settings.task_queue not in _IMAGE_ACTIVITIES:
         from activities.image_activities import ImageActivities
+        from labrador.published_images import published_images_store
 
-        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(settings, image_worker_queue(settings.task_queue))
+        _IMAGE_ACTIVITIES[settings.task_queue] = ImageActivities(
+            settings, image_worker_queue(settings.task_queue), published_images=published_images_store(settings)
+        )
     return _IMAGE_ACTIVITIES[settings.task_queue]
 
 
@@ -112,12 +115,15 @@ def build_worker(
     *,
     extra_activities: Sequence[Callable[..., Any]] = (),
 ) -> Worker:
+    from workflows.metrics import MetricsInterceptor
+
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=workflow_classes(),
         activities=[*activity_functions(port, settings), *extra_activities],
         max_concurrent_activities=200,
+        interceptors=[MetricsInterceptor()],  # labrador_* metrics; no-ops without a metrics endpoint
     )
 
 
@@ -127,12 +133,17 @@ def build_workers(client: Client, settings: Settings, port: Any) -> list[Worker]
 
 
 async def run(settings: Settings) -> None:
-    client = await connect(settings)
+    from labrador.metrics import collecting, metrics_runtime
+
+    runtime = metrics_runtime(settings)  # serves /metrics on metrics_address (SDK + labrador_* metrics)
+    client = await connect(settings, runtime)
     port = build_port(settings)
     workers = build_workers(client, settings, port)
-    logging.info("worker on %s, task queues %s, backend %s", settings.temporal_address,
-                 ", ".join(w.task_queue for w in workers), settings.cluster_backend)
-    await asyncio.gather(*(w.run() for w in workers))
+    logging.info("worker on %s, task queues %s, backend %s%s", settings.temporal_address,
+                 ", ".join(w.task_queue for w in workers), settings.cluster_backend,
+                 f", metrics on http://{settings.metrics_address}/metrics" if runtime else "")
+    async with collecting(client, settings, port, runtime):
+        await asyncio.gather(*(w.run() for w in workers))
 
 
 def main() -> None:

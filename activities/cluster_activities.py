@@ -78,6 +78,8 @@ class ClusterActivities:
             self.release_session,
             self.inventory,
             self.inventory_summary,
+            self.pause_node,
+            self.unpause_node,
         ]
 
     @activity.defn(name=ActivityName.CLAIM_NODES)
@@ -182,3 +184,12 @@ class ClusterActivities:
     async def inventory_summary(self) -> InventorySummary:
         return await self.port.inventory_summary()
 
+    @activity.defn(name=ActivityName.PAUSE_NODE)
+    @map_port_errors
+    async def pause_node(self, request: NodeRef) -> None:
+        await self.port.pause_node(request.node_id)
+
+    @activity.defn(name=ActivityName.UNPAUSE_NODE)
+    @map_port_errors
+    async def unpause_node(self, request: NodeRef) -> None:
+        await self.port.unpause_node(request.node_id)

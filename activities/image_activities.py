@@ -20,9 +20,10 @@ from typing import Any, ParamSpec, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from cluster.published_images import JsonFilePublishedImages, PublishedImages
+from cluster.settings import Settings
 from image_pipeline.errors import PermanentError, PipelineError
 from image_pipeline.progress import Progress
-from labrador.settings import Settings
 from workflows.image_models import (
     ArchiveRecord,
     ArchiveRequest,
@@ -120,14 +121,16 @@ def default_api_client(settings: Settings) -> Any:
 class ImageActivities:
     def __init__(self, settings: Settings, worker_queue: str, *,
                  api_client_factory: Callable[[], Any] | None = None,
-                 golden_builder: Any | None = None, published_images: Any | None = None) -> None:
+                 golden_builder: Any | None = None, published_images: PublishedImages | None = None) -> None:
         self.settings = settings
         self.worker_queue_name = worker_queue
         self.work_root = settings.image_work_dir or settings.data_dir / "image-work"
         self._api_client_factory = api_client_factory or (lambda: default_api_client(settings))
         self._api_client: Any = None
         self._golden_builder = golden_builder
-        self._published_images = published_images
+        # The shell picks the store (labrador.published_images); without one, the data dir's JSON
+        # file (what simulated mode uses).
+        self._published_images = published_images or JsonFilePublishedImages.in_data_dir(settings.data_dir)
         self.export_poll = 2.0  # seconds between export status reads
 
     # --- helpers ------------------------------------------------------------------------------
@@ -147,11 +150,7 @@ class ImageActivities:
                 self._golden_builder = SimulatedGoldenBuilder(self.settings.data_dir / "golden-builders")
         return self._golden_builder
 
-    def published_images(self) -> Any:
-        if self._published_images is None:
-            from labrador.published_images import published_images_store
-
-            self._published_images = published_images_store(self.settings)
+    def published_images(self) -> PublishedImages:
         return self._published_images
 
     def work_dir(self, key: str) -> Path:
@@ -311,7 +310,8 @@ class ImageActivities:
     @activity.defn(name=ImageActivityName.PUSH)
     @_mapped
     async def push(self, request: PushRequest) -> PushedImageModel:
-        from image_pipeline.builders import BuiltImage, make_builder
+        from image_pipeline.builders import make_builder
+        from image_pipeline.built_image import BuiltImage
         from image_pipeline.docker_builder import DockerBuilder
         from image_pipeline.reference import ImageRef
 

@@ -122,6 +122,13 @@ def wait_nodes_ready(timeout_seconds: int) -> str:
     return f"{KUBECONFIG} && kubectl wait --for=condition=Ready node --all --timeout={timeout_seconds}s"
 
 
+def step_clock(epoch_seconds: float) -> str:
+    """Set the guest clock after an unpause (a paused guest's clock lags by the paused time and no
+    guest agent corrects it). chrony, if it runs, is told to step too, else it would slew for hours."""
+    return (f"date -u -s @{epoch_seconds:.3f} >/dev/null"
+            " && { chronyc -a makestep >/dev/null 2>&1 || true; }")
+
+
 # What a simulated node (cluster.simulated, which records commands and answers success with no
 # output by default) must print for the platform's setup steps to succeed: rules in the simulated
 # backend's scenario format. Use them as its default scenario in `labrador dev` and in tests.

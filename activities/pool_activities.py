@@ -19,12 +19,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cluster_activities import map_port_errors
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
-from labrador.published_images import PublishedImages, with_effective_images
+from cluster.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
 from workflows.capacity.models import (
     CAPACITY_BROKER_WORKFLOW,
     BrokerSettings,
     BrokerState,
+    CapacityActivityName,
     CapacityLimits,
     CapacityNotice,
     CapacityRelease,
@@ -131,17 +132,17 @@ class PoolActivities:
             activity.logger.info("pool node %s was claimed meanwhile; not deleted", request.node_id)
         return UnclaimedNodeDeletion(node_id=request.node_id, deleted=deleted)
 
-    @activity.defn(name=PoolActivityName.ADMIT_CAPACITY)
+    @activity.defn(name=CapacityActivityName.ADMIT_CAPACITY)
     async def admit_capacity(self, request: CapacityRequest) -> CapacityNotice:
         """Ask the broker by update-with-start: one round trip, the broker's answer is the result."""
         return await self._update_with_start("admit", request, request.limits, CapacityNotice)
 
-    @activity.defn(name=PoolActivityName.REQUEST_CAPACITY)
+    @activity.defn(name=CapacityActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:
         """Sessions before ticket numbers: the answer comes later as `capacity_notice` signals."""
         await self._signal_with_start("request", request, request.limits)
 
-    @activity.defn(name=PoolActivityName.RELEASE_CAPACITY)
+    @activity.defn(name=CapacityActivityName.RELEASE_CAPACITY)
     async def release_capacity(self, release: CapacityRelease) -> None:
         try:
             await self.client().get_workflow_handle(self._broker_id()).signal("release", release)
@@ -149,11 +150,11 @@ class PoolActivities:
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise  # no broker: nothing is held
 
-    @activity.defn(name=PoolActivityName.RESERVE_POOL_CAPACITY)
+    @activity.defn(name=CapacityActivityName.RESERVE_POOL_CAPACITY)
     async def reserve_pool_capacity(self, reservation: PoolReservation) -> PoolReservationResult:
         return await self._update_with_start("reserve_pool", reservation, reservation.limits, PoolReservationResult)
 
-    @activity.defn(name=PoolActivityName.CAPACITY_USAGE)
+    @activity.defn(name=CapacityActivityName.CAPACITY_USAGE)
     @map_port_errors
     async def capacity_usage(self, request: CapacityUsageInput) -> CapacityUsage:
         """The cluster as counts for the broker, plus what exists of the grants it has in flight

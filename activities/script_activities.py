@@ -29,8 +29,8 @@ from temporalio.exceptions import ApplicationError
 from activities import node_commands as commands
 from cluster.models import SessionRef, SshTarget
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
-from labrador.settings import Settings
-from labrador.ssh import (
+from cluster.settings import Settings
+from cluster.ssh import (
     CommandInterrupted,
     CommandResult,
     HostKeyMismatch,
@@ -48,6 +48,8 @@ from workflows.models import (
     CheckReport,
     CheckResult,
     ChecksInput,
+    ClockStepInput,
+    ClockStepResult,
     ScriptResult,
     SessionCredentials,
     SetupInput,
@@ -66,6 +68,8 @@ EXCERPT_CHARS = 1000
 TEARDOWN_RETRY = RetryPolicy(attempts=2, initial_backoff=0.5, connect_timeout=10.0)
 CHECK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.5, connect_timeout=10.0)
 """Checks answer a waiting student (the `check` update): give up on an unreachable node sooner."""
+CLOCK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.5, connect_timeout=10.0)
+"""A just-unpaused guest may take a moment before its sshd answers again."""
 
 
 class SetupProgress(BaseModel):
@@ -144,7 +148,8 @@ class ScriptActivities:
         return self._runner
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.create_session_credentials, self.run_setup, self.run_checks, self.run_teardown_scripts]
+        return [self.create_session_credentials, self.run_setup, self.run_checks, self.run_teardown_scripts,
+                self.step_guest_clocks]
 
     async def _target(self, node: BoundNode) -> SshTarget:
         try:
@@ -392,6 +397,36 @@ class ScriptActivities:
                                                     output=f"not run: {exc}",
                                                     duration_seconds=round(time.monotonic() - started, 3)))
         return SetupResult(scripts=results)
+
+
+    # --- clocks after a pause ----------------------------------------------------------------
+
+    @activity.defn(name=ActivityName.STEP_GUEST_CLOCKS)
+    async def step_guest_clocks(self, data: ClockStepInput) -> ClockStepResult:
+        """Set every node's clock to now, in parallel. Never raises for a node: a clock that could
+        not be set is reported (the lab goes on with a lagging clock rather than not at all)."""
+        runner = self.runner.with_retry(CLOCK_RETRY)
+        result = ClockStepResult()
+
+        async def one(node: BoundNode) -> None:
+            try:
+                target = await self._port.ssh_target(node.node_id)
+                # The time is taken right before the command leaves, not when the activity started.
+                outcome = await runner.run(target, commands.step_clock(time.time()), timeout_seconds=20,
+                                           host_key=node.host_key, node=node.name)
+            except (SshError, ClusterUnavailable, PermanentClusterError) as exc:
+                result.failed[node.name] = f"not set: {exc}"
+                return
+            if outcome.ok:
+                result.stepped.append(node.name)
+            else:
+                result.failed[node.name] = f"exit code {outcome.exit_code}: {excerpt(outcome.output, 300)}"
+
+        async with heartbeating(lambda: len(result.stepped)):
+            await asyncio.gather(*(one(node) for node in data.nodes))
+        order = {n.name: i for i, n in enumerate(data.nodes)}
+        result.stepped.sort(key=lambda name: order[name])
+        return result
 
 
 def _runs_on(script: Script, node: BoundNode) -> bool:

@@ -3,7 +3,7 @@
     python -m bench.pool_sim --seed 7 --days 7
 
 Model (10-second steps): every minute a refill tops each class up to its target (static: N; demand
--aware: labrador.pool_policy.target) and, for the demand-aware pool, deletes free nodes above the
+-aware: workflows.pool_policy.target) and, for the demand-aware pool, deletes free nodes above the
 target. A lab start takes one control-plane node and 0-2 workers; it is an *instant claim* when every
 node it needs is free, otherwise it cold-provisions what is missing. A new node boots in a random time
 (default 45-150 s). Idle VM-hours count free and provisioning pool nodes (what the pool costs).
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bench.demand_trace import LabStart, generate
-from labrador import pool_policy
-from labrador.pool_policy import ClassDemand, SizingParams
+from workflows import pool_policy
+from workflows.pool_policy import ClassDemand, SizingParams
 
 STEP = 10 / 60  # minutes
 CLASSES = ("controlplane", "worker")

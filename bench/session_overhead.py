@@ -37,9 +37,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from cluster.models import NodeSpec, SessionRef
+from cluster.published_images import JsonFilePublishedImages
 from labrador.binaries import temporal_cli
 from labrador.client import LabClient
-from labrador.published_images import JsonFilePublishedImages
 from labrador.settings import PACKAGE_LABS_DIR, Settings
 from labs.loader import load_catalog
 from labs.models import Catalog

@@ -60,6 +60,7 @@ class NodePhase(StrEnum):
     NOT_READY = "not-ready"  # was ready, stopped being ready (health)
     FAILED = "failed"  # permanent: image pull error, unschedulable, VMI Failed
     MISSING = "missing"
+    PAUSED = "paused"  # paused in place (pause_node): memory and disk kept, no CPU, SSH does not answer
 
 
 class NodeStatus(Model):

@@ -74,6 +74,17 @@ class ClusterPort(Protocol):
         this for the nodes it drops; a session's own nodes go with `delete_node`/`release`."""
         ...
 
+    async def pause_node(self, node_id: str) -> None:
+        """Freeze the node in place: memory and disk state are kept, it uses no CPU, its SSH stops
+        answering, and `node_status` reports PAUSED. Pausing a paused node is success.
+        NodeNotFound if absent; PermanentClusterError if it is not running (cannot be paused)."""
+        ...
+
+    async def unpause_node(self, node_id: str) -> None:
+        """Let a paused node run again (SSH answers again; its guest clock lags by the paused time,
+        which the session steps). Unpausing a node that is not paused is success. NodeNotFound if absent."""
+        ...
+
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:
         """Claim free nodes for a session, exclusively (never one node for two sessions). Returns

@@ -8,47 +8,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Protocol
-
 from image_pipeline.auth import Credentials
-from image_pipeline.progress import ProgressCallback, ignore
-from image_pipeline.reference import ImageRef
+from image_pipeline.built_image import Builder, BuilderName, BuiltImage, PushedImage
+from image_pipeline.daemonless import DaemonlessBuilder
+from image_pipeline.docker_builder import DockerBuilder
 
-BuilderName = Literal["daemonless", "docker"]
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    builder: str
-    target: str  # registry/repository:tag
-    layer_digest: str | None = None
-    layer_size: int | None = None
-    manifest: str | None = None  # daemonless: the manifest to put under the tag
-    image_id: str | None = None  # docker: the local image
-
-
-@dataclass(frozen=True)
-class PushedImage:
-    reference: str  # registry/repository@sha256:...
-    tagged: str  # registry/repository:tag
-    digest: str
-    layer_digest: str | None = None
-
-
-class Builder(Protocol):
-    async def build(self, disk: Path, target: ImageRef, progress: ProgressCallback = ignore) -> BuiltImage: ...
-
-    async def push(self, built: BuiltImage, progress: ProgressCallback = ignore) -> PushedImage: ...
+__all__ = ["Builder", "BuilderName", "BuiltImage", "PushedImage", "make_builder"]
 
 
 def make_builder(name: BuilderName, credentials: Credentials | None, *, insecure: bool = False,
                  docker_host: str | None = None) -> Builder:
     if name == "docker":
-        from image_pipeline.docker_builder import DockerBuilder
-
         return DockerBuilder(credentials, docker_host=docker_host)
-    from image_pipeline.daemonless import DaemonlessBuilder
-
     return DaemonlessBuilder(credentials, insecure=insecure)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from image_pipeline.auth import Credentials
-from image_pipeline.builders import BuiltImage, PushedImage
+from image_pipeline.built_image import BuiltImage, PushedImage
 from image_pipeline.layer import iter_layer, layer_size
 from image_pipeline.progress import Progress, ProgressCallback, ignore
 from image_pipeline.reference import ImageRef

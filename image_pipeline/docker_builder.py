@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from image_pipeline.auth import Credentials
-from image_pipeline.builders import BuiltImage, PushedImage
+from image_pipeline.built_image import BuiltImage, PushedImage
 from image_pipeline.errors import PermanentError, PipelineError
 from image_pipeline.progress import Progress, ProgressCallback, ignore
 from image_pipeline.reference import ImageRef

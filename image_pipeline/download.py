@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import ssl as ssl_module
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,8 +199,9 @@ async def download_export(
     progress: ProgressCallback = ignore, verify_tls: bool | str = True,
 ) -> DownloadResult:
     """Prefer `raw` (resumable); fall back to `gzip` when raw is not offered or not found."""
-    ssl: object = verify_tls if not isinstance(verify_tls, str) else __import__("ssl").create_default_context(
-        cafile=verify_tls)
+    ssl: object = (
+        verify_tls if not isinstance(verify_tls, str) else ssl_module.create_default_context(cafile=verify_tls)
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl)) as session:  # type: ignore[arg-type]
         if raw_url:

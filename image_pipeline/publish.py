@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from labrador.published_images import PublishedImage, PublishedImages, now
+from cluster.published_images import PublishedImage, PublishedImages, now
 
 
 def publish(store: PublishedImages, node_class: str, reference: str, digest: str, tag: str | None,

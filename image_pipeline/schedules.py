@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from labrador.settings import Settings
+from cluster.settings import Settings
 from labs.models import NodeClass
 from workflows.image_models import IMAGE_BUILD_WORKFLOW, ImageBuildInput, ImageSource, SourceKind
 

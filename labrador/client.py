@@ -33,10 +33,11 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from labrador.naming import InvalidName, session_id, session_workflow_id, validate_student_id
-from labrador.published_images import PublishedImages, published_images_store, with_effective_images
+from cluster.naming import InvalidName, session_id, session_workflow_id, validate_student_id
+from cluster.published_images import PublishedImages, with_effective_images
+from labrador.published_images import published_images_store
 from labrador.settings import Settings
-from labs.models import Catalog, parse_duration, quantity_bytes
+from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
 from workflows.capacity.models import CapacityLimits, CapacityNotice, PositionRequest, capacity_broker_id
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
@@ -49,7 +50,13 @@ from workflows.models import (
     LabSessionInput,
     LabSessionResult,
     LabStatus,
+    PauseLimits,
+    PauseRequest,
+    PauseResult,
     Phase,
+    ResetLimits,
+    ResumeRequest,
+    ResumeResult,
     SessionTimings,
     WaitReadyRequest,
     WaitReadyResult,
@@ -109,6 +116,33 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
     )
 
 
+def pause_limits(settings: Settings, lab: Lab) -> PauseLimits:
+    """The settings' pause rules, overridden by the lab file's `pause:` section."""
+    rules = lab.pause
+    return PauseLimits(
+        longest=rules.longest or _duration(settings.session_pause_longest),
+        total=rules.total or _duration(settings.session_pause_total),
+        max_pauses=settings.session_pause_max if rules.max_pauses is None else rules.max_pauses,
+        grade_when_expired=(settings.session_pause_expired_graded if rules.grade_when_expired is None
+                            else rules.grade_when_expired),
+    )
+
+
+def reset_limits(settings: Settings, lab: Lab) -> ResetLimits:
+    """The settings' reset rules, overridden by the lab file's `reset:` section."""
+    rules = lab.reset
+    return ResetLimits(
+        max_resets=settings.session_reset_max if rules.max_resets is None else rules.max_resets,
+        restart_time=settings.session_reset_restarts_time if rules.restart_time is None else rules.restart_time,
+    )
+
+
+def _duration(value: str) -> timedelta:
+    parsed = parse_duration(value)
+    assert isinstance(parsed, timedelta)
+    return parsed
+
+
 class LabClient:
     def __init__(
         self,
@@ -160,10 +194,13 @@ class LabClient:
 
     # --- messages -------------------------------------------------------------------------------
 
-    async def start(self, student_id: str, lab_name: str, wait: timedelta | None = None) -> StartedSession:
+    async def start(
+        self, student_id: str, lab_name: str, wait: timedelta | None = None, *, memo: dict[str, str] | None = None
+    ) -> StartedSession:
         """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
 
-        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`."""
+        With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`. `memo` is
+        kept with the run (encrypted like payloads): the HTTP API records who started it there."""
         workflow_id = self._workflow_id(student_id)
         lab = self.catalog.labs.get(lab_name)
         if lab is None:
@@ -179,6 +216,8 @@ class LabClient:
             capacity=CapacityLimits(
                 max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
             ),
+            pause=pause_limits(self.settings, lab),
+            reset=reset_limits(self.settings, lab),
         )
         options: dict[str, Any] = dict(
             id=workflow_id,
@@ -193,6 +232,7 @@ class LabClient:
                 ]
             ),
             static_summary=f"{lab.name} for {student_id}",
+            **({"memo": memo} if memo else {}),
         )
         ready: WaitReadyResult | None = None
         try:
@@ -247,6 +287,18 @@ class LabClient:
     async def check(self, student_id: str) -> CheckReport:
         report: CheckReport = await self._update(student_id, LabSessionWorkflow.check, CheckRequest())
         return report
+
+    async def pause(self, student_id: str) -> PauseResult:
+        """Stop the lab's clock (SSH closed, VMs paused in place); refused unless ready/running and
+        within the lab's pause limits. The answer says when the pause would end the lab."""
+        result: PauseResult = await self._update(student_id, LabSessionWorkflow.pause, PauseRequest())
+        return result
+
+    async def resume(self, student_id: str) -> ResumeResult:
+        """Run a paused lab again; the answer has the (maybe new) SSH endpoint and the moved deadline.
+        `wait_ready` answers with the same endpoint and the student's key."""
+        result: ResumeResult = await self._update(student_id, LabSessionWorkflow.resume, ResumeRequest())
+        return result
 
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
         """Check that a lab runs (the signal alone would not say), then signal it to end."""

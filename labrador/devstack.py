@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
+from labrador.api.keys import ensure_dev_api_keys
+from labrador.api.server import build_server, serve, wait_started
 from labrador.binaries import temporal_cli
+from labrador.client import LabClient
 from labrador.codec import ensure_dev_codec_keys
+from labrador.metrics import Collector, metrics_runtime
 from labrador.schedules import apply_schedules
 from labrador.settings import Settings, dev_state_file, load_settings, running_dev_stack
 from labrador.temporal import connect
@@ -48,6 +53,8 @@ class DevStackConfig:
     ui_port: int = 8233
     ip: str = "127.0.0.1"
     log_level: str = "warn"
+    api_port: int = 8088
+    metrics_port: int = 9464
 
     @property
     def address(self) -> str:
@@ -56,6 +63,14 @@ class DevStackConfig:
     @property
     def ui_url(self) -> str:
         return f"http://{self.ip}:{self.ui_port}"
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.ip}:{self.api_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return f"{self.ip}:{self.metrics_port}"
 
 
 def server_command(config: DevStackConfig) -> list[str]:
@@ -77,6 +92,7 @@ def write_state(path: Path, settings: Settings, ui_url: str) -> None:
     state = {
         "pid": os.getpid(),
         "ui_url": ui_url,
+        "api_url": f"http://{settings.api_address}",
         "settings": {
             "temporal_address": settings.temporal_address,
             "temporal_namespace": settings.temporal_namespace,
@@ -84,6 +100,9 @@ def write_state(path: Path, settings: Settings, ui_url: str) -> None:
             "data_dir": str(settings.data_dir),
             "cluster_backend": settings.cluster_backend,
             **({"codec_keys_file": str(settings.codec_keys_file)} if settings.codec_keys_file else {}),
+            "api_address": settings.api_address,
+            **({"api_keys_file": str(settings.api_keys_file)} if settings.api_keys_file else {}),
+            **({"metrics_address": settings.metrics_address} if settings.metrics_address else {}),
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,33 +138,49 @@ class DevStack:
                 "temporal_address": self.config.address,
                 "data_dir": self.config.data_dir,
                 "cluster_backend": "simulated",
+                "api_address": self.config.api_address,
+                "metrics_address": self.config.metrics_address,
             },
             use_dev_stack=False,
         )
         # Dev histories are encrypted like production ones; the key file is published in the state file.
         settings = ensure_dev_codec_keys(settings)
+        # The HTTP API needs keys: one per scope in the data dir unless configured (printed in the banner).
+        settings = ensure_dev_api_keys(settings)
         state_file = dev_state_file()
         try:
-            client = await self._start_server(settings)
+            runtime = metrics_runtime(settings)  # the worker's /metrics (SDK + labrador_* metrics)
+            client = await self._start_server(settings, runtime)
             from worker import build_port, build_workers
 
             port = build_port(settings)
             workers = build_workers(client, settings, port)
             # The pool refills (and images rebuild) on their schedules in dev too, as in production.
             await apply_schedules(client, settings)
+            api = build_server(settings, LabClient(client, settings))
+            api_stop = asyncio.Event()
+            api_task = asyncio.create_task(serve(api, api_stop))
+            await wait_started(api, api_task)
             write_state(state_file, settings, self.config.ui_url)
             if on_ready is not None:
                 on_ready(settings)
-            running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers))
+            collector = Collector(client, settings, port, runtime.metric_meter) if runtime else None
+            sampling = asyncio.create_task(collector.run()) if collector else None
+            running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers), api_task)
             stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait([running, stop_task], return_when=asyncio.FIRST_COMPLETED)
             if running in done:
                 stop_task.cancel()
                 running.result()  # a worker died: say why
             else:
+                api_stop.set()
                 await asyncio.gather(*(worker.shutdown() for worker in workers))
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
+            if sampling is not None:
+                sampling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampling
             close = getattr(port, "aclose", None)
             if close is not None:
                 await close()
@@ -163,7 +198,7 @@ class DevStack:
             start_new_session=True,  # our shutdown order, not the terminal's Ctrl-C, stops it
         )
 
-    async def _start_server(self, settings: Settings) -> Client:
+    async def _start_server(self, settings: Settings, runtime: Runtime | None = None) -> Client:
         self.server = self._spawn_server()
         deadline = asyncio.get_running_loop().time() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
@@ -173,7 +208,7 @@ class DevStack:
                     f"temporal server exited with {self.server.returncode}; see {self.config.data_dir / 'temporal.log'}"
                 )
             try:
-                client = await connect(settings)
+                client = await connect(settings, runtime)
                 await client.service_client.check_health()
                 return client
             except Exception as exc:  # not up yet

@@ -1,95 +1,19 @@
-"""The published-images store: which containerDisk image each node class runs now.
-
-The image pipeline publishes a new digest per node class; every reader (session start, pool
-refill, `labrador image list`) asks this store. The effective image of a class is the published
-reference when present, else the catalog's base image. One key per node class.
-Backends: a JSON file in the data directory (simulated mode, here) and a ConfigMap in the worker's
-namespace (kubevirt mode, `cluster.kubevirt.published_images`).
-"""
+"""Which published-images store this process uses (the model and stores: `cluster.published_images`)."""
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
-import tempfile
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Protocol
-
-from pydantic import BaseModel
-
-from labrador.settings import Settings
-from labs.models import NodeClass
-
-
-class PublishedImage(BaseModel):
-    node_class: str
-    reference: str  # repository@sha256:... (pinned by digest)
-    tag: str | None = None
-    digest: str
-    published_at: datetime
-
-
-class PublishedImages(Protocol):
-    def all(self) -> dict[str, PublishedImage]: ...
-
-    def publish(self, image: PublishedImage) -> None: ...
-
-
-class JsonFilePublishedImages:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def in_data_dir(cls, data_dir: Path) -> JsonFilePublishedImages:
-        return cls(data_dir / "published-images.json")
-
-    def all(self) -> dict[str, PublishedImage]:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        return {name: PublishedImage.model_validate(item) for name, item in raw.items()}
-
-    def publish(self, image: PublishedImage) -> None:
-        current = {k: v.model_dump(mode="json") for k, v in self.all().items()}
-        current[image.node_class] = image.model_dump(mode="json")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".published-images.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(current, handle, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+from cluster.published_images import JsonFilePublishedImages, PublishedImages
+from cluster.settings import Settings
 
 
 def published_images_store(settings: Settings) -> PublishedImages:
     """ConfigMap in the worker's namespace in kubevirt mode, JSON file in the data dir otherwise."""
     if settings.cluster_backend == "kubevirt":
-        # The ConfigMap store and its API wrapper live with the kubevirt backend; looked up by name
-        # so this module does not import the Kubernetes client in simulated mode.
-        api = importlib.import_module("cluster.kubevirt.api")
-        configmap_store = importlib.import_module("cluster.kubevirt.published_images")
-        kube_config = getattr(settings, "kube_config", None)
-        client = api.KubeApi(api.load_api_client(str(kube_config) if kube_config else None))
-        store: PublishedImages = configmap_store.ConfigMapPublishedImages(client, settings.kube_namespace)
-        return store
+        # Imported here so simulated mode never loads the Kubernetes client.
+        from cluster.kubevirt.api import KubeApi, load_api_client
+        from cluster.kubevirt.published_images import ConfigMapPublishedImages
+
+        kube_config = settings.kube_config
+        client = KubeApi(load_api_client(str(kube_config) if kube_config else None))
+        return ConfigMapPublishedImages(client, settings.kube_namespace)
     return JsonFilePublishedImages.in_data_dir(settings.data_dir)
-
-
-def effective_image(node_class: NodeClass, published: dict[str, PublishedImage]) -> str:
-    image = published.get(node_class.name)
-    return image.reference if image else node_class.image
-
-
-def with_effective_images(
-    classes: dict[str, NodeClass], published: dict[str, PublishedImage]
-) -> dict[str, NodeClass]:
-    """Copies of the classes whose `image` is the effective image (what a workflow input carries)."""
-    return {
-        name: cls.model_copy(update={"image": effective_image(cls, published)}) for name, cls in classes.items()
-    }
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -459,6 +459,37 @@ def format_path(path: tuple[str | int, ...]) -> str:
     return text or "(root)"
 
 
+class PauseRules(Strict):
+    """How a student may stop the clock (lab `pause` / `resume`). Unset fields take the settings."""
+
+    longest: PositiveDuration | None = Field(
+        default=None, description="longest single pause; past it the lab ends with reason 'pause expired' "
+        "(default: setting session_pause_longest, 30m)"
+    )
+    total: PositiveDuration | None = Field(
+        default=None, description="paused time allowed in all (default: setting session_pause_total, 2h)"
+    )
+    max_pauses: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="how many pauses (0: no pausing; default: setting session_pause_max, 3)"
+    )
+    grade_when_expired: bool | None = Field(
+        default=None, description="grade a lab whose pause expired (default: setting session_pause_expired_graded, "
+        "false)"
+    )
+
+
+class ResetRules(Strict):
+    """Fresh nodes of the same lab in the same session (lab `reset`). Unset fields take the settings."""
+
+    max_resets: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="how many resets (0: no reset; default: setting session_reset_max, 1)"
+    )
+    restart_time: bool | None = Field(
+        default=None, description="a reset gives the full duration again instead of keeping the time left "
+        "(default: setting session_reset_restarts_time, false)"
+    )
+
+
 class _LabFields(Strict):
     name: DnsLabel
     title: str
@@ -472,6 +503,8 @@ class _LabFields(Strict):
     )
     scripts: Scripts = Field(default_factory=Scripts)
     checks: list[Check] = Field(default_factory=list)
+    pause: PauseRules = Field(default_factory=PauseRules, description="limits of pausing the lab")
+    reset: ResetRules = Field(default_factory=ResetRules, description="limits of resetting the lab to fresh nodes")
 
     @property
     def effective_duration(self) -> timedelta:

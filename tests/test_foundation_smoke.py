@@ -1,4 +1,4 @@
-from labrador.naming import dns_label, session_id, session_workflow_id
+from cluster.naming import dns_label, session_id, session_workflow_id
 
 
 def test_dns_label_keeps_valid_names_and_sanitises_others() -> None:

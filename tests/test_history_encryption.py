@@ -25,9 +25,9 @@ from temporalio.worker import Worker
 
 from activities.script_activities import ScriptActivities
 from cluster.models import SessionRef, SshTarget
+from cluster.ssh import RetryPolicy, SshRunner
 from labrador.codec import new_key_entry
 from labrador.settings import Settings
-from labrador.ssh import RetryPolicy, SshRunner
 from labrador.temporal import data_converter
 from labs.models import Check
 from tests.codec_probe_workflow import CodecProbeWorkflow, ProbeInput, ProbeResult

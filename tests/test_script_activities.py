@@ -17,8 +17,8 @@ from activities import node_commands
 from activities.script_activities import ScriptActivities, SetupProgress
 from cluster.models import SessionRef, SshTarget
 from cluster.port import NodeNotFound
+from cluster.ssh import RetryPolicy, SshRunner
 from labrador.settings import Settings
-from labrador.ssh import RetryPolicy, SshRunner
 from labs.models import Check, Lab
 from tests.sshd import LoopbackSshd
 from workflows.models import BoundNode, ChecksInput, SetupInput, SetupResult, TeardownInput

@@ -14,11 +14,11 @@ from activities.script_activities import ScriptActivities
 from cluster.models import NodeSpec, SessionRef
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.scenario import Scenario, ScenarioRule
+from cluster.ssh import RetryPolicy, SshRunner
 from labrador.settings import Settings
-from labrador.ssh import RetryPolicy, SshRunner
 from labs.models import Check, ContainerDiskSource, Role
 from tests.test_script_activities import STUDENT_KEY, make_lab
-from workflows.models import BoundNode, ChecksInput, SetupInput
+from workflows.models import BoundNode, ChecksInput, ClockStepInput, SetupInput
 
 SESSION = SessionRef(session_id="s-sim", workflow_id="lab-bob", run_id="run-1")
 
@@ -73,3 +73,23 @@ async def test_setup_and_checks_run_against_simulated_nodes(
                               "expect": {"stdout": "^active$"}, "points": 5}),
     ]))
     assert [r.passed for r in report.results] == [True, False] and report.score == 5
+
+
+@pytest.mark.timeout(30)
+async def test_guest_clocks_are_stepped_to_now_and_a_silent_node_is_reported(
+    sim: tuple[SimulatedCluster, ScriptActivities, list[BoundNode]],
+) -> None:
+    import re
+    import time
+
+    cluster, activities, nodes = sim
+    await cluster.pause_node("sim-node02")  # its sshd does not answer: reported, not raised
+    before = time.time()
+    result = await ActivityEnvironment().run(activities.step_guest_clocks, ClockStepInput(session=SESSION, nodes=nodes))
+    after = time.time()
+    assert result.stepped == ["controlplane", "node01"] and list(result.failed) == ["node02"]
+    (command,) = cluster.commands("sim-node01")
+    assert command == node_commands.step_clock(float(re.search(r"@([0-9.]+)", command).group(1)))  # type: ignore[union-attr]
+    stepped_to = float(re.search(r"@([0-9.]+)", command).group(1))  # type: ignore[union-attr]
+    assert before <= stepped_to <= after
+    assert cluster.commands("sim-node02") == []

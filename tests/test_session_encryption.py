@@ -16,10 +16,10 @@ from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated.scenario import Scenario, ScenarioRule
 from labrador.client import LabClient
 from labrador.codec import new_key_entry
-from labrador.published_images import JsonFilePublishedImages
 from labrador.settings import PACKAGE_LABS_DIR, Settings
 from labrador.temporal import data_converter
 from labs.loader import load_catalog

@@ -10,8 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from labrador.settings import Settings
-from labrador.ssh import (
+from cluster.ssh import (
     OUTPUT_LIMIT,
     AuthenticationFailed,
     HostKeyMismatch,
@@ -22,6 +21,7 @@ from labrador.ssh import (
     platform_public_key,
     truncate,
 )
+from labrador.settings import Settings
 from tests.sshd import LoopbackSshd, free_port
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.2, max_backoff=0.5, connect_timeout=5)
@@ -165,7 +165,7 @@ def test_dev_platform_key_is_generated_once_into_the_data_dir(tmp_path: Path) ->
 
 
 def test_kubevirt_backend_requires_a_configured_key(tmp_path: Path) -> None:
-    from labrador.ssh import SshError
+    from cluster.ssh import SshError
 
     with pytest.raises(SshError, match="ssh_private_key"):
         platform_key_path(Settings(data_dir=tmp_path, cluster_backend="kubevirt"))

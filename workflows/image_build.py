@@ -25,7 +25,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
-    from labrador.naming import dns_label, short_hash
+    from cluster.naming import dns_label, short_hash
     from workflows.image_models import (
         IMAGE_BUILD_WORKFLOW,
         ArchiveRecord,

@@ -37,9 +37,9 @@ with workflow.unsafe.imports_passed_through():
         SessionWiring,
         SshEndpoint,
     )
-    from labrador.naming import dns_label, session_id
+    from cluster.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
-    from workflows import search_attributes
+    from workflows import metrics, search_attributes
     from workflows.capacity.gate import CapacityGate, CapacityRefused
     from workflows.models import (
         ActivityName,
@@ -47,6 +47,8 @@ with workflow.unsafe.imports_passed_through():
         CheckReport,
         CheckRequest,
         ChecksInput,
+        ClockStepInput,
+        ClockStepResult,
         EndRequest,
         ExposeInput,
         ExtendRequest,
@@ -55,9 +57,13 @@ with workflow.unsafe.imports_passed_through():
         LabSessionResult,
         LabStatus,
         NodeRef,
+        PauseRequest,
+        PauseResult,
         Phase,
         ProvisionInput,
         ReleaseResult,
+        ResumeRequest,
+        ResumeResult,
         SessionCredentials,
         SessionIdInput,
         SetupInput,
@@ -142,6 +148,17 @@ SCRIPT_HEARTBEAT = timedelta(seconds=30)  # the script activities heartbeat ever
 # The platform part of setup (student key, kubeadm join, nodes Ready) on top of the lab's own scripts.
 SETUP_PLATFORM_STEPS = timedelta(minutes=10)
 MAX_WAIT_READY = timedelta(minutes=5)
+# Pause/resume answer a waiting student: bounded retries, then the update fails with the cause.
+PAUSE_CALL = CallOptions(
+    timedelta(seconds=30),
+    RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+                maximum_interval=timedelta(seconds=5), maximum_attempts=6),
+)
+CLOCK_STEP_TIMEOUT = timedelta(minutes=2)
+# Marks the runs that used pause/resume/reset (recorded the first time one of them runs). Runs that
+# never did take exactly the commands they took before these messages existed.
+PAUSE_PATCH = "pause-resume-reset"
+PAUSE_EXPIRED = "pause expired"
 
 
 class SessionFailed(Exception):
@@ -202,6 +219,13 @@ class LabSessionWorkflow:
         self._version = 0
         self._seen_version = 0
         self._evicted = False
+        # Pause/resume/reset (one at a time: `_busy` names the one under way).
+        self._busy: str | None = None
+        self._paused_at: datetime | None = None
+        self._phase_before_pause = Phase.RUNNING
+        self._pauses_used = 0
+        self._paused_total = timedelta(0)
+        self._resets_used = 0
 
     # --- the story --------------------------------------------------------------------------------
 
@@ -220,7 +244,12 @@ class LabSessionWorkflow:
                 outcome, self._reason = Phase.ENDED, ended_early
             else:
                 outcome, self._reason = await self._run_until_the_end()
-                if self._reason != "unclaimed":
+                grade = self._reason != "unclaimed" and (
+                    self._reason != PAUSE_EXPIRED or self._input.pause.grade_when_expired
+                )
+                if self._paused_at is not None and (grade or self._lab.scripts.teardown):
+                    await self._wake_up()  # checks and teardown scripts need running nodes
+                if grade:
                     checks = await self._final_grading()
         except GeneratorExit:
             # Evicted from the worker's cache (or the worker stops): the run goes on elsewhere from its
@@ -281,6 +310,7 @@ class LabSessionWorkflow:
         self._ready_at = workflow.now()
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
+        metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
         return None
 
     async def _prepare(self) -> None:
@@ -302,15 +332,44 @@ class LabSessionWorkflow:
     async def _run_until_the_end(self) -> tuple[Phase, str]:
         """Wait for whatever comes first: end, expiry, unclaimed credentials, a node that stays down."""
         assert self._ready_at is not None and self._deadline is not None
-        unclaimed_at = self._ready_at + self._input.timings.unclaimed_timeout
-        health = asyncio.create_task(self._watch_node_health())
+        health: asyncio.Task[None] | None = asyncio.create_task(self._watch_node_health())
         try:
             while True:
                 now = workflow.now()
                 if self._end_reason is not None:
+                    if self._busy is not None:  # a pause/resume under way finishes first
+                        await workflow.wait_condition(lambda: self._busy is None)
                     return Phase.ENDED, self._end_reason
                 if self._health_failure is not None:
                     raise self._health_failure
+                if self._busy is not None or self._phase == Phase.PAUSED:
+                    # Paused: the lab's timers and the node-health watch stand still (a paused guest
+                    # fails every probe); only the pause's own limit runs.
+                    if health is not None:
+                        health.cancel()
+                        health = None
+                    wake_at = None
+                    if self._busy is None and self._paused_at is not None:
+                        expires_at = self._pause_expires_at()
+                        if now >= expires_at:
+                            self._detail = (
+                                f"the lab stayed paused past {expires_at:%H:%M:%S} UTC "
+                                f"(longest pause {format_duration(self._input.pause.longest)})"
+                            )
+                            return Phase.EXPIRED, PAUSE_EXPIRED
+                        wake_at = expires_at
+                    self._seen_version = self._version
+                    try:
+                        await workflow.wait_condition(
+                            lambda: self._version != self._seen_version,
+                            timeout=None if wake_at is None else wake_at - now, timeout_summary="pause timer",
+                        )
+                    except TimeoutError:
+                        pass
+                    continue
+                if health is None:
+                    health = asyncio.create_task(self._watch_node_health())
+                unclaimed_at = self._ready_at + self._input.timings.unclaimed_timeout + self._paused_total
                 if now >= self._deadline:
                     self._detail = f"the lab's time ran out at {self._deadline:%H:%M:%S} UTC"
                     return Phase.EXPIRED, "expired"
@@ -331,7 +390,13 @@ class LabSessionWorkflow:
                 except TimeoutError:
                     pass
         finally:
-            health.cancel()
+            if health is not None:
+                health.cancel()
+
+    def _pause_expires_at(self) -> datetime:
+        assert self._paused_at is not None
+        limits = self._input.pause
+        return self._paused_at + min(limits.longest, limits.total - self._paused_total)
 
     async def _claim_and_queue_for_capacity(self) -> str | None:
         """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
@@ -709,7 +774,8 @@ class LabSessionWorkflow:
         with credentials starts the student's session (phase running)."""
         try:
             await workflow.wait_condition(
-                lambda: self._phase not in _PREPARING, timeout=request.wait, timeout_summary="wait_ready"
+                lambda: self._phase not in _PREPARING and self._phase != Phase.PAUSED and self._busy is None,
+                timeout=request.wait, timeout_summary="wait_ready",
             )
         except TimeoutError:
             pass
@@ -765,6 +831,132 @@ class LabSessionWorkflow:
         if self._phase not in (Phase.READY, Phase.RUNNING):
             raise ApplicationError(f"check: the lab is not ready (phase {self._phase})", type="NotReady")
 
+    # --- pause and resume ---------------------------------------------------------------------------
+
+    @workflow.update
+    async def pause(self, request: PauseRequest) -> PauseResult:
+        """Stop the clock: SSH unexposed, the VMs paused in place (memory and disk kept), the lab's
+        timers and node-health watch suspended. The lab keeps its nodes (and so its capacity)."""
+        workflow.patched(PAUSE_PATCH)
+        self._busy = "pausing"
+        self._phase_before_pause = self._phase
+        self._paused_at = workflow.now()
+        self._pauses_used += 1
+        self._enter(Phase.PAUSED)
+        self._version += 1
+        try:
+            await _local(ActivityName.UNEXPOSE_SSH, SessionIdInput(session_id=self._session.session_id), None,
+                         PAUSE_CALL)
+            self._endpoint = None
+            await self._all(_local(ActivityName.PAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
+                            for node in self._nodes)
+        except ActivityError as error:
+            await self._undo_pause(_cause(error))
+            raise ApplicationError(f"pause failed, the lab goes on: {_cause(error)}", type="PauseFailed") from None
+        finally:
+            self._busy = None
+            self._version += 1
+        limits = self._input.pause
+        return PauseResult(
+            paused_at=self._paused_at, expires_at=self._pause_expires_at(),
+            pauses_left=limits.max_pauses - self._pauses_used, pause_time_left=limits.total - self._paused_total,
+        )
+
+    async def _undo_pause(self, cause: str) -> None:
+        """A pause that failed half-way: run and expose the nodes again, as if nothing happened."""
+        try:
+            await self._all(_local(ActivityName.UNPAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
+                            for node in self._nodes)
+            await self._expose()
+        except ActivityError as error:
+            self._health_failure = SessionFailed(
+                "pause failed", f"pausing failed ({cause}) and the lab could not be restored: {_cause(error)}"
+            )
+        self._paused_at = None
+        self._pauses_used -= 1
+        self._enter(self._phase_before_pause)
+
+    @pause.validator
+    def _validate_pause(self, request: PauseRequest) -> None:
+        limits = self._input.pause
+        if self._phase not in (Phase.READY, Phase.RUNNING) or self._end_reason is not None or self._busy:
+            raise ApplicationError(f"pause: the lab is not running (phase {self._phase_shown()})", type="NotRunning")
+        if limits.max_pauses == 0:
+            raise ApplicationError(f"pause: lab {self._lab.name!r} cannot be paused", type="NoPausesLeft")
+        if self._pauses_used >= limits.max_pauses:
+            raise ApplicationError(
+                f"pause: no pauses left ({self._pauses_used} of {limits.max_pauses} used)", type="NoPausesLeft"
+            )
+        if self._paused_total >= limits.total:
+            raise ApplicationError(
+                f"pause: no pause time left ({format_duration(limits.total)} of paused time used)",
+                type="NoPauseTimeLeft",
+            )
+
+    @workflow.update
+    async def resume(self, request: ResumeRequest) -> ResumeResult:
+        """Run the VMs again, step their clocks, expose SSH again (maybe on a new port) and move the
+        deadline by the time spent paused. A node that does not come back fails the lab."""
+        workflow.patched(PAUSE_PATCH)
+        assert self._paused_at is not None and self._deadline is not None
+        self._busy = "resuming"
+        self._update_details()
+        try:
+            await self._all(_local(ActivityName.UNPAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
+                            for node in self._nodes)
+            await self._wait_until_nodes_ready()
+            clocks = await self._step_clocks()
+            await self._expose()  # before the student is told: the clocks are right by now
+        except (ActivityError, SessionFailed) as error:
+            cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
+            self._health_failure = SessionFailed("resume failed", f"the lab could not be resumed: {cause}")
+            self._busy = None
+            self._version += 1
+            raise ApplicationError(f"resume failed, the lab ends: {cause}", type="ResumeFailed") from None
+        paused = workflow.now() - self._paused_at
+        self._paused_total += paused
+        self._deadline += paused
+        self._paused_at = None
+        self._busy = None
+        self._enter(self._phase_before_pause)
+        self._version += 1
+        assert self._endpoint is not None
+        return ResumeResult(endpoint=self._endpoint, deadline=self._deadline, paused_seconds=paused.total_seconds(),
+                            clock_problems=clocks.failed)
+
+    @resume.validator
+    def _validate_resume(self, request: ResumeRequest) -> None:
+        if self._phase != Phase.PAUSED or self._busy or self._end_reason is not None:
+            raise ApplicationError(f"resume: the lab is not paused (phase {self._phase_shown()})", type="NotPaused")
+
+    async def _step_clocks(self) -> ClockStepResult:
+        result: ClockStepResult = await workflow.execute_activity(
+            ActivityName.STEP_GUEST_CLOCKS,
+            ClockStepInput(session=self._session, nodes=self._nodes),
+            result_type=ClockStepResult,
+            start_to_close_timeout=CLOCK_STEP_TIMEOUT,
+            heartbeat_timeout=SCRIPT_HEARTBEAT,
+            retry_policy=CHECK_RETRY,
+            summary="step guest clocks",
+        )
+        if result.failed:
+            self._detail = "clock not set on " + ", ".join(f"{n} ({why})" for n, why in result.failed.items())
+        return result
+
+    async def _wake_up(self) -> None:
+        """The lab ends while paused: run the nodes again for grading/teardown scripts (best effort)."""
+        try:
+            await self._all(_local(ActivityName.UNPAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
+                            for node in self._nodes)
+            await self._wait_until_nodes_ready()
+            await self._step_clocks()
+        except (ActivityError, SessionFailed) as error:
+            cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
+            self._detail = (self._detail + "; " if self._detail else "") + f"nodes not woken up: {cause}"
+
+    def _phase_shown(self) -> str:
+        return f"{self._phase}, {self._busy}" if self._busy else str(self._phase)
+
     @workflow.signal
     def end(self, request: EndRequest) -> None:
         if self._end_reason is None:
@@ -787,6 +979,11 @@ class LabSessionWorkflow:
             queue_position=self._capacity.position,
             reason=self._reason or self._health_problem,
             detail=self._detail,
+            paused_at=self._paused_at,
+            pause_expires_at=self._pause_expires_at() if self._paused_at is not None else None,
+            pauses_used=self._pauses_used,
+            paused_seconds=self._paused_total.total_seconds(),
+            resets_used=self._resets_used,
         )
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -811,6 +1008,9 @@ class LabSessionWorkflow:
                  f"session {self._session.session_id}"]
         if self._deadline is not None and self._phase in (Phase.READY, Phase.RUNNING):
             parts.append(f"until {self._deadline:%Y-%m-%d %H:%M} UTC ({self._extensions_used} extensions)")
+        if self._phase == Phase.PAUSED and self._paused_at is not None:
+            parts.append(f"paused since {self._paused_at:%H:%M} UTC, ends at {self._pause_expires_at():%H:%M} UTC"
+                         + (f" ({self._busy})" if self._busy else ""))
         if self._health_problem:
             parts.append(f"⚠ {self._health_problem}")
         if self._reason and self._phase in (Phase.ENDED, Phase.EXPIRED, Phase.FAILED, Phase.TEARING_DOWN):

@@ -35,11 +35,14 @@ class ActivityName(StrEnum):
     RELEASE_SESSION = "release_session"
     INVENTORY = "inventory"  # the node list: only for activities and tools, never into a workflow
     INVENTORY_SUMMARY = "inventory_summary"
+    PAUSE_NODE = "pause_node"
+    UNPAUSE_NODE = "unpause_node"
     # scripts over SSH (activities/script_activities.py)
     CREATE_SESSION_CREDENTIALS = "create_session_credentials"
     RUN_SETUP = "run_setup"
     RUN_CHECKS = "run_checks"
     RUN_TEARDOWN_SCRIPTS = "run_teardown_scripts"
+    STEP_GUEST_CLOCKS = "step_guest_clocks"
 
 
 class Phase(StrEnum):
@@ -51,6 +54,8 @@ class Phase(StrEnum):
     EXPOSING = "exposing"
     READY = "ready"
     RUNNING = "running"
+    PAUSED = "paused"  # timers stopped, SSH unexposed, VMs paused in place (update `pause`, `resume`)
+    RESETTING = "resetting"  # fresh nodes being prepared next to the old ones (update `reset`)
     GRADING = "grading"
     TEARING_DOWN = "tearing-down"
     ENDED = "ended"
@@ -71,6 +76,22 @@ class SessionTimings(Model):
     max_queue_wait: timedelta = timedelta(minutes=30)
 
 
+class PauseLimits(Model):
+    """Effective pause rules of one session (settings, overridden by the lab file's `pause:`)."""
+
+    longest: timedelta = timedelta(minutes=30)
+    total: timedelta = timedelta(hours=2)
+    max_pauses: int = 3
+    grade_when_expired: bool = False
+
+
+class ResetLimits(Model):
+    """Effective reset rules of one session (settings, overridden by the lab file's `reset:`)."""
+
+    max_resets: int = 1
+    restart_time: bool = False
+
+
 class LabSessionInput(Model):
     student_id: str
     lab: Lab
@@ -82,6 +103,8 @@ class LabSessionInput(Model):
         default=None,
         description="global cap (settings max_vms/max_memory): cold provisions wait in the pool's queue; None: no cap",
     )
+    pause: PauseLimits = Field(default_factory=PauseLimits)
+    reset: ResetLimits = Field(default_factory=ResetLimits)
 
 
 # --- node bindings ------------------------------------------------------------------------------
@@ -165,6 +188,18 @@ class TeardownInput(Model):
     nodes: list[BoundNode]
 
 
+class ClockStepInput(Model):
+    """After an unpause: set each guest's clock to the orchestrator's (no guest agent does it)."""
+
+    session: SessionRef
+    nodes: list[BoundNode]
+
+
+class ClockStepResult(Model):
+    stepped: list[str] = Field(default_factory=list, description="lab node names whose clock was set")
+    failed: dict[str, str] = Field(default_factory=dict, description="lab node name -> why it could not be set")
+
+
 # --- cluster activity inputs ----------------------------------------------------------------------
 
 
@@ -221,6 +256,39 @@ class ExtendResult(Model):
     extensions_left: int
 
 
+class PauseRequest(Model):
+    pass
+
+
+class PauseResult(Model):
+    paused_at: datetime
+    expires_at: datetime = Field(description="past this the lab ends with reason 'pause expired'")
+    pauses_left: int
+    pause_time_left: timedelta = Field(description="paused time left in all, this pause included")
+
+
+class ResumeRequest(Model):
+    pass
+
+
+class ResumeResult(Model):
+    endpoint: SshEndpoint
+    deadline: datetime = Field(description="moved by the time spent paused")
+    paused_seconds: float
+    clock_problems: dict[str, str] = Field(default_factory=dict, description="nodes whose clock could not be set")
+
+
+class ResetRequest(Model):
+    pass
+
+
+class ResetResult(Model):
+    endpoint: SshEndpoint
+    deadline: datetime
+    resets_left: int
+    nodes: list[BoundNode]
+
+
 class EndRequest(Model):
     reason: str = "ended by student"
 
@@ -243,6 +311,11 @@ class LabStatus(Model):
     queue_position: int | None = None
     reason: str | None = None
     detail: str | None = None
+    paused_at: datetime | None = Field(default=None, description="set while paused")
+    pause_expires_at: datetime | None = Field(default=None, description="set while paused")
+    pauses_used: int = 0
+    paused_seconds: float = Field(default=0.0, description="paused time so far (finished pauses)")
+    resets_used: int = 0
 
 
 class LabSessionResult(Model):

@@ -10,21 +10,25 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from labrador.pool_policy import ClassDemand
 from labs.models import NodeClass
-from workflows.capacity.models import (  # noqa: F401  (re-exported)
+from workflows.capacity.models import (  # noqa: F401  (re-exported for their readers)
     CAPACITY_BROKER_WORKFLOW_PREFIX,
+    CapacityActivityName,
     CapacityLimits,
     CapacityNotice,
     CapacityRelease,
     CapacityRequest,
     CapacityState,
+    EndedSessions,
+    EndedSessionsInput,
     PoolNodeHold,
     PoolReservation,
     PoolReservationResult,
     QueueEntry,
+    SessionRunRef,
     capacity_broker_id,
 )
+from workflows.pool_policy import ClassDemand
 
 POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
 POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
@@ -40,21 +44,16 @@ class PoolActivityName(StrEnum):
     """Activities of activities/pool_activities.py (called by name, like workflows.models.ActivityName)."""
 
     POOL_PLAN = "pool_plan"
-    ENDED_SESSIONS = "pool_ended_sessions"
+    ENDED_SESSIONS = CapacityActivityName.ENDED_SESSIONS.value
     COLLECT_SESSION = "pool_collect_session"
-    REQUEST_CAPACITY = "pool_request_capacity"
-    RELEASE_CAPACITY = "pool_release_capacity"
-    RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
     DELETE_UNCLAIMED_NODE = "pool_delete_unclaimed_node"
-    ADMIT_CAPACITY = "pool_admit_capacity"
-    CAPACITY_USAGE = "pool_capacity_usage"
 
 
 # --- refill ---------------------------------------------------------------------------------------
 
 
 class ClassSizing(Model):
-    """Bounds of the demand-aware target of one node class (labrador.pool_policy)."""
+    """Bounds of the demand-aware target of one node class (workflows.pool_policy)."""
 
     min_size: int = Field(0, ge=0)
     max_size: int = Field(10, ge=0)
@@ -152,20 +151,6 @@ class PoolRefillResult(Model):
 
 
 # --- leak collection ------------------------------------------------------------------------------
-
-
-class SessionRunRef(Model):
-    session_id: str
-    workflow_id: str | None = None
-    run_id: str | None = None
-
-
-class EndedSessionsInput(Model):
-    sessions: list[SessionRunRef]
-
-
-class EndedSessions(Model):
-    session_ids: list[str] = Field(default_factory=list, description="sessions whose run is not running")
 
 
 class CollectSessionInput(Model):

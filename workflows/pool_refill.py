@@ -24,13 +24,15 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    # Not `from workflows import pool_policy`: inside the sandbox that form loads a second copy of the
+    # module (its ClassDemand would not be the one PoolRefillResult validates against).
+    import workflows.pool_policy as pool_policy
     from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState, SessionRef
-    from labrador import pool_policy
-    from labrador.naming import dns_label
-    from labrador.pool_policy import ClassDemand, SizingParams
+    from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
     from workflows.pool_models import (
+        CapacityActivityName,
         CapacityLimits,
         CapacityRelease,
         ClassReport,
@@ -51,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         SessionRunRef,
         UnclaimedNodeDeletion,
     )
+    from workflows.pool_policy import ClassDemand, SizingParams
 
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
@@ -182,9 +185,9 @@ class PoolRefillWorkflow:
             if granted and input.use_capacity_broker and workflow.patched(RESERVATION_HOLDER_PATCH):
                 # The nodes exist now (or never will): the broker counts them from its next cluster
                 # reading instead of the reservation.
+                done = CapacityRelease(session=self._holder(), reason="refill done")
                 await workflow.execute_activity(
-                    PoolActivityName.RELEASE_CAPACITY, CapacityRelease(session=self._holder(), reason="refill done"),
-                    start_to_close_timeout=SHORT, retry_policy=RETRY,
+                    CapacityActivityName.RELEASE_CAPACITY, done, start_to_close_timeout=SHORT, retry_policy=RETRY,
                 )
 
     def _holder(self) -> SessionRef:
@@ -348,7 +351,7 @@ class PoolRefillWorkflow:
             holder=self._holder(),  # kept until this run releases it (or ends): never expires before its nodes exist
         )
         result: PoolReservationResult = await workflow.execute_activity(
-            PoolActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
+            CapacityActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
             start_to_close_timeout=timedelta(minutes=1), retry_policy=RETRY,
         )
         allowed = set(result.granted)

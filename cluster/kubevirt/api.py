@@ -65,6 +65,10 @@ PVCS = Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 VIRTUAL_MACHINES = Resource("kubevirt.io", "v1", "virtualmachines", "VirtualMachine")
 VIRTUAL_MACHINE_INSTANCES = Resource("kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance")
+# KubeVirt's subresource API group (served by virt-api): pause/unpause of a running VMI.
+VMI_SUBRESOURCES = Resource(
+    "subresources.kubevirt.io", "v1", "virtualmachineinstances", "VirtualMachineInstance"
+)
 DATA_VOLUMES = Resource("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
 # The image pipeline (cluster/kubevirt/export.py, builder.py) calls the official client directly,
 # with both export API versions; its calls are declared in PERMISSIONS below.
@@ -101,6 +105,9 @@ PERMISSIONS: frozenset[tuple[str, str, str, str]] = frozenset(
         ("kubevirt.io", "virtualmachines", "get", CLUSTER),
         ("kubevirt.io", "virtualmachines", "patch", CLUSTER),
         ("kubevirt.io", "virtualmachineinstances", "get", CLUSTER),
+        # Pause/resume of a lab (PUT .../virtualmachineinstances/NAME/pause|unpause).
+        ("subresources.kubevirt.io", "virtualmachineinstances/pause", "update", CLUSTER),
+        ("subresources.kubevirt.io", "virtualmachineinstances/unpause", "update", CLUSTER),
         ("cdi.kubevirt.io", "datavolumes", "create", CLUSTER),
         ("cdi.kubevirt.io", "datavolumes", "get", CLUSTER),
         ("cdi.kubevirt.io", "datavolumes", "delete", CLUSTER),
@@ -316,6 +323,12 @@ class KubeApi:
                 return False
             raise exc.mapped() from None
 
+    def put_subresource(self, resource: Resource, namespace: str, name: str, subresource: str, body: Obj) -> None:
+        """PUT to a subresource (KubeVirt's pause/unpause). Errors are raised as `HttpError` so the
+        caller can read a 409 ("already paused") before mapping it."""
+        self._request("update", "PUT", resource, namespace, name, body=body, content_type="application/json",
+                      subresource=subresource)
+
 
 class HttpError(Exception):
     def __init__(self, status: int, message: str, verb: str, what: str) -> None:
@@ -357,3 +370,7 @@ class AsyncKubeApi:
 
     async def delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
         return await self._run(self.sync.delete, resource, namespace, name)
+
+    async def put_subresource(self, resource: Resource, namespace: str, name: str, subresource: str,
+                              body: Obj) -> None:
+        await self._run(self.sync.put_subresource, resource, namespace, name, subresource, body)

@@ -27,8 +27,10 @@ from cluster.kubevirt.api import (
     SERVICES,
     VIRTUAL_MACHINE_INSTANCES,
     VIRTUAL_MACHINES,
+    VMI_SUBRESOURCES,
     AsyncKubeApi,
     Conflict,
+    HttpError,
     KubeApi,
     load_api_client,
 )
@@ -38,6 +40,7 @@ from cluster.kubevirt.status import (
     CloneTracking,
     decide_clone,
     is_deleting,
+    is_paused,
     is_terminating,
     node_state,
     parse_node_status,
@@ -60,9 +63,9 @@ from cluster.models import (
     SshTarget,
     summarize,
 )
+from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
-from labrador.naming import is_dns_label, short_hash
-from labrador.settings import Settings
+from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
 log = logging.getLogger(__name__)
@@ -353,6 +356,36 @@ class KubeVirtCluster:
                 raise
         await self.api.delete(NAMESPACES, None, name)
         return True
+
+    async def pause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, True)
+
+    async def unpause_node(self, node_id: str) -> None:
+        await self._set_paused(node_id, False)
+
+    async def _set_paused(self, node_id: str, paused: bool) -> None:
+        """PUT virtualmachineinstances/NAME/pause|unpause (subresources.kubevirt.io). virt-api answers
+        409 when the VMI is already in that state (or not running) and 404 without a VMI: then one look
+        at the VMI decides between "already done" (success: idempotent) and a clear error."""
+        names = M.node_names(node_id)
+        action = "pause" if paused else "unpause"
+        try:
+            await self.api.put_subresource(VMI_SUBRESOURCES, names.namespace, names.vm, action, {})
+            return
+        except HttpError as exc:
+            if exc.status not in (404, 409):
+                raise exc.mapped() from None
+            refusal = exc.message or f"HTTP {exc.status}"
+        await self._require_node(node_id)
+        vmi = await self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
+        running = ((vmi or {}).get("status") or {}).get("phase") == "Running"
+        if paused and running and is_paused(vmi):
+            return  # already paused
+        if not paused and not (running and is_paused(vmi)):
+            return  # nothing to unpause (not paused, or not running at all: the health watch says so)
+        raise PermanentClusterError(
+            f"node {node_id}: cannot {action} VirtualMachineInstance {names.namespace}/{names.vm}: {refusal}"
+        )
 
     # --- session level ----------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from labrador.naming import short_hash
+from cluster.naming import short_hash
 
 PREFIX = "labrador.io"
 MANAGED_BY = "app.kubernetes.io/managed-by"

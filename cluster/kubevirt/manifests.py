@@ -2,7 +2,7 @@
 
 Nothing here does I/O; tests validate every function's output against the KubeVirt/CDI schemas
 (strict copies) and kubernetes-validate. Names derive from node IDs and session IDs through
-`labrador.naming`, so every create is create-or-get.
+`cluster.naming`, so every create is create-or-get.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 
 from cluster.kubevirt import labels as L
 from cluster.models import NodeSpec, NodeState, SessionRef
-from labrador.naming import dns_label, node_namespace
+from cluster.naming import dns_label, node_namespace
 from labs.models import PvcCloneSource, quantity_bytes
 
 Manifest = dict[str, Any]

@@ -1,6 +1,6 @@
 """Published-images store on a ConfigMap in the worker's namespace (kubevirt mode).
 
-Same interface as `labrador.published_images.JsonFilePublishedImages`: one key per node class,
+Same interface as `cluster.published_images.JsonFilePublishedImages`: one key per node class,
 the value a JSON `PublishedImage`. `publish` is a JSON merge patch of one key, so two pipelines
 publishing different classes at once never overwrite each other.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cluster.kubevirt import labels as L
 from cluster.kubevirt.api import CONFIGMAPS, KubeApi
-from labrador.published_images import PublishedImage
+from cluster.published_images import PublishedImage
 
 CONFIGMAP_NAME = "labrador-published-images"
 

@@ -73,6 +73,12 @@ def is_ready(vmi: Obj | None) -> bool:
     )
 
 
+def is_paused(vmi: Obj | None) -> bool:
+    """KubeVirt sets the VMI condition Paused=True while it is paused (and Ready goes False)."""
+    paused = _condition(vmi, "Paused")
+    return bool(paused and paused.get("status") == "True")
+
+
 def parse_node_status(node_id: str, namespace: Obj | None, vm: Obj | None, vmi: Obj | None) -> NodeStatus:
     if namespace is None or is_deleting(namespace):
         return NodeStatus(node_id=node_id, phase=NodePhase.MISSING,
@@ -91,6 +97,8 @@ def parse_node_status(node_id: str, namespace: Obj | None, vm: Obj | None, vmi: 
         detail = _first_message(vmi)
         return NodeStatus(node_id=node_id, phase=NodePhase.FAILED,
                           reason=f"VirtualMachineInstance of {where}: phase Failed" + (f": {detail}" if detail else ""))
+    if vmi_phase == "Running" and is_paused(vmi):
+        return NodeStatus(node_id=node_id, phase=NodePhase.PAUSED, address=vmi_address(vmi), reason="paused")
     if is_ready(vmi):
         return NodeStatus(node_id=node_id, phase=NodePhase.READY, address=vmi_address(vmi))
     waiting = f"{where}: {printable or 'no status yet'}" + (f", VMI phase {vmi_phase}" if vmi_phase else "")

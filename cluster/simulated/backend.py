@@ -48,7 +48,7 @@ from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
 from labs.models import quantity_bytes
 
 if TYPE_CHECKING:
-    from labrador.settings import Settings
+    from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,8 @@ class SimulatedCluster:
         if boot_error:
             return NodeStatus(node_id=node_id, phase=NodePhase.FAILED, reason=boot_error)
         address = node_address(row.seq)
+        if await self._db(self._store.is_paused, node_id):
+            return NodeStatus(node_id=node_id, phase=NodePhase.PAUSED, address=address, reason="paused")
         if row.state == NodeState.CLAIMED.value:
             death = self._faults.death(row.node_id)
             if death is not None:
@@ -378,6 +380,12 @@ class SimulatedCluster:
 
     async def ssh_target(self, node_id: str) -> SshTarget:
         await self._enter("ssh_target")
+        if await self._db(self._store.is_paused, node_id):
+            # A paused guest's sshd does not answer: the target is where it was, nothing listens there.
+            endpoint = await self._db(self._store.endpoint, node_id)
+            if endpoint is None or endpoint[0] is None:
+                raise ClusterUnavailable(f"node {node_id}: paused, its SSH does not answer")
+            return SshTarget(node_id=node_id, host=self.ssh_host, port=endpoint[0])
         port = self._ssh.port(f"node:{node_id}")
         if port is None:
             endpoint = await self._db(self._store.endpoint, node_id)
@@ -423,6 +431,25 @@ class SimulatedCluster:
         # An unclaimed node has no session exposure; its own (orchestrator) endpoint may be serving.
         await self._ssh.stop(f"node:{node_id}")
         return True
+
+    async def pause_node(self, node_id: str) -> None:
+        await self._enter("pause_node")
+        exists, exposed = await self._db(self._store.pause, node_id, self._now())
+        if not exists:
+            raise NodeNotFound(f"node {node_id}: not found (cannot pause it)")
+        # sshd stops answering: listeners close (open connections too) and stay closed while paused.
+        await self._ssh.stop(f"node:{node_id}")
+        for session_id in exposed:
+            await self._ssh.stop(f"expose:{session_id}")
+
+    async def unpause_node(self, node_id: str) -> None:
+        await self._enter("unpause_node")
+        exists, exposures = await self._db(self._store.unpause, node_id)
+        if not exists:
+            raise NodeNotFound(f"node {node_id}: not found (cannot unpause it)")
+        # The node's own listener comes back at the next ssh_target; exposures answer again now.
+        for session_id, port, host_key in exposures:
+            await self._serve_exposure(session_id, node_id, host_key, port)
 
     # --- session level --------------------------------------------------------------------
     async def claim(self, request: ClaimRequest) -> ClaimResult:

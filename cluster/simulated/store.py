@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS commands (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS commands_node ON commands (node_id, id);
+CREATE TABLE IF NOT EXISTS paused_nodes (
+    node_id TEXT PRIMARY KEY,
+    paused_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scenarios (
     scope TEXT PRIMARY KEY,
     body TEXT NOT NULL
@@ -169,6 +173,7 @@ class Store:
             deleted = db.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,)).rowcount
             db.execute("DELETE FROM ssh_endpoints WHERE node_id = ?", (node_id,))
             db.execute("DELETE FROM exposures WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM paused_nodes WHERE node_id = ?", (node_id,))
             return deleted > 0, exposed
 
     def delete_node_if_unclaimed(self, node_id: str) -> bool:
@@ -182,18 +187,59 @@ class Store:
             if not deleted and self._node(node_id) is not None:
                 return False
             db.execute("DELETE FROM ssh_endpoints WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM paused_nodes WHERE node_id = ?", (node_id,))
             return True
 
     def endpoints_to_restore(self) -> tuple[list[tuple[str, int, str]], list[tuple[str, str, int, str]]]:
         """Node endpoints (node, port, key) and exposures (session, node, port, key) that were serving."""
-        nodes = list(self.db.execute("SELECT node_id, port, host_key FROM ssh_endpoints WHERE port IS NOT NULL"))
+        # A paused node's sshd does not answer: its listeners come back when it is unpaused.
+        nodes = list(
+            self.db.execute(
+                "SELECT node_id, port, host_key FROM ssh_endpoints WHERE port IS NOT NULL"
+                " AND node_id NOT IN (SELECT node_id FROM paused_nodes)"
+            )
+        )
         exposures = list(
             self.db.execute(
                 "SELECT e.session_id, e.node_id, e.port, s.host_key FROM exposures e"
                 " JOIN ssh_endpoints s ON s.node_id = e.node_id WHERE e.port IS NOT NULL"
+                " AND e.node_id NOT IN (SELECT node_id FROM paused_nodes)"
             )
         )
         return nodes, exposures
+
+    # --- pause ----------------------------------------------------------------------------------
+    def pause(self, node_id: str, at: float) -> tuple[bool, list[str]]:
+        """Mark the node paused (idempotent: the first pause time stays). Returns whether the node
+        exists and the sessions whose exposure points at it (their listeners must stop)."""
+        with self.tx() as db:
+            if self._node(node_id) is None:
+                return False, []
+            db.execute(
+                "INSERT INTO paused_nodes (node_id, paused_at) VALUES (?, ?) ON CONFLICT (node_id) DO NOTHING",
+                (node_id, at),
+            )
+            exposed = [r[0] for r in db.execute("SELECT session_id FROM exposures WHERE node_id = ?", (node_id,))]
+            return True, exposed
+
+    def unpause(self, node_id: str) -> tuple[bool, list[tuple[str, int | None, str]]]:
+        """Clear the pause (idempotent). Returns whether the node exists and the exposures of the node
+        that were serving (session, port, host key), to serve again."""
+        with self.tx() as db:
+            db.execute("DELETE FROM paused_nodes WHERE node_id = ?", (node_id,))
+            if self._node(node_id) is None:
+                return False, []
+            exposures = list(
+                db.execute(
+                    "SELECT e.session_id, e.port, s.host_key FROM exposures e"
+                    " JOIN ssh_endpoints s ON s.node_id = e.node_id WHERE e.node_id = ? AND e.port IS NOT NULL",
+                    (node_id,),
+                )
+            )
+            return True, exposures
+
+    def is_paused(self, node_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM paused_nodes WHERE node_id = ?", (node_id,)).fetchone() is not None
 
     def all_nodes(self) -> list[NodeRow]:
         return [NodeRow(*r) for r in self.db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY seq")]
@@ -244,6 +290,7 @@ class Store:
             exposed = [r[0] for r in db.execute("SELECT node_id FROM exposures WHERE session_id = ?", (session_id,))]
             db.executemany("DELETE FROM nodes WHERE node_id = ?", [(n,) for n in node_ids])
             db.executemany("DELETE FROM ssh_endpoints WHERE node_id = ?", [(n,) for n in node_ids])
+            db.executemany("DELETE FROM paused_nodes WHERE node_id = ?", [(n,) for n in node_ids])
             db.execute("DELETE FROM wirings WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM exposures WHERE session_id = ?", (session_id,))
             db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))

@@ -181,7 +181,8 @@ def build(
 @image_app.command("list")
 def list_images(as_json: JsonFlag = False) -> None:
     """Per node class: the catalog's base image, the published one, and the one nodes use."""
-    from labrador.published_images import effective_image, published_images_store
+    from cluster.published_images import effective_image
+    from labrador.published_images import published_images_store
 
     settings = _settings({})
     classes = _node_classes(settings)

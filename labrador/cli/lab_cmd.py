@@ -1,4 +1,4 @@
-"""`labrador lab ...`: start, watch, extend, check and end students' lab sessions.
+"""`labrador lab ...`: start, watch, extend, check, pause, resume, reset and end students' lab sessions.
 
 Every command finds Temporal through the settings (a running `labrador dev` stack is found without
 flags). Exit codes: 0 ok, 1 refused (bad input, no lab running, a lab already running), 3 Temporal
@@ -18,15 +18,18 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from cluster.naming import InvalidName, validate_student_id
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
 from labrador.client import LabClient, LabError, TemporalUnreachable
-from labrador.naming import InvalidName, validate_student_id
 from labrador.settings import Settings, SettingsError, load_settings
 from workflows.models import TERMINAL_PHASES, LabStatus, WaitReadyResult
 
 T = TypeVar("T")
 
-lab_app = typer.Typer(help="Students' lab sessions: start, status, extend, check, end, list.", no_args_is_help=True)
+lab_app = typer.Typer(
+    help="Students' lab sessions: start, status, extend, check, pause, resume, reset, end, list.",
+    no_args_is_help=True,
+)
 
 StudentOpt = Annotated[str, typer.Option("--student", "-s", help="student ID")]
 
@@ -68,9 +71,38 @@ def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
     return path
 
 
+async def _ssh_details(
+    client: LabClient, student: str, session_id: str, seconds: float, result: WaitReadyResult | None = None
+) -> dict[str, Any]:
+    """Wait (at most `seconds`) until the lab answers with credentials, write the key file, return
+    the ssh details. `result`: an answer already in hand (start's update-with-start)."""
+    deadline = time.monotonic() + seconds
+    while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
+        poll = min(20.0, max(0.0, deadline - time.monotonic()))
+        result = await client.wait_ready(student, timedelta(seconds=poll))
+    if result is None or not result.ready:
+        phase = result.phase if result else "unknown"
+        reason = f": {result.reason}" if result and result.reason else ""
+        raise LabError(f"the lab of {student!r} is not ready (phase {phase}{reason})")
+    assert result.endpoint is not None and result.private_key is not None
+    key = _key_file(client.settings, session_id, result.private_key)
+    return {
+        "host": result.endpoint.host, "port": result.endpoint.port, "username": result.endpoint.username,
+        "private_key_file": str(key), "deadline": result.deadline,
+    }
+
+
+def _print_ssh(ready: dict[str, Any]) -> None:
+    console.print(f"ready until {ready['deadline']:%H:%M:%S} UTC:")
+    console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
+
+
 def _print_status(status: LabStatus) -> None:
     console.print(f"[bold]{status.student_id}[/bold] · lab {status.lab_name} · phase [bold]{status.phase}[/bold]")
-    if status.deadline:
+    if status.paused_at and status.pause_expires_at:
+        console.print(f"paused since {status.paused_at:%H:%M:%S} UTC; resume before {status.pause_expires_at:%H:%M:%S}"
+                      " UTC or the lab ends (labrador lab resume)")
+    elif status.deadline:
         console.print(f"deadline {status.deadline:%Y-%m-%d %H:%M:%S} UTC ({status.extensions_used} extensions used)")
     if status.reason:
         console.print(f"reason: {status.reason}" + (f" ({status.detail})" if status.detail else ""))
@@ -103,20 +135,8 @@ def start(
         out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
         if not wait:
             return out
-        result: WaitReadyResult | None = started.ready
-        while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
-            poll = min(20.0, max(0.0, deadline - time.monotonic()))
-            result = await client.wait_ready(student, timedelta(seconds=poll))
-        if result is None or not result.ready:
-            phase = result.phase if result else "unknown"
-            reason = f": {result.reason}" if result and result.reason else ""
-            raise LabError(f"lab {lab!r} for {student!r} is not ready (phase {phase}{reason})")
-        assert result.endpoint is not None and result.private_key is not None
-        key = _key_file(client.settings, started.session_id, result.private_key)
-        out["ready"] = {
-            "host": result.endpoint.host, "port": result.endpoint.port, "username": result.endpoint.username,
-            "private_key_file": str(key), "deadline": result.deadline,
-        }
+        out["ready"] = await _ssh_details(client, student, started.session_id, max(0.0, deadline - time.monotonic()),
+                                          started.ready)
         return out
 
     out = _run(action)
@@ -126,9 +146,7 @@ def start(
     started = out["started"]
     console.print(f"started lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
     if "ready" in out:
-        ready = out["ready"]
-        console.print(f"ready until {ready['deadline']:%H:%M:%S} UTC:")
-        console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
+        _print_ssh(out["ready"])
 
 
 @lab_app.command("status")
@@ -169,6 +187,44 @@ def check(student: StudentOpt, as_json: JsonFlag = False) -> None:
     for item in report.results:
         table.add_row(item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}")
     console.print(table)
+
+
+@lab_app.command("pause")
+def pause(student: StudentOpt, as_json: JsonFlag = False) -> None:
+    """Pause a lab: the clock stops, SSH closes, the VMs are frozen in place (resume to go on)."""
+    _student(student)
+    result = _run(lambda client: client.pause(student))
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"paused at {result.paused_at:%H:%M:%S} UTC; resume before {result.expires_at:%H:%M:%S} UTC or the lab ends "
+        f"({result.pauses_left} pauses left): labrador lab resume --student {student}"
+    )
+
+
+@lab_app.command("resume")
+def resume(
+    student: StudentOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the SSH details")] = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Resume a paused lab: the VMs run again, their clocks are set, SSH opens (maybe on a new port)."""
+    _student(student)
+
+    async def action(client: LabClient) -> dict[str, Any]:
+        resumed = await client.resume(student)
+        status = await client.status(student)
+        out: dict[str, Any] = {"resumed": resumed.model_dump(mode="json")}
+        out["ready"] = await _ssh_details(client, student, status.session_id or student, timeout)
+        return out
+
+    out = _run(action)
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"resumed after {out['resumed']['paused_seconds']:.0f} s paused")
+    _print_ssh(out["ready"])
 
 
 @lab_app.command("end")

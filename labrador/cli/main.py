@@ -18,6 +18,7 @@ app = typer.Typer(
 def _register() -> None:
     # Each area owns its module and adds its commands; `labrador --help` lists them all.
     from labrador.cli import (
+        api_cmd,
         codec_cmd,
         dev_cmd,
         image_cmd,
@@ -27,7 +28,7 @@ def _register() -> None:
         schedules_cmd,
     )
 
-    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd):
+    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd):
         module.register(app)
 
 

@@ -7,26 +7,19 @@ scheduled refill reads; `drain` adds the class and runs a refill at once so its 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from labrador import schedules
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
 from labrador.cli.temporal_cli import connected, settings_or_fail
+from labrador.pool_report import pool_status
 from labrador.settings import Settings
 from workflows.pool_models import (
-    POOL_STATUS_WORKFLOW_PREFIX,
-    CapacityState,
     PoolRefillInput,
-    PoolStatus,
-    PoolStatusInput,
-    capacity_broker_id,
 )
 
 pool_app = typer.Typer(help="The warm pool: status, drain/resume a class, pause/resume the refill.",
@@ -37,33 +30,6 @@ OptionalClassArg = Annotated[
     str | None, typer.Argument(help="node class to refill again; without it: resume the refill schedule")
 ]
 WaitFlag = Annotated[bool, typer.Option("--wait/--no-wait", help="run a refill now and report what it deleted")]
-
-
-async def pool_status(client: Client, settings: Settings) -> dict[str, Any]:
-    refill_input = await schedules.current_refill_input(client)
-    last = await schedules.last_refill_result(client)
-    request = PoolStatusInput(
-        refill=refill_input or schedules.refill_input_from_settings(settings),
-        targets={name: report.target for name, report in (last.classes.items() if last else [])},
-    )
-    status: PoolStatus = await client.execute_workflow(
-        "PoolStatusWorkflow", request, id=f"{POOL_STATUS_WORKFLOW_PREFIX}-{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue, result_type=PoolStatus, execution_timeout=timedelta(seconds=60),
-    )
-    try:
-        broker = await client.get_workflow_handle(capacity_broker_id(settings.task_queue)).query(
-            "state", result_type=CapacityState
-        )
-        status = status.model_copy(update={"queue": broker.queue})
-    except RPCError:
-        pass  # no broker yet: nobody ever queued
-    return {
-        "schedule": {"exists": refill_input is not None, "paused": await schedules.is_paused(client)},
-        "last_refill": None if last is None else {
-            "finished_at": last.finished_at, "leaks": last.leaks, "capped_reason": last.capped_reason,
-        },
-        **status.model_dump(mode="json"),
-    }
 
 
 def _print_status(data: dict[str, Any]) -> None:

@@ -170,6 +170,61 @@ async def test_ssh_target_is_reachable_as_root_and_records_commands(
     assert backend.commands("cold-cp") == ["kubectl get nodes"]
 
 
+# --- pause ----------------------------------------------------------------------------------------
+async def test_pause_and_unpause_are_idempotent_and_show_in_status(backend: Backend) -> None:
+    port = backend.port
+    await port.provision(spec("cold-cp", session=ref("s1")))
+    await backend.make_ready("cold-cp")
+    await port.pause_node("cold-cp")
+    await port.pause_node("cold-cp")  # pausing a paused node is success
+    paused = await port.node_status("cold-cp")
+    assert paused.phase == NodePhase.PAUSED and paused.address
+    await port.unpause_node("cold-cp")
+    await port.unpause_node("cold-cp")  # so is unpausing a running one
+    assert (await port.node_status("cold-cp")).phase == NodePhase.READY
+    assert await session_of(port, "s1") == ["cold-cp"]  # a pause changes nothing about ownership
+
+
+async def test_pause_of_an_unknown_node_is_not_found(port: ClusterPort) -> None:
+    with pytest.raises(NodeNotFound, match="never-made"):
+        await port.pause_node("never-made")
+    with pytest.raises(NodeNotFound, match="never-made"):
+        await port.unpause_node("never-made")
+
+
+async def test_a_paused_node_is_released_like_any_other(backend: Backend) -> None:
+    port = backend.port
+    await port.provision(spec("cold-cp", session=ref("s1")))
+    await backend.make_ready("cold-cp")
+    await port.pause_node("cold-cp")
+    assert await port.release("s1") == 1
+    assert (await port.node_status("cold-cp")).phase == NodePhase.MISSING
+
+
+@pytest.mark.needs_ssh_server
+async def test_a_paused_node_refuses_ssh_and_answers_after_unpause(
+    backend: Backend, client_key: asyncssh.SSHKey
+) -> None:
+    port = backend.port
+    await port.provision(spec("cold-cp", session=ref("s1")))
+    await backend.make_ready("cold-cp")
+    target = await port.ssh_target("cold-cp")
+    await port.expose("s1", "cold-cp")
+    exposed = await port.expose("s1", "cold-cp")
+    await port.pause_node("cold-cp")
+    for where in (target.port, exposed.port):
+        with pytest.raises(OSError):
+            await asyncssh.connect(target.host, where, username="root", client_keys=[client_key], known_hosts=None)
+    assert (await port.ssh_target("cold-cp")).port == target.port  # where it was; nothing answers there
+    await port.unpause_node("cold-cp")
+    again = await port.ssh_target("cold-cp")
+    for where in (again.port, exposed.port):
+        async with asyncssh.connect(
+            target.host, where, username="root", client_keys=[client_key], known_hosts=None
+        ) as conn:
+            assert (await conn.run("true", check=True)).exit_status == 0
+
+
 # --- claims ------------------------------------------------------------------------------------
 async def test_claim_takes_only_free_nodes_of_the_wanted_classes(port: ClusterPort) -> None:
     await free_nodes(port, "pool-cp-1", "pool-cp-2")

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.image_activities import ImageActivities
-from labrador.published_images import JsonFilePublishedImages
+from cluster.published_images import JsonFilePublishedImages
 from labrador.settings import Settings
 from labs.models import NodeClass
 from tests.images.layer_check import assert_containerdisk, pull_single_layer, qemu_check, skopeo_inspect

@@ -9,7 +9,9 @@ resourceVersion, and ignores preconditions. This subclass:
   patch whose metadata.resourceVersion is stale with 409, and refuses creating in a missing
   namespace with 404;
 - allocates a nodePort for NodePort Services, as the API server does;
-- lets a test inject an HTTP error on the next N requests matching a method and a path regex.
+- lets a test inject an HTTP error on the next N requests matching a method and a path regex;
+- serves KubeVirt's `subresources.kubevirt.io/v1` pause/unpause of a VMI as virt-api does (409 when
+  already paused / not paused / not running, 404 without a VMI), setting the Paused condition.
 Label selectors stay ignored (like kmock): the backend re-checks labels itself.
 
 `VirtController` plays virt-controller/CDI: it writes VM, VMI and DataVolume status.
@@ -42,6 +44,10 @@ CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 DECLARED = [VMS, VMIS, DVS, PVCS, SERVICES, POLICIES, SECRETS, CONFIGMAPS]
 
 _NS_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
+_PAUSE_PATH = re.compile(
+    r"^/apis/subresources\.kubevirt\.io/v1/namespaces/(?P<ns>[^/]+)/virtualmachineinstances/(?P<name>[^/]+)"
+    r"/(?P<action>pause|unpause)$"
+)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class LabEmulator(kmock.KubernetesEmulator):
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _node_ports: itertools.count[int] = attrs.field(factory=lambda: itertools.count(30000), init=False)
     faults: list[Fault] = attrs.field(factory=list, init=False)
+    subresource_calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -107,7 +114,42 @@ class LabEmulator(kmock.KubernetesEmulator):
             except ValueError:
                 data = None
             return self._namespaces(raw_request.method, match.group("name"), data)
+        match = _PAUSE_PATH.match(raw_request.path)
+        if match:
+            return self._pause(raw_request.method, match.group("ns"), match.group("name"), match.group("action"))
         return await super().__call__(raw_request)
+
+    def _pause(self, method: str, namespace: str, name: str, action: str) -> aiohttp.web.StreamResponse:
+        """virt-api's PauseVMIRequestHandler / UnpauseVMIRequestHandler, with virt-handler's effect."""
+        self.subresource_calls.append((method, namespace, name, action))
+        if method != "PUT":
+            return _status(405, "MethodNotAllowed", method)
+        vmi = self.live(VMIS, namespace, name)
+        if vmi is None:
+            return _status(404, "NotFound", f'virtualmachineinstance.kubevirt.io "{name}" not found')
+        status = vmi.setdefault("status", {})
+        conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Paused"]
+        paused = any(c.get("type") == "Paused" and c.get("status") == "True" for c in status.get("conditions") or [])
+        running = status.get("phase") == "Running"
+        if action == "pause":
+            if not running:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VM is not running')
+            if paused:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VMI is already paused')
+            conditions.append({"type": "Paused", "status": "True", "reason": "PausedByUser"})
+        else:
+            if not running or not paused:
+                return _status(409, "Conflict", f'Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io '
+                                                f'"{name}": VMI is not paused')
+        # The pod's readiness gate (virtual-machine-unpaused) makes the VMI not Ready while paused.
+        for condition in conditions:
+            if condition.get("type") == "Ready":
+                condition["status"] = "False" if action == "pause" else "True"
+        status["conditions"] = conditions
+        self.objects[VMIS, namespace, name]["status"] = status
+        return aiohttp.web.Response(status=200)
 
     def _namespaces(self, method: str, name: str | None, data: Any) -> aiohttp.web.StreamResponse:
         if name is None and method == "GET":

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from cluster.kubevirt.api import NAMESPACES, KubeApi
 from cluster.kubevirt.published_images import CONFIGMAP_NAME, ConfigMapPublishedImages
-from labrador.published_images import PublishedImage, effective_image
+from cluster.published_images import PublishedImage, effective_image
 from labs.models import NodeClass, Role
 from tests.kubevirt.emulator import CONFIGMAPS, LabEmulator
 

@@ -19,9 +19,9 @@ from temporalio.worker import Worker
 from activities.cluster_activities import ClusterActivities
 from activities.pool_activities import PoolActivities
 from cluster.models import ClaimRequest, ClaimResult, ClaimWant, NodeSpec, SessionRef
+from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.clock import ManualClock
-from labrador.published_images import JsonFilePublishedImages
 from labs.models import NodeClass, Role
 from workflows.capacity.broker import CapacityBrokerWorkflow
 from workflows.capacity.gate import CapacityGate, CapacityRefused

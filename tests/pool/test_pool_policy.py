@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from labrador import pool_policy
-from labrador.pool_policy import ClassDemand, SizingParams
+from workflows import pool_policy
+from workflows.pool_policy import ClassDemand, SizingParams
 
 MONDAY = datetime(2026, 11, 2, tzinfo=UTC)
 PARAMS = SizingParams(min_size=1, max_size=30, refill_interval=timedelta(minutes=1),

@@ -13,7 +13,7 @@ from temporalio.worker import Worker
 from activities.cluster_activities import ClusterActivities
 from activities.pool_activities import PoolActivities
 from cluster.models import ClaimRequest, ClaimWant, Inventory, NodeSpec, NodeState, SessionRef
-from labrador.published_images import PublishedImage
+from cluster.published_images import PublishedImage
 from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
 from workflows.models import ActivityName
 from workflows.pool_models import ClassSizing, PoolRefillInput, PoolRefillResult

@@ -15,9 +15,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated.faults import FaultPlan
 from labrador.client import LabClient
-from labrador.published_images import JsonFilePublishedImages
 from labrador.settings import PACKAGE_LABS_DIR, Settings
 from labs.loader import load_catalog
 from labs.models import Catalog

@@ -37,6 +37,8 @@ from workflows.models import (
     CheckReport,
     CheckResult,
     ChecksInput,
+    ClockStepInput,
+    ClockStepResult,
     SessionCredentials,
     SetupInput,
     SetupResult,
@@ -57,6 +59,9 @@ class MemoryCluster:
         self.provision_calls: list[str] = []
         self.unavailable_calls = 0  # the next N calls raise ClusterUnavailable
         self.not_ready_calls: dict[str, int] = {}  # node ID -> how many status calls answer not-ready
+        self.paused: set[str] = set()
+        self.pause_calls: list[str] = []  # "pause <id>" / "unpause <id>", in order
+        self.fail_unpause = False  # unpausing leaves the node FAILED (it never comes back)
 
     def _maybe_unavailable(self) -> None:
         if self.unavailable_calls > 0:
@@ -97,6 +102,20 @@ class MemoryCluster:
             node_id=node_id, phase=phase, address="10.0.0.1" if phase == NodePhase.READY else None,
             reason=self.fail_reason if phase == NodePhase.FAILED else None,
         )
+
+    async def pause_node(self, node_id: str) -> None:
+        if node_id not in self.nodes:
+            raise NodeNotFound(node_id)
+        self.pause_calls.append(f"pause {node_id}")
+        self.paused.add(node_id)
+        self.statuses[node_id] = NodePhase.PAUSED
+
+    async def unpause_node(self, node_id: str) -> None:
+        if node_id not in self.nodes:
+            raise NodeNotFound(node_id)
+        self.pause_calls.append(f"unpause {node_id}")
+        self.paused.discard(node_id)
+        self.statuses[node_id] = NodePhase.FAILED if self.fail_unpause else NodePhase.READY
 
     async def mark_free(self, node_id: str) -> NodeRecord:
         record = self.nodes[node_id].model_copy(update={"state": NodeState.FREE})
@@ -174,9 +193,16 @@ class ScriptStandIns:
         self.check_runs = 0
         self.teardowns = 0
         self.checks_pass = True
+        self.clock_steps: list[list[str]] = []  # lab node names per step_guest_clocks call
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.create_session_credentials, self.run_setup, self.run_checks, self.run_teardown_scripts]
+        return [self.create_session_credentials, self.run_setup, self.run_checks, self.run_teardown_scripts,
+                self.step_guest_clocks]
+
+    @activity.defn(name=ActivityName.STEP_GUEST_CLOCKS)
+    async def step_guest_clocks(self, request: ClockStepInput) -> ClockStepResult:
+        self.clock_steps.append([n.name for n in request.nodes])
+        return ClockStepResult(stepped=[n.name for n in request.nodes])
 
     @activity.defn(name=ActivityName.CREATE_SESSION_CREDENTIALS)
     async def create_session_credentials(self, session: SessionRef) -> SessionCredentials:

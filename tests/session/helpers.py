@@ -38,8 +38,10 @@ async def session_worker(
 
 
 async def start_session(
-    client: Client, task_queue: str, lab: Lab, *, student: str | None = None, timings: SessionTimings | None = None
+    client: Client, task_queue: str, lab: Lab, *, student: str | None = None, timings: SessionTimings | None = None,
+    **limits: Any,
 ) -> WorkflowHandle[Any, Any]:
+    """`limits`: `pause=PauseLimits(...)`, `reset=ResetLimits(...)` (else the defaults)."""
     student = student or f"student-{uuid.uuid4().hex[:6]}"
     return await client.start_workflow(
         LabSessionWorkflow.run,
@@ -48,6 +50,7 @@ async def start_session(
             lab=lab,
             node_classes={n.node_class: NODE_CLASSES[n.node_class] for n in lab.nodes},
             timings=timings or SessionTimings(health_interval=SLOW_HEALTH),
+            **limits,
         ),
         id=f"lab-session/{student}",
         task_queue=task_queue,

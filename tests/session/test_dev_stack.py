@@ -37,7 +37,7 @@ def test_dev_stack_serves_the_lab_commands_and_stops_cleanly_on_sigterm(tmp_path
         port, ui_port = free_port(), free_port()
         dev = subprocess.Popen(
             [sys.executable, "-m", "labrador", "dev", "--data-dir", str(tmp_path / "data"), "--port", str(port),
-             "--ui-port", str(ui_port)],
+             "--ui-port", str(ui_port), "--api-port", str(free_port()), "--metrics-port", str(free_port())],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + 60

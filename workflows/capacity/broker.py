@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         CAPACITY_BROKER_WORKFLOW,
         CAPACITY_NOTICE_SIGNAL,
         BrokerState,
+        CapacityActivityName,
         CapacityLimits,
         CapacityNotice,
         CapacityRelease,
@@ -41,12 +42,14 @@ with workflow.unsafe.imports_passed_through():
         CapacityState,
         CapacityStateRequest,
         CapacityUsage,
+        EndedSessions,
+        EndedSessionsInput,
         PoolReservation,
         PoolReservationResult,
         PositionRequest,
+        SessionRunRef,
         Waiting,
     )
-    from workflows.pool_models import EndedSessions, EndedSessionsInput, PoolActivityName, SessionRunRef
 
 KNOWN_WAIT = timedelta(seconds=20)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
@@ -114,7 +117,7 @@ class CapacityBrokerWorkflow:
         ask, settling = self._ledger.usage_request()
         try:
             usage: CapacityUsage = await workflow.execute_activity(
-                PoolActivityName.CAPACITY_USAGE, ask, result_type=CapacityUsage,
+                CapacityActivityName.CAPACITY_USAGE, ask, result_type=CapacityUsage,
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY, summary="cluster usage",
             )
         except ActivityError as error:  # cluster unreachable: keep counting what we had, try next round
@@ -173,7 +176,7 @@ class CapacityBrokerWorkflow:
             return
         try:
             ended: EndedSessions = await workflow.execute_activity(
-                PoolActivityName.ENDED_SESSIONS,
+                CapacityActivityName.ENDED_SESSIONS,
                 EndedSessionsInput(sessions=[
                     SessionRunRef(session_id=request_key(w, r), workflow_id=w, run_id=r) for w, r, _ in refs
                 ]),

@@ -27,12 +27,12 @@ with workflow.unsafe.imports_passed_through():
     from cluster.models import SessionRef
     from workflows.capacity.models import (
         CAPACITY_NOTICE_SIGNAL,
+        CapacityActivityName,
         CapacityLimits,
         CapacityNotice,
         CapacityRelease,
         CapacityRequest,
     )
-    from workflows.pool_models import PoolActivityName
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 # Ticket-number path: retried until the workflow's budget (schedule-to-close) runs out, not forever.
@@ -90,7 +90,7 @@ class CapacityGate:
             new_vms=new_vms, new_memory_bytes=new_memory_bytes,
         )
         answer: CapacityNotice = await workflow.execute_local_activity(
-            PoolActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+            CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
             start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget, retry_policy=ADMIT_RETRY,
         )
         self._on_notice(answer)
@@ -136,7 +136,7 @@ class CapacityGate:
             session=session, vms=vms, memory_bytes=memory_bytes, limits=limits, requested_at=workflow.now()
         )
         await workflow.execute_activity(
-            PoolActivityName.REQUEST_CAPACITY, request, start_to_close_timeout=timedelta(seconds=30),
+            CapacityActivityName.REQUEST_CAPACITY, request, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RETRY,
         )
         await self._wait(session, limits, max_wait, stop)
@@ -150,11 +150,11 @@ class CapacityGate:
         self.position = None
         if self._local:
             await workflow.execute_local_activity(
-                PoolActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
+                CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
             )
             return
         await workflow.execute_activity(
-            PoolActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
+            CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
             start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
         )

@@ -10,6 +10,7 @@ import base64
 import json
 import zlib
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,34 @@ def capacity_broker_id(task_queue: str) -> str:
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+class CapacityActivityName(StrEnum):
+    """Activities of the capacity path (activities/pool_activities.py), called by name."""
+
+    ADMIT_CAPACITY = "pool_admit_capacity"
+    REQUEST_CAPACITY = "pool_request_capacity"
+    RELEASE_CAPACITY = "pool_release_capacity"
+    RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
+    CAPACITY_USAGE = "pool_capacity_usage"
+    ENDED_SESSIONS = "pool_ended_sessions"
+
+
+# --- liveness of runs (the broker's and the leak collector's) ---------------------------------------
+
+
+class SessionRunRef(Model):
+    session_id: str
+    workflow_id: str | None = None
+    run_id: str | None = None
+
+
+class EndedSessionsInput(Model):
+    sessions: list[SessionRunRef]
+
+
+class EndedSessions(Model):
+    session_ids: list[str] = Field(default_factory=list, description="sessions whose run is not running")
 
 
 class CapacityLimits(Model):

@@ -35,7 +35,7 @@ from pathlib import Path
 import asyncssh
 
 from cluster.models import SshTarget
-from labrador.settings import Settings
+from cluster.settings import Settings
 
 OUTPUT_LIMIT = 16 * 1024
 """Characters of combined output (and of stdout) kept per command."""

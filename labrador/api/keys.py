@@ -1,0 +1,107 @@
+"""API keys: `scope:key` entries, several per scope (rotation), compared in constant time.
+
+A key is never logged nor stored in Temporal; what identifies a caller (e.g. the one that started a
+lab) is `key_id`, a short hash of the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from labrador.settings import Settings
+
+
+class Scope(StrEnum):
+    APP = "app"  # students' lab operations
+    ADMIN = "admin"  # bulk actions, the pool (and everything app may do)
+
+
+class KeyConfigError(ValueError):
+    """Bad api_keys / api_keys_file; the message names the entry, never the key."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    scope: Scope
+    digest: bytes  # sha256 of the key: what is compared, so every comparison has the same length
+
+    @property
+    def key_id(self) -> str:
+        return self.digest.hex()[:16]
+
+    def allows(self, needed: Scope) -> bool:
+        return self.scope == Scope.ADMIN or self.scope == needed
+
+
+_MIN_KEY_LENGTH = 16
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_keys(text: str, source: str = "api_keys") -> list[ApiKey]:
+    keys: list[ApiKey] = []
+    for position, entry in enumerate(e.strip() for e in re.split(r"[,\n]", text)):
+        if not entry or entry.startswith("#"):
+            continue
+        scope, sep, key = entry.partition(":")
+        if not sep or scope.strip() not in {s.value for s in Scope}:
+            raise KeyConfigError(f"setting {source}: entry {position + 1} is not 'scope:key' with scope app or admin")
+        key = key.strip()
+        if len(key) < _MIN_KEY_LENGTH:
+            raise KeyConfigError(f"setting {source}: entry {position + 1} has a key shorter than "
+                                 f"{_MIN_KEY_LENGTH} characters")
+        keys.append(ApiKey(Scope(scope.strip()), _digest(key)))
+    return keys
+
+
+def keys_from_settings(settings: Settings) -> list[ApiKey]:
+    if settings.api_keys is not None:
+        return parse_keys(settings.api_keys.get_secret_value())
+    if settings.api_keys_file is not None:
+        path = Path(settings.api_keys_file).expanduser()
+        try:
+            return parse_keys(path.read_text(), f"api_keys_file {path}")
+        except OSError as exc:
+            raise KeyConfigError(f"setting api_keys_file: cannot read {path}: {exc.strerror}") from None
+    return []
+
+
+def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
+    """The configured key matching `presented`; every key is compared (no early exit on a match)."""
+    digest = _digest(presented)
+    found: ApiKey | None = None
+    for key in keys:
+        if hmac.compare_digest(key.digest, digest):
+            found = key
+    return found
+
+
+def new_keys_text() -> str:
+    return "".join(f"{scope.value}:{secrets.token_urlsafe(32)}\n" for scope in Scope)
+
+
+DEV_KEYS_FILE = "api.keys"
+
+
+def ensure_dev_api_keys(settings: Settings) -> Settings:
+    """For `labrador dev`: unless keys are configured, one key per scope in a 0600 file in the data dir."""
+    if settings.api_keys is not None or settings.api_keys_file is not None:
+        return settings
+    path = settings.data_dir.expanduser() / DEV_KEYS_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{DEV_KEYS_FILE}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as handle:
+            handle.write(new_keys_text())
+        tmp.replace(path)
+    return settings.model_copy(update={"api_keys_file": path})

@@ -1,0 +1,62 @@
+"""Pause and resume on the real stack: dev server, production worker, simulated cluster, real SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import asyncssh
+import pytest
+
+from cluster.models import NodePhase
+from workflows.models import LabSessionResult, Phase, WaitReadyResult
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def ssh_answers(ready: WaitReadyResult) -> bool:
+    assert ready.endpoint is not None and ready.private_key is not None
+    key = asyncssh.import_private_key(ready.private_key)
+    try:
+        async with asyncssh.connect(ready.endpoint.host, ready.endpoint.port, username="root", client_keys=[key],
+                                    known_hosts=None, connect_timeout=5) as conn:
+            return (await conn.run("true")).exit_status == 0
+    except (OSError, asyncssh.Error):
+        return False
+
+
+async def test_a_paused_lab_refuses_ssh_and_answers_again_after_resume(stack: Stack) -> None:
+    cluster = await stack.start_worker()
+    who = f"st-{uuid.uuid4().hex[:8]}"
+    await stack.labs.start(who, "networkpolicy-db")
+    ready = await stack.labs.wait_ready(who, timedelta(seconds=15))
+    assert ready.ready and await ssh_answers(ready)
+    node_ids = [n.node_id for n in (await stack.labs.status(who)).nodes]
+
+    paused = await stack.labs.pause(who)
+    assert not await ssh_answers(ready)  # the student's SSH is closed
+    assert {(await cluster.node_status(n)).phase for n in node_ids} == {NodePhase.PAUSED}
+    status = await stack.labs.status(who)
+    assert status.phase == Phase.PAUSED and status.pause_expires_at == paused.expires_at
+    async with asyncio.timeout(10):  # visibility is eventually consistent
+        while True:
+            if who in {s.student_id for s in await stack.labs.list("paused")}:
+                break
+            await asyncio.sleep(0.1)
+
+    resumed = await stack.labs.resume(who)
+    again = await stack.labs.wait_ready(who, timedelta(seconds=5))
+    assert again.ready and again.endpoint == resumed.endpoint and again.deadline == resumed.deadline
+    assert await ssh_answers(again)
+    for node_id in node_ids:  # every guest clock was stepped over SSH
+        assert any(c.startswith("date -u -s @") for c in cluster.commands(node_id))
+    assert (await stack.labs.status(who)).phase == Phase.RUNNING
+
+    await stack.labs.end(who)
+    result: LabSessionResult = await stack.labs.result(who)
+    assert (result.outcome, result.reason) == (Phase.ENDED, "ended by student")
+    assert "paused" in result.phase_seconds
+    assert (await cluster.inventory()).nodes == []
