@@ -22,13 +22,15 @@ from labrador.temporal import connect
 
 
 def workflow_classes() -> list[type]:
+    from workflows.bulk_end import BulkEndWorkflow
     from workflows.capacity.broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
+    from workflows.webhooks import WebhookDeliveryWorkflow
 
     return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
-            *image_workflow_classes()]
+            WebhookDeliveryWorkflow, BulkEndWorkflow, *image_workflow_classes()]
 
 
 def image_workflow_classes() -> list[type]:
@@ -55,12 +57,16 @@ def build_port(settings: Settings) -> Any:
 
 
 def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]]:
+    from activities.bulk_activities import bulk_activities
     from activities.cluster_activities import ClusterActivities
     from activities.script_activities import ScriptActivities
+    from activities.webhook_activities import WebhookActivities
 
     return [
+        *bulk_activities(),
         *ClusterActivities(port).all(),
         *ScriptActivities(port, settings).all(),
+        *WebhookActivities(settings).all(),
         *image_activities(settings).shared(),
         *pool_activities(port, settings),
     ]
@@ -148,7 +154,16 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(load_settings(use_dev_stack=False)))
+    from cluster.secret_files import InsecureKeyFile
+    from cluster.ssh import SshError
+    from labrador.codec import CodecError
+    from labrador.settings import SettingsError
+
+    try:
+        asyncio.run(run(load_settings(use_dev_stack=False)))
+    except (SettingsError, CodecError, SshError, InsecureKeyFile) as exc:  # configuration: one line, exit 1
+        logging.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

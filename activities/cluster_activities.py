@@ -27,7 +27,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
 )
-from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError, WatchesNodes
 from workflows.models import (
     ActivityName,
     ExposeInput,
@@ -95,7 +95,9 @@ class ClusterActivities:
     @activity.defn(name=ActivityName.WAIT_NODE_READY)
     @map_port_errors
     async def wait_node_ready(self, request: WaitReadyInput) -> NodeStatus:
-        """Poll until the node is ready; heartbeat each poll. A FAILED or vanished node is permanent.
+        """Wait until the node is ready; heartbeat at each look. A FAILED or vanished node is permanent.
+        A backend that watches (kubevirt's cache) wakes the wait on the node's next event; others
+        are asked again every `poll_interval`.
 
         The first attempt's start time travels in the heartbeat details, so a retried attempt
         (worker restart, heartbeat timeout) keeps counting `timeout` from the original start.
@@ -132,7 +134,10 @@ class ClusterActivities:
                     non_retryable=True,
                 )
             activity.heartbeat(started.isoformat())
-            await asyncio.sleep(request.poll_interval.total_seconds())
+            if isinstance(self.port, WatchesNodes):
+                await self.port.wait_node_change(request.node_id, request.poll_interval.total_seconds())
+            else:
+                await asyncio.sleep(request.poll_interval.total_seconds())
 
     @activity.defn(name=ActivityName.NODE_HEALTH)
     @map_port_errors

@@ -6,6 +6,7 @@ Node creation, readiness, mark-free and deletion are the cluster activities
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -92,7 +93,8 @@ class PoolActivities:
     @activity.defn(name=PoolActivityName.POOL_PLAN)
     async def pool_plan(self, request: PoolPlanInput) -> PoolPlan:
         try:
-            classes = self.node_classes()
+            # Off the event loop: the catalog is files from strangers (bounded, but parsing is work).
+            classes = await asyncio.to_thread(self.node_classes)
         except ValueError as error:  # labs.loader.CatalogError: a broken catalog needs a person, not retries
             raise ApplicationError(f"pool plan: the catalog does not load: {error}", non_retryable=True) from error
         if request.classes is not None:

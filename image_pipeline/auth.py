@@ -51,7 +51,7 @@ def ecr_credentials(registry: str, *, region: str | None = None, endpoint_url: s
     import boto3
     import botocore.exceptions
 
-    match = ECR_HOST_RE.match(registry)
+    match = ECR_HOST_RE.fullmatch(registry)
     region = region or (match["region"] if match else None) or "us-east-1"
     client = boto3.client("ecr", region_name=region, endpoint_url=endpoint_url)
     try:
@@ -76,6 +76,6 @@ def resolve_credentials(
 ) -> Credentials | None:
     if mode == "none":
         return None
-    if mode == "ecr" or (mode == "auto" and ECR_HOST_RE.match(registry)):
+    if mode == "ecr" or (mode == "auto" and ECR_HOST_RE.fullmatch(registry)):
         return ecr_credentials(registry, endpoint_url=aws_endpoint_url)
     return docker_config_credentials(registry, docker_config)

@@ -14,7 +14,8 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from labrador.codec import codec_from_settings
+from cluster.secret_files import read_key_bytes
+from labrador.codec import KeylessCodec, codec_from_settings
 from labrador.settings import Settings
 
 
@@ -25,7 +26,8 @@ def data_converter(settings: Settings) -> DataConverter:
     converter = pydantic_data_converter
     codec = codec_from_settings(settings)
     if codec is None:
-        return converter
+        # Without keys an encrypted payload is a one-line MissingCodecKey, not a converter KeyError.
+        return dataclasses.replace(converter, payload_codec=KeylessCodec())
     return dataclasses.replace(
         converter, payload_codec=codec, failure_converter_class=DefaultFailureConverterWithEncodedAttributes
     )
@@ -38,10 +40,11 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     def read(path: object) -> bytes | None:
         return path.read_bytes() if path is not None else None  # type: ignore[attr-defined]
 
+    key = settings.temporal_tls_key
     return TLSConfig(
         server_root_ca_cert=read(settings.temporal_tls_ca),
         client_cert=read(settings.temporal_tls_cert),
-        client_private_key=read(settings.temporal_tls_key),
+        client_private_key=read_key_bytes(key, "temporal_tls_key") if key is not None else None,
     )
 
 

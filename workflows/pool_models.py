@@ -53,10 +53,14 @@ class PoolActivityName(StrEnum):
 
 
 class ClassSizing(Model):
-    """Bounds of the demand-aware target of one node class (workflows.pool_policy)."""
+    """Bounds of the demand-aware target of one node class (workflows.pool_policy).
 
-    min_size: int = Field(0, ge=0)
-    max_size: int = Field(10, ge=0)
+    In `PoolRefillInput.sizing` an operator's override (`labrador pool size`): a bound left None
+    comes from the catalog's `pool:` block (workflows/pool_sizing.py has the precedence).
+    """
+
+    min_size: int | None = Field(None, ge=0, description="a flat floor; replaces the catalog's min and schedule")
+    max_size: int | None = Field(None, ge=0, description="replaces the catalog's max")
     margin: int = Field(0, ge=0)
 
 
@@ -70,8 +74,12 @@ class PoolRefillMemory(Model):
 class PoolRefillInput(Model):
     """The schedule's argument. `drained` lives here: every refill reads it (see docs/pool.md)."""
 
-    sizing: dict[str, ClassSizing] = Field(default_factory=dict, description="per class; others use default")
-    default_sizing: ClassSizing = Field(default_factory=ClassSizing)
+    sizing: dict[str, ClassSizing] = Field(
+        default_factory=dict, description="per-class overrides (`labrador pool size`); win over the catalog"
+    )
+    default_sizing: ClassSizing = Field(
+        default_factory=ClassSizing, description="bounds of a class with neither override nor catalog `pool:`"
+    )
     pooled_classes: list[str] | None = Field(
         default=None, description="classes the pool keeps warm; None means every class of the catalog"
     )
@@ -105,6 +113,9 @@ class PoolPlan(Model):
 class ClassReport(Model):
     node_class: str
     target: int
+    target_reason: str = Field("", description="why: drained, min, schedule '...', override min, demand, max (...)")
+    min_size: int | None = Field(None, description="the floor this refill used")
+    max_size: int | None = Field(None, description="the cap this refill used")
     free: int = Field(0, description="free nodes after the refill (fresh image)")
     provisioning: int = 0
     claimed: int = 0

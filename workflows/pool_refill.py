@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     # Not `from workflows import pool_policy`: inside the sandbox that form loads a second copy of the
     # module (its ClassDemand would not be the one PoolRefillResult validates against).
     import workflows.pool_policy as pool_policy
+    import workflows.pool_sizing as pool_sizing
     from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState, SessionRef
     from cluster.naming import dns_label
     from labs.models import NodeClass
@@ -53,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
         SessionRunRef,
         UnclaimedNodeDeletion,
     )
-    from workflows.pool_policy import ClassDemand, SizingParams
+    from workflows.pool_policy import ClassDemand
 
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
@@ -66,17 +67,6 @@ RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=time
 def pool_node_id(node_class: str, unique: str) -> str:
     """A pool node ID: short, DNS-safe, unique per refill run (uuid4 of the workflow is replay-safe)."""
     return dns_label("p", node_class[:20], unique[:10], max_len=40)
-
-
-def sizing_params(input: PoolRefillInput, node_class: str) -> SizingParams:
-    sizing = input.sizing.get(node_class, input.default_sizing)
-    return SizingParams(
-        min_size=sizing.min_size,
-        max_size=sizing.max_size,
-        margin=sizing.margin,
-        refill_interval=input.refill_interval,
-        default_boot_time=input.default_boot_time,
-    )
 
 
 def allocate(wants: dict[str, int], memory: dict[str, int], room_vms: int, room_memory: int) -> dict[str, int]:
@@ -130,13 +120,15 @@ class PoolRefillWorkflow:
             drained = name in input.drained
 
             # Demand: claimed nodes the previous run had not seen are this interval's claims.
-            params = sizing_params(input, name)
+            sizing = pool_sizing.resolve(input, node_class, name, now)
+            params = sizing.params
             claimed_ids[name] = sorted(n.node_id for n in claimed)
             state = last.demand.get(name, ClassDemand()) if last else ClassDemand()
             seen = set(last.claimed_node_ids.get(name, [])) if last else set(claimed_ids[name])
             state = pool_policy.observe(state, now, len(set(claimed_ids[name]) - seen), params)
             demand[name] = state
             target = 0 if drained else pool_policy.target(state, now, params)
+            reason = pool_sizing.target_reason(target, pool_policy.wanted(state, now, params), sizing, drained)
 
             stale = [n for n in free + provisioning if n.image != node_class.image]
             overdue = [
@@ -160,7 +152,8 @@ class PoolRefillWorkflow:
             keep[name] = warm
             wants[name] = max(0, target - len(warm))
             reports[name] = ClassReport(
-                node_class=name, target=target, claimed=len(claimed),
+                node_class=name, target=target, target_reason=reason, min_size=params.min_size,
+                max_size=params.max_size, claimed=len(claimed),
                 stale=len([n for n in stale if n.state == NodeState.FREE]), drained=drained,
             )
 

@@ -69,9 +69,13 @@ async def test_one_endpoint_has_sdk_and_labrador_metrics(metered: tuple[LabClien
     await labs.start(who, "apiserver-manifest-typo")
     assert (await labs.wait_ready(who, timedelta(seconds=30))).ready
     await labs.check(who)
-    await collector.collect_once()
-    running = scrape(address)
-    phases = {labels["phase"]: value for labels, value in running["labrador_labs"]}
+    for _ in range(100):  # Visibility is eventually consistent
+        await collector.collect_once()
+        running = scrape(address)
+        phases = {labels["phase"]: value for labels, value in running["labrador_labs"]}
+        if phases.get("running", 0) >= 1:
+            break
+        await asyncio.sleep(0.1)
     assert phases["running"] >= 1 and set(phases) >= {p.value for p in Phase}
     assert dict((labels["lab"], value) for labels, value in running["labrador_labs_by_lab"])[
         "apiserver-manifest-typo"] >= 1

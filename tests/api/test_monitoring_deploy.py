@@ -12,7 +12,8 @@ from tests.kubevirt import schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
-SOURCES = [ROOT / "workflows" / "metrics.py", ROOT / "labrador" / "metrics.py", *(ROOT / "activities").glob("*.py")]
+SOURCES = [ROOT / "workflows" / "metrics.py", ROOT / "workflows" / "webhooks.py", ROOT / "labrador" / "metrics.py",
+           *(ROOT / "activities").glob("*.py")]
 
 
 def recorded_names() -> set[str]:

@@ -249,6 +249,19 @@ async def test_claim_returns_fewer_when_the_pool_runs_short(port: ClusterPort) -
     assert (await port.claim(want("s2", cp=1))).nodes == []
 
 
+async def test_a_free_node_deleted_while_claiming_means_the_next_node(port: ClusterPort) -> None:
+    """A listed free node deleted before it is claimed is passed by, not an error (kubevirt: the
+    claim patch answers 404; tests/kubevirt/test_cache.py injects it; simulated: the claim and
+    the delete are each one transaction, so the claim simply never sees the node)."""
+    import asyncio
+
+    await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
+    await port.delete_node("pool-cp-1")
+    _, result = await asyncio.gather(port.delete_node("pool-cp-2"), port.claim(want("s1", cp=2)))
+    claimed = {n.node_id for n in result.nodes}
+    assert "pool-cp-1" not in claimed and "pool-cp-3" in claimed and 1 <= len(claimed) <= 2
+
+
 async def test_claim_is_idempotent_for_the_same_session(port: ClusterPort) -> None:
     await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
     first = await port.claim(want("s1", cp=1))
