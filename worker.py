@@ -23,7 +23,7 @@ from labrador.temporal import connect
 
 def workflow_classes() -> list[type]:
     from workflows.bulk_end import BulkEndWorkflow
-    from workflows.capacity_broker import CapacityBrokerWorkflow
+    from workflows.capacity.broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
