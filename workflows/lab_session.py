@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 # Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
@@ -192,7 +192,12 @@ def _cause(error: BaseException) -> str:
 # most of the memory per cached lab (bench/session_overhead.py, docs/session.md). Determinism is guarded
 # by the import contract (no I/O modules), tests/session/test_determinism_guard.py (no clock, randomness
 # or threads) and the replay of recorded histories.
-@workflow.defn(name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False)
+# PINNED (Worker Versioning, docs/session.md#rolling-upgrades): a lab finishes on the build it started
+# on, so a new build never replays a running lab; ignored by unversioned workers.
+@workflow.defn(
+    name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
+    versioning_behavior=VersioningBehavior.PINNED,
+)
 class LabSessionWorkflow:
     @workflow.init
     def __init__(self, request: LabSessionInput) -> None:
