@@ -192,8 +192,8 @@ def _cause(error: BaseException) -> str:
 # most of the memory per cached lab (bench/session_overhead.py, docs/session.md). Determinism is guarded
 # by the import contract (no I/O modules), tests/session/test_determinism_guard.py (no clock, randomness
 # or threads) and the replay of recorded histories.
-# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on the build it started
-# on, so a new build never replays a running lab; ignored by unversioned workers.
+# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on
+# the build it started on, so a new build never replays a running lab; ignored by unversioned workers.
 @workflow.defn(
     name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
     versioning_behavior=VersioningBehavior.PINNED,
