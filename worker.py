@@ -150,9 +150,10 @@ def graceful_shutdown(settings: Settings) -> timedelta:
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     """Worker Versioning (docs/session.md#rolling-upgrades-worker-versioning): this worker serves one
-    build of the Worker Deployment. Lab sessions are PINNED to the build they started on (declared on the workflow);
-    everything else (capacity broker, pool refill, image builds) moves to the current build at its next
-    task (AUTO_UPGRADE, the default here), so their changes still go behind `workflow.patched`."""
+    build of the Worker Deployment. Lab sessions are PINNED to the build they started on (declared on
+    the workflow); everything else (capacity broker, pool refill, image builds) moves to the current
+    build at its next task (AUTO_UPGRADE, the default here), so their changes still go behind
+    `workflow.patched`."""
     if settings.worker_deployment_name is None or settings.worker_build_id is None:
         return None
     return WorkerDeploymentConfig(
