@@ -25,15 +25,17 @@ from labrador.temporal import connect
 from labs.models import parse_duration
 
 
-def workflow_classes() -> list[type]:
+def workflow_classes(*, versioned: bool = False) -> list[type]:
+    """The worker's workflows; a versioned worker registers the lab session as PINNED (same name)."""
     from workflows.bulk_end import BulkEndWorkflow
     from workflows.capacity_broker import CapacityBrokerWorkflow
-    from workflows.lab_session import LabSessionWorkflow
+    from workflows.lab_session import LabSessionWorkflow, PinnedLabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow
     from workflows.webhooks import WebhookDeliveryWorkflow
 
-    return [LabSessionWorkflow, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
+    session = PinnedLabSessionWorkflow if versioned else LabSessionWorkflow
+    return [session, PoolRefillWorkflow, CapacityBrokerWorkflow, PoolStatusWorkflow,
             WebhookDeliveryWorkflow, BulkEndWorkflow, *image_workflow_classes()]
 
 
@@ -130,7 +132,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=workflow_classes(),
+        workflows=workflow_classes(versioned=deployment_config(settings) is not None),
         activities=[*activity_functions(port, settings), *extra_activities],
         max_concurrent_activities=200,
         interceptors=[MetricsInterceptor()],  # labrador_* metrics; no-ops without a metrics endpoint

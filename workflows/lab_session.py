@@ -192,12 +192,7 @@ def _cause(error: BaseException) -> str:
 # most of the memory per cached lab (bench/session_overhead.py, docs/session.md). Determinism is guarded
 # by the import contract (no I/O modules), tests/session/test_determinism_guard.py (no clock, randomness
 # or threads) and the replay of recorded histories.
-# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on
-# the build it started on, so a new build never replays a running lab; ignored by unversioned workers.
-@workflow.defn(
-    name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
-    versioning_behavior=VersioningBehavior.PINNED,
-)
+@workflow.defn(name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False)
 class LabSessionWorkflow:
     @workflow.init
     def __init__(self, request: LabSessionInput) -> None:
@@ -1046,6 +1041,20 @@ class LabSessionWorkflow:
         return [t.result() for t in tasks]
 
 
+# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on the
+# build it started on, so a new build never replays a running lab. The same workflow under the same name,
+# registered only by versioned workers: the server refuses a versioning behavior from an unversioned
+# worker ("versioning behavior cannot be specified without deployment options"), failing every task.
+@workflow.defn(
+    name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
+    versioning_behavior=VersioningBehavior.PINNED,
+)
+class PinnedLabSessionWorkflow(LabSessionWorkflow):
+    @workflow.run
+    async def run(self, request: LabSessionInput) -> LabSessionResult:
+        return await super().run(request)
+
+
 def _minutes(duration: timedelta) -> str:
     """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
     return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
@@ -1078,4 +1087,4 @@ async def _cluster_call(name: ActivityName, arg: Any, result_type: type | None, 
 _PREPARING = frozenset({Phase.QUEUED, Phase.CLAIMING, Phase.PROVISIONING, Phase.WIRING, Phase.SETTING_UP,
                         Phase.EXPOSING})
 
-__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "SessionFailed"]
+__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "PinnedLabSessionWorkflow", "SessionFailed"]

@@ -51,7 +51,8 @@ def _imported_modules(path: Path, module: str) -> set[str]:
 
 def unsandboxed_workflow_modules() -> dict[str, Path]:
     """Every project module an unsandboxed workflow of the worker can run, by module name."""
-    todo = [cls.__module__ for cls in workflow_classes() if not _Definition.must_from_class(cls).sandboxed]
+    classes = [*workflow_classes(), *workflow_classes(versioned=True)]
+    todo = [cls.__module__ for cls in classes if not _Definition.must_from_class(cls).sandboxed]
     seen: dict[str, Path] = {}
     while todo:
         module = todo.pop()
