@@ -797,7 +797,8 @@ class LabSessionWorkflow:
                 type="TooEarly",
             )
         assert self._ready_at is not None
-        total = self._deadline + self._lab.extension - self._ready_at
+        # The student's time: from ready to the new deadline, less the time spent paused (it moved the deadline).
+        total = self._deadline + self._lab.extension - self._ready_at - self._paused_total
         if total > timings.max_lab_duration:
             raise ApplicationError(
                 f"extend: the lab would last {_minutes(total)} in all, more than max_lab_duration "
