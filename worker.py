@@ -28,7 +28,7 @@ from labs.models import parse_duration
 def workflow_classes(*, versioned: bool = False) -> list[type]:
     """The worker's workflows; a versioned worker registers the lab session as PINNED (same name)."""
     from workflows.bulk_end import BulkEndWorkflow
-    from workflows.capacity_broker import CapacityBrokerWorkflow
+    from workflows.capacity.broker import CapacityBrokerWorkflow
     from workflows.lab_session import LabSessionWorkflow, PinnedLabSessionWorkflow
     from workflows.pool_refill import PoolRefillWorkflow
     from workflows.pool_status import PoolStatusWorkflow

@@ -40,6 +40,7 @@ from labrador.published_images import published_images_store
 from labrador.settings import Settings
 from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
+from workflows.capacity.models import CapacityLimits, CapacityNotice, PositionRequest, capacity_broker_id
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
     CheckReport,
@@ -61,7 +62,6 @@ from workflows.models import (
     WaitReadyRequest,
     WaitReadyResult,
 )
-from workflows.pool_models import CapacityLimits
 
 _TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
 _UPDATE_ATTEMPTS = 5
@@ -384,7 +384,23 @@ class LabClient:
                     f"(is a worker polling task queue {self.settings.task_queue!r}?)"
                 ) from exc
             raise self._rpc_error(exc, student_id) from exc
+        if status.phase == Phase.QUEUED:
+            status = await self._live_position(status)
         return status
+
+    async def _live_position(self, status: LabStatus) -> LabStatus:
+        """The session knows the place it was last told; the broker computes the live one (exact)."""
+        broker = self.client.get_workflow_handle(capacity_broker_id(self.settings.task_queue))
+        try:
+            notice: CapacityNotice = await broker.query(
+                "position", PositionRequest(workflow_id=self._workflow_id(status.student_id)),
+                result_type=CapacityNotice,
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            return status  # no broker (yet), or it does not answer: the session's own figure
+        if notice.position is None:
+            return status
+        return status.model_copy(update={"queue_position": notice.position})
 
     async def result(self, student_id: str) -> LabSessionResult:
         handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))

@@ -153,3 +153,46 @@ def test_every_pod_in_deploy_meets_the_restricted_profile_its_namespace_enforces
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
         assert all(set(v) & {"secret", "emptyDir", "configMap", "projected", "downwardAPI"} for v in pod["volumes"])
+
+
+def test_the_simulated_clusters_store_of_host_keys_is_private(tmp_path: Path) -> None:
+    from cluster.simulated.store import Store
+
+    old = os.umask(0o022)
+    try:
+        fresh = Store(tmp_path / "new.sqlite")  # holds the simulated nodes' SSH host private keys
+        fresh.close()
+        assert (tmp_path / "new.sqlite").stat().st_mode & 0o077 == 0
+        _file(tmp_path / "old.sqlite", b"", 0o644)  # made by an earlier version
+        Store(tmp_path / "old.sqlite").close()
+        assert (tmp_path / "old.sqlite").stat().st_mode & 0o077 == 0
+    finally:
+        os.umask(old)
+
+
+def test_the_clis_copy_of_a_student_key_is_private_even_over_an_old_file(tmp_path: Path) -> None:
+    from labrador.cli.lab_cmd import _key_file
+
+    settings = Settings(data_dir=tmp_path)
+    (tmp_path / "keys").mkdir()
+    _file(tmp_path / "keys" / "s-alice-1a2b3c.key", b"stale", 0o644)
+    path = _key_file(settings, "s-alice-1a2b3c", "-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert path.stat().st_mode & 0o077 == 0
+    assert path.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+def test_a_world_readable_docker_config_is_refused(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from image_pipeline.auth import docker_config_credentials
+    from image_pipeline.errors import PermanentError
+
+    auth = base64.b64encode(b"robot:s3cret").decode()
+    path = _file(tmp_path / "config.json", json.dumps({"auths": {"registry.example.test": {"auth": auth}}}).encode(),
+                 0o644)
+    with pytest.raises(PermanentError, match=r"setting docker_config: .*config.json has mode 0644"):
+        docker_config_credentials("registry.example.test", path)
+    path.chmod(0o640)
+    found = docker_config_credentials("registry.example.test", path)
+    assert found is not None and found.password == "s3cret"

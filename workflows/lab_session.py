@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from cluster.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
     from workflows import metrics, search_attributes
-    from workflows.capacity import CapacityGate, CapacityRefused
+    from workflows.capacity.gate import CapacityGate, CapacityRefused
     from workflows.models import (
         ActivityName,
         BoundNode,
@@ -98,6 +98,10 @@ WORKFLOW_BUGS: tuple[type[Exception], ...] = (
 class CallOptions:
     start_to_close: timedelta
     retry: RetryPolicy
+    schedule_to_close: timedelta | None = None  # a time budget over all attempts
+
+    def within(self, budget: timedelta) -> CallOptions:
+        return CallOptions(self.start_to_close, self.retry, budget)
 
 
 # Short, idempotent cluster calls run as local activities: no task-queue round trip per call.
@@ -107,9 +111,13 @@ CLUSTER_CALL = CallOptions(
         initial_interval=timedelta(milliseconds=200),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=10),
-        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation
+        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation (or `within`)
     ),
 )
+# workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
+# deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
+# before it replay the old path (tests/histories/capacity-v1-*.json).
+CAPACITY_TICKETS_PATCH = "capacity-tickets"
 # Teardown must finish: retry transient errors forever (visible as phase tearing-down in the UI).
 TEARDOWN_CALL = CallOptions(
     timedelta(seconds=60),
@@ -421,6 +429,82 @@ class LabSessionWorkflow:
     async def _claim_and_queue_for_capacity(self) -> str | None:
         """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
         in the capacity broker's FIFO queue (phase queued, bounded by `max_queue_wait`, outside the
+        provisioning-overdue limit). The claim and the broker calls are bounded by the
+        provisioning_overdue budget, and `end` cuts them short at once. Returns the end reason if the
+        student ended the lab meanwhile."""
+        if not workflow.patched(CAPACITY_TICKETS_PATCH):
+            return await self._claim_and_queue_v1()
+        steps = asyncio.create_task(self._claim_and_admit())
+        await workflow.wait_condition(lambda: steps.done() or self._end_reason is not None)
+        if not steps.done():
+            steps.cancel()
+            await workflow.wait([steps])
+            return self._end_reason
+        ended = steps.result()
+        if ended is None and self._phase == Phase.QUEUED:
+            self._enter(Phase.CLAIMING)
+        return ended
+
+    async def _claim_and_admit(self) -> str | None:
+        budget = self._input.timings.provisioning_overdue
+        bounded = CLUSTER_CALL.within(budget)
+        try:
+            await self._claim_warm_nodes(bounded)
+        except ActivityError as error:
+            raise SessionFailed(
+                "overdue", f"could not claim nodes within {format_duration(budget)}: {_cause(error)}"
+            ) from None
+        limits = self._input.capacity
+        if limits is None or all(node.warm for node in self._nodes):
+            return None
+        classes = self._input.node_classes
+        lab_nodes = {n.name: n for n in self._lab.nodes}
+
+        def need() -> tuple[int, int, int, int]:
+            total = sum(classes[n.node_class].memory_bytes for n in self._lab.nodes)
+            cold = [lab_nodes[b.name] for b in self._nodes if not b.warm]
+            return len(self._lab.nodes), total, len(cold), sum(classes[n.node_class].memory_bytes for n in cold)
+
+        def queued(position: int) -> None:
+            if self._phase != Phase.QUEUED:
+                self._enter(Phase.QUEUED)
+
+        def holds_warm_nodes() -> bool:
+            return any(node.warm for node in self._nodes)
+
+        # No hold-and-wait: a session that must queue gives its warm nodes up first (they count against
+        # the cap), else sessions each holding part of the cap could wait for one another forever.
+        max_wait = self._input.timings.max_queue_wait
+        queue_since = workflow.now()
+        try:
+            await self._capacity.admit(
+                self._session, *need(), limits, max_wait, budget, on_queued=queued,
+                stop=lambda: self._end_reason is not None
+                or (holds_warm_nodes() and self._capacity.position is not None),
+            )
+            if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
+                try:
+                    await self._give_up_warm_nodes(bounded)
+                except ActivityError as error:
+                    raise SessionFailed(
+                        "overdue", f"could not give warm nodes up within {format_duration(budget)}: {_cause(error)}"
+                    ) from None
+                left = max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1))
+                await self._capacity.admit(
+                    self._session, *need(), limits, left, budget, on_queued=queued,
+                    stop=lambda: self._end_reason is not None,
+                )
+        except CapacityRefused as refused:
+            raise SessionFailed("no capacity", str(refused)) from None
+        except ActivityError as error:
+            raise SessionFailed(
+                "overdue", f"the capacity broker did not answer within {format_duration(budget)}: {_cause(error)}"
+            ) from None
+        return self._end_reason
+
+    async def _claim_and_queue_v1(self) -> str | None:
+        """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
+        in the capacity broker's FIFO queue (phase queued, bounded by `max_queue_wait`, outside the
         provisioning-overdue limit). Returns the end reason if the student ended the lab meanwhile."""
         await self._claim_warm_nodes()
         limits = self._input.capacity
@@ -463,8 +547,8 @@ class LabSessionWorkflow:
 
     # --- steps ------------------------------------------------------------------------------------
 
-    async def _claim_warm_nodes(self) -> None:
-        """The one claiming step (the pool's capacity queue goes right before it)."""
+    async def _claim_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+        """The one claiming step (the pool's capacity queue goes right after it)."""
         wants: dict[str, int] = {}
         for node in self._lab.nodes:
             wants[node.node_class] = wants.get(node.node_class, 0) + 1
@@ -472,7 +556,7 @@ class LabSessionWorkflow:
             ActivityName.CLAIM_NODES,
             ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
             ClaimResult,
-            CLUSTER_CALL,
+            options,
         )
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
@@ -491,11 +575,11 @@ class LabSessionWorkflow:
                     )
                 )
 
-    async def _give_up_warm_nodes(self) -> None:
+    async def _give_up_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
         """Delete the warm nodes this session claimed and plan cold ones in their place."""
         lab_nodes = {n.name: n for n in self._lab.nodes}
         warm = [node for node in self._nodes if node.warm]
-        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, CLUSTER_CALL)
+        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, options)
                         for node in warm)
         self._nodes = [
             node.model_copy(update={"warm": False, "node_id": self._cold_node_id(lab_nodes[node.name])})
@@ -1063,7 +1147,8 @@ def _minutes(duration: timedelta) -> str:
 
 async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
     return await workflow.execute_local_activity(
-        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry
+        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry,
+        schedule_to_close_timeout=options.schedule_to_close,
     )
 
 

@@ -33,7 +33,8 @@ class ActivityName(StrEnum):
     EXPOSE_SSH = "expose_ssh"
     UNEXPOSE_SSH = "unexpose_ssh"
     RELEASE_SESSION = "release_session"
-    INVENTORY = "inventory"
+    INVENTORY = "inventory"  # the node list: only for activities and tools, never into a workflow
+    INVENTORY_SUMMARY = "inventory_summary"
     PAUSE_NODE = "pause_node"
     UNPAUSE_NODE = "unpause_node"
     # scripts over SSH (activities/script_activities.py)

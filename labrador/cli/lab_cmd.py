@@ -100,6 +100,7 @@ def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = _key_path(settings, session_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file; tighten one left by anything else
     with os.fdopen(fd, "w") as handle:
         handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
     return path

@@ -19,6 +19,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -28,6 +29,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound
 from labs.models import Check, Lab, LabNode, NodeClass, Role, Script, Scripts
@@ -178,6 +180,9 @@ class MemoryCluster:
 
     async def inventory(self) -> Inventory:
         return Inventory(nodes=list(self.nodes.values()))
+
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
 
     def session_objects(self) -> list[str]:
         """Anything a session still holds (must be empty after teardown)."""
