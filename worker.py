@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -225,6 +227,13 @@ def main() -> None:
     except (SettingsError, CodecError, SshError, InsecureKeyFile) as exc:  # configuration: one line, exit 1
         logging.error("%s", exc)
         raise SystemExit(1) from None
+    # Stopped cleanly (SIGTERM): the Temporal runtime's Rust threads can abort CPython's finalisation
+    # ("PyGILState_Release ... must be current", temporalio/sdk-python#300) and turn exit 0 into an
+    # abort; everything is shut down by now, so skip interpreter teardown (as the CLI does).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
