@@ -203,3 +203,15 @@ def test_a_config_file_alias_bomb_is_one_line(tmp_path: Path) -> None:
     config.write_text(text)
     with pytest.raises(SettingsError, match=r"aliases|expands"):
         load_settings(config_file=config, environ={"HOME": "/nonexistent"}, use_dev_stack=False)
+
+
+def test_a_bad_phase_is_refused_before_temporal_is_contacted() -> None:
+    result = CliRunner().invoke(app, ["lab", "list", "--phase", "bogus"],
+                                env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    assert result.exit_code == 2 and "--phase: 'bogus' is not one of" in result.output, result.output
+
+
+def test_an_unknown_lab_is_refused_before_temporal_is_contacted() -> None:
+    result = CliRunner().invoke(app, ["lab", "start", "--student", "alice", "--lab", "nope"],
+                                env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    assert result.exit_code == 1 and "--lab: 'nope' is not in the catalog" in result.output, result.output
