@@ -101,7 +101,7 @@ def test_dev_generated_keys_are_private(tmp_path: Path) -> None:
 def test_the_worker_mounts_its_secrets_without_access_for_others() -> None:
     import yaml
 
-    deploy = Path(__file__).resolve().parents[1] / "deploy" / "worker.yaml"
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "worker" / "worker.yaml"
     (deployment,) = [d for d in yaml.safe_load_all(deploy.read_text()) if d and d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
