@@ -20,6 +20,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeStatus,
@@ -76,6 +77,7 @@ class ClusterActivities:
             self.unexpose_ssh,
             self.release_session,
             self.inventory,
+            self.inventory_summary,
             self.pause_node,
             self.unpause_node,
         ]
@@ -181,6 +183,11 @@ class ClusterActivities:
     @map_port_errors
     async def inventory(self) -> Inventory:
         return await self.port.inventory()
+
+    @activity.defn(name=ActivityName.INVENTORY_SUMMARY)
+    @map_port_errors
+    async def inventory_summary(self) -> InventorySummary:
+        return await self.port.inventory_summary()
 
     @activity.defn(name=ActivityName.PAUSE_NODE)
     @map_port_errors

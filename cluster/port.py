@@ -17,6 +17,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodeRecord,
     NodeSpec,
     NodeStatus,
@@ -111,6 +112,12 @@ class ClusterPort(Protocol):
 
     # --- pool -------------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
+        """Every node and session leftover. Stays inside activities: it grows with the cluster."""
+        ...
+
+    async def inventory_summary(self) -> InventorySummary:
+        """`cluster.models.summarize(await self.inventory())`: what workflows get. Must include every
+        node whose `provision` returned before this call began (the capacity ledger relies on it)."""
         ...
 
 

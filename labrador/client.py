@@ -20,6 +20,8 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.client import (
     WorkflowExecutionStatus as Status,
@@ -40,6 +42,7 @@ from labrador.published_images import published_images_store
 from labrador.settings import Settings
 from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
+from workflows.capacity.models import CapacityLimits, CapacityNotice, PositionRequest, capacity_broker_id
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
     CheckReport,
@@ -62,7 +65,6 @@ from workflows.models import (
     WaitReadyRequest,
     WaitReadyResult,
 )
-from workflows.pool_models import CapacityLimits
 
 _TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
 _UPDATE_ATTEMPTS = 5
@@ -101,7 +103,13 @@ class EndPending(Pending):
     pass
 
 
+class UpdatePending(Pending):
+    """extend/check/pause/resume not taken by any worker in time (nothing confirmed, maybe applied later)."""
+
+
 STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+UPDATE_ACCEPT_TIMEOUT = timedelta(seconds=30)
+MAX_REASON_CHARS = 200
 
 
 class StartedSession(BaseModel):
@@ -137,6 +145,9 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
         provisioning_overdue=duration(settings.session_provisioning_overdue),
         health_interval=duration(settings.session_health_interval),
         health_grace=duration(settings.session_health_grace),
+        max_lab_duration=duration(settings.max_lab_duration),
+        extend_window=duration(settings.session_extend_window),
+        check_min_interval=duration(settings.session_check_min_interval),
     )
 
 
@@ -308,9 +319,19 @@ class LabClient:
         update_id = f"wait-ready-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
-                return await handle.execute_update(
-                    LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id
-                )
+                try:
+                    async with asyncio.timeout(UPDATE_ACCEPT_TIMEOUT.total_seconds()):
+                        accepted = await handle.start_update(
+                            LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id,
+                            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                        )
+                except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                    raise WorkerUnavailable(
+                        f"no worker answered for {student_id!r}'s lab within "
+                        f"{UPDATE_ACCEPT_TIMEOUT.total_seconds():g} s (is a worker polling task queue "
+                        f"{self.settings.task_queue!r}?)"
+                    ) from None
+                return await accepted.result()
             except CodecError as exc:
                 raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
@@ -350,6 +371,8 @@ class LabClient:
 
         The signal is durable once sent: if no worker answers the status query afterwards, EndPending
         says so (the lab ends when a worker picks it up) instead of reporting a failure."""
+        if len(reason) > MAX_REASON_CHARS or any(ord(c) < 32 for c in reason):
+            raise LabError(f"reason: at most {MAX_REASON_CHARS} characters on one line (got {len(reason)})")
         handle = self._handle(student_id)
         await self._require_decodable()
         await self._require_running(student_id, handle)
@@ -382,7 +405,23 @@ class LabClient:
                     f"(is a worker polling task queue {self.settings.task_queue!r}?)"
                 ) from exc
             raise self._rpc_error(exc, student_id) from exc
+        if status.phase == Phase.QUEUED:
+            status = await self._live_position(status)
         return status
+
+    async def _live_position(self, status: LabStatus) -> LabStatus:
+        """The session knows the place it was last told; the broker computes the live one (exact)."""
+        broker = self.client.get_workflow_handle(capacity_broker_id(self.settings.task_queue))
+        try:
+            notice: CapacityNotice = await broker.query(
+                "position", PositionRequest(workflow_id=self._workflow_id(status.student_id)),
+                result_type=CapacityNotice,
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            return status  # no broker (yet), or it does not answer: the session's own figure
+        if notice.position is None:
+            return status
+        return status.model_copy(update={"queue_position": notice.position})
 
     async def result(self, student_id: str) -> LabSessionResult:
         handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))
@@ -442,12 +481,25 @@ class LabClient:
             raise NoSession(f"student: {student_id!r} has no lab running (the last one has ended)")
 
     async def _update(self, student_id: str, update: Any, request: BaseModel) -> Any:
+        """An update, accepted by a worker within UPDATE_ACCEPT_TIMEOUT or UpdatePending (no worker took
+        it: it may still apply when one picks the lab up), then its result however long it runs."""
         handle = self._handle(student_id)
         await self._require_decodable()
         update_id = f"{update.__name__}-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
-                return await handle.execute_update(update, request, id=update_id)
+                try:
+                    async with asyncio.timeout(UPDATE_ACCEPT_TIMEOUT.total_seconds()):
+                        accepted = await handle.start_update(
+                            update, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+                        )
+                except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                    raise UpdatePending(
+                        f"{update.__name__} requested for {student_id!r}, but no worker took it within "
+                        f"{UPDATE_ACCEPT_TIMEOUT.total_seconds():g} s; it may still apply when a worker picks the "
+                        "lab up (see labrador lab status)"
+                    ) from None
+                return await accepted.result()
             except CodecError as exc:
                 raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:

@@ -171,7 +171,7 @@ class Collector:
             if "closed" in str(exc).lower() or "completed" in str(exc).lower():
                 return
             raise
-        self.queue_length.set(len(state.queue))
+        self.queue_length.set(max(state.queue_length, len(state.queue)))  # `queue` lists only the head
         oldest = min((entry.waiting_since for entry in state.queue), default=None)
         self.queue_oldest.set((datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0)
 

@@ -432,7 +432,9 @@ def _load_node_classes(
     return classes, known
 
 
-MAX_LAB_FILES = 1000
+MAX_LAB_FILES = 500
+MAX_CATALOG_BYTES = 8 << 20
+"""All lab files together: the loader also runs in the worker (pool plans), never for long."""
 
 
 def lab_files(directory: Path) -> list[Path]:
@@ -467,7 +469,16 @@ def load_catalog(
         errors.append(LocatedError(str(directory), 1, 1, "(file)", "no lab files (*.yaml) in this directory"))
     labs: dict[str, Lab] = {}
     names: dict[str, str] = {}
+    total = 0
     for path in files:
+        try:
+            total += path.lstat().st_size
+        except OSError:
+            pass  # _read reports it
+        if total > MAX_CATALOG_BYTES:
+            errors.append(LocatedError(str(directory), 1, 1, "(file)",
+                                       f"the lab files are larger than {MAX_CATALOG_BYTES >> 20} MiB together"))
+            break
         document = _read(path, str(path), errors, directory)
         if document is None:
             continue
@@ -489,10 +500,13 @@ def load_catalog(
         if problems:
             continue
         lab = lab_file.to_lab()
-        size = len(lab.model_dump_json(by_alias=True))
+        size = len(lab.model_dump_json(by_alias=True)) + sum(
+            len(classes[name].model_dump_json()) for name in lab.node_class_names if name in classes
+        )
         if size > MAX_LAB_JSON_BYTES:
-            errors.append(document.at((), f"the whole lab is {size:,} bytes as JSON; at most {MAX_LAB_JSON_BYTES:,} "
-                                          f"({MAX_LAB_JSON_BYTES // 1024} KiB): it travels in Temporal inputs"))
+            errors.append(document.at((), f"the whole lab is {size:,} bytes as JSON with its node classes; at most "
+                                          f"{MAX_LAB_JSON_BYTES:,} ({MAX_LAB_JSON_BYTES // 1024} KiB): it travels "
+                                          "in Temporal inputs"))
             continue
         labs.setdefault(lab_file.name, lab)
     if errors:

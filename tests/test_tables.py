@@ -1,9 +1,10 @@
 """Every table command stays one line per item at 80 and at 200 columns; `--json` keeps every field.
 
 `labs list` and `image list` run through the CLI (COLUMNS set, as a terminal would); the commands that
-need a running lab or pool (`lab status`, `lab check`, `lab list`, `pool status`) are rendered by the
-same functions the commands call, from the models their clients return (tests/pool/test_pool_cli.py
-runs `pool status` itself at 80 columns).
+need a running lab or pool (`lab status`, `lab check`, `lab list`, `pool status`, `admin end --dry-run`,
+`webhooks dead`) are rendered by the same functions the commands call, from the models their clients
+return (tests/pool/test_pool_cli.py runs `pool status` itself at 80 columns). A guard fails when a
+CLI module builds a table by hand or a new table command is not listed here.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from rich.console import Console
 from rich.text import Text
 from typer.testing import CliRunner
 
-from labrador.cli import common, lab_cmd, pool_cmd
+from labrador.admin import Target
+from labrador.cli import admin_cmd, common, lab_cmd, pool_cmd, webhooks_cmd
 from labrador.cli.main import app
 from labrador.cli.tables import Col, fitted_table
 from labrador.client import SessionSummary
+from labrador.webhooks import DeadLetter
 from workflows.models import BoundNode, CheckReport, CheckResult, LabStatus, Phase
 
 WIDTHS = (80, 200)
@@ -54,12 +57,12 @@ def console_of(width: int) -> Iterator[io.StringIO]:
     buffer = io.StringIO()
     saved = common.console
     fake = Console(file=buffer, width=width, force_terminal=False, color_system=None)
-    for module in (common, lab_cmd, pool_cmd):
+    for module in (common, lab_cmd, pool_cmd, admin_cmd, webhooks_cmd):
         module.console = fake  # type: ignore[attr-defined]
     try:
         yield buffer
     finally:
-        for module in (common, lab_cmd, pool_cmd):
+        for module in (common, lab_cmd, pool_cmd, admin_cmd, webhooks_cmd):
             module.console = saved  # type: ignore[attr-defined]
 
 
@@ -128,7 +131,25 @@ def pool_data() -> dict[str, object]:
             "exposed_ports_capacity": 2768, "queue": []}
 
 
+def dry_run() -> dict[str, object]:
+    targets = [Target(student_id=f"student-{i}@a-rather-long-university-domain.example.org",
+                      lab="kubelet-anonymous-access", phase="running", started_at=NOW) for i in range(3)]
+    return {"dry_run": True, "selector": "lab kubelet-anonymous-access", "count": len(targets),
+            "sessions": [t.model_dump(mode="json") for t in targets]}
+
+
+def dead_letters() -> list[DeadLetter]:
+    return [DeadLetter(workflow_id=f"webhook/lab.ready/{i:04d}-s-alice-1a2b3c", run_id="r", event_id=f"e{i}",
+                       type="lab.ready", closed_at=NOW,
+                       dead={"https://portal.a-rather-long-university-domain.example.org/hooks/labrador/events":
+                             "HTTP 503 Service Unavailable after 12 attempts: upstream connect error " + LONG})
+            for i in range(3)]
+
+
 RENDERERS: dict[str, tuple[Callable[[], None], list[str]]] = {
+    "admin end --dry-run": (lambda: admin_cmd._print_dry_run(dry_run()),
+                            [f"student-{i}" for i in range(3)]),
+    "webhooks dead": (lambda: webhooks_cmd._print_dead(dead_letters()), [d.workflow_id for d in dead_letters()]),
     "lab status": (lambda: lab_cmd._print_status(status()), ["controlplane", "node01", "node02"]),
     "lab check": (lambda: lab_cmd._print_report(report()), [r.name for r in report().results]),
     "lab list": (lambda: lab_cmd._print_sessions(sessions()), [s.student_id or "" for s in sessions()]),
@@ -159,3 +180,15 @@ def test_what_does_not_fit_is_cut_then_dropped_and_named() -> None:
     markup = Console(file=io.StringIO(), width=80)
     markup.print(fitted_table(columns, [["[bold]b[/bold]", "t", "e"]], width=80))
     assert "[bold]b[/bold]" in markup.file.getvalue()  # type: ignore[attr-defined]  # text, not markup
+
+
+def test_every_table_of_the_cli_is_fitted() -> None:
+    """A table built by hand (rich's Table) wraps its cells at 80 columns: every CLI table goes
+    through labrador/cli/tables.py, and every command that prints one is rendered above."""
+    cli = Path(__file__).resolve().parents[1] / "labrador" / "cli"
+    by_hand = [path.name for path in sorted(cli.glob("*.py"))
+               if path.name != "tables.py" and "Table(" in path.read_text()]
+    assert by_hand == [], f"build these tables with tables.print_table: {by_hand}"
+    printing = {path.name for path in cli.glob("*.py") if "print_table(console" in path.read_text()}
+    assert printing == {"admin_cmd.py", "image_cmd.py", "lab_cmd.py", "labs_cmd.py", "pool_cmd.py",
+                        "webhooks_cmd.py"}, "a new table command: add it to RENDERERS (or a CLI test) here"

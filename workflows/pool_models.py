@@ -10,18 +10,28 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.models import SessionRef
 from labs.models import NodeClass
+from workflows.capacity.models import (  # noqa: F401  (re-exported for their readers)
+    CAPACITY_BROKER_WORKFLOW_PREFIX,
+    CapacityActivityName,
+    CapacityLimits,
+    CapacityNotice,
+    CapacityRelease,
+    CapacityRequest,
+    CapacityState,
+    EndedSessions,
+    EndedSessionsInput,
+    PoolNodeHold,
+    PoolReservation,
+    PoolReservationResult,
+    QueueEntry,
+    SessionRunRef,
+    capacity_broker_id,
+)
 from workflows.pool_policy import ClassDemand
 
 POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
 POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
-CAPACITY_BROKER_WORKFLOW_PREFIX = "labrador-capacity-broker"
-
-
-def capacity_broker_id(task_queue: str) -> str:
-    """One broker per deployment (task queue): the workers of that queue run it."""
-    return f"{CAPACITY_BROKER_WORKFLOW_PREFIX}/{task_queue}"
 
 POOL_STATUS_WORKFLOW_PREFIX = "labrador-pool-status"
 
@@ -34,11 +44,8 @@ class PoolActivityName(StrEnum):
     """Activities of activities/pool_activities.py (called by name, like workflows.models.ActivityName)."""
 
     POOL_PLAN = "pool_plan"
-    ENDED_SESSIONS = "pool_ended_sessions"
+    ENDED_SESSIONS = CapacityActivityName.ENDED_SESSIONS.value
     COLLECT_SESSION = "pool_collect_session"
-    REQUEST_CAPACITY = "pool_request_capacity"
-    RELEASE_CAPACITY = "pool_release_capacity"
-    RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
     DELETE_UNCLAIMED_NODE = "pool_delete_unclaimed_node"
 
 
@@ -157,20 +164,6 @@ class PoolRefillResult(Model):
 # --- leak collection ------------------------------------------------------------------------------
 
 
-class SessionRunRef(Model):
-    session_id: str
-    workflow_id: str | None = None
-    run_id: str | None = None
-
-
-class EndedSessionsInput(Model):
-    sessions: list[SessionRunRef]
-
-
-class EndedSessions(Model):
-    session_ids: list[str] = Field(default_factory=list, description="sessions whose run is not running")
-
-
 class CollectSessionInput(Model):
     session_id: str
 
@@ -180,81 +173,7 @@ class CollectedSession(Model):
     nodes: int
 
 
-# --- capacity broker ------------------------------------------------------------------------------
-
-
-class CapacityLimits(Model):
-    max_vms: int
-    max_memory_bytes: int
-
-
-class CapacityRequest(Model):
-    """A session asking for room for `vms` nodes (all its nodes, warm ones included)."""
-
-    session: SessionRef
-    vms: int = Field(ge=0)
-    memory_bytes: int = Field(ge=0)
-    limits: CapacityLimits
-    requested_at: datetime
-
-
-class CapacityRelease(Model):
-    session: SessionRef
-    reason: str = "released"
-
-
-class CapacityNotice(Model):
-    """Broker -> session (signal `capacity_notice`): a grant, a new queue position, or a refusal."""
-
-    granted: bool = False
-    position: int | None = None
-    refused: str | None = None
-
-
-class PoolNodeHold(Model):
-    node_id: str
-    memory_bytes: int
-
-
-class PoolReservation(Model):
-    """The refill asking room for new pool nodes; queued sessions go first."""
-
-    nodes: list[PoolNodeHold]
-    limits: CapacityLimits
-
-
-class PoolReservationResult(Model):
-    granted: list[str] = Field(default_factory=list, description="node IDs the refill may create")
-    reason: str | None = None
-
-
-class CapacityBrokerInput(Model):
-    limits: CapacityLimits
-    queue: list[CapacityRequest] = Field(default_factory=list)
-    leases: list[CapacityRequest] = Field(default_factory=list)
-    pool_holds: dict[str, int] = Field(default_factory=dict, description="node ID -> memory bytes")
-    pool_hold_expiry: dict[str, datetime] = Field(default_factory=dict)
-    recheck: timedelta = timedelta(seconds=30)
-    pool_hold_ttl: timedelta = timedelta(minutes=5)
-
-
-class QueueEntry(Model):
-    position: int
-    session_id: str
-    workflow_id: str
-    vms: int
-    memory_bytes: int
-    waiting_since: datetime
-
-
-class CapacityState(Model):
-    limits: CapacityLimits
-    queue: list[QueueEntry] = Field(default_factory=list)
-    leased_vms: int = 0
-    leased_memory_bytes: int = 0
-    sessions_holding: int = 0
-    pool_holds: int = 0
-
+# --- capacity (the models live in workflows/capacity/models.py; re-exported for their readers) -----
 
 # --- status (CLI) ---------------------------------------------------------------------------------
 

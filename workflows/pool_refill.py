@@ -28,12 +28,14 @@ with workflow.unsafe.imports_passed_through():
     # module (its ClassDemand would not be the one PoolRefillResult validates against).
     import workflows.pool_policy as pool_policy
     import workflows.pool_sizing as pool_sizing
-    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState
+    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState, SessionRef
     from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
     from workflows.pool_models import (
+        CapacityActivityName,
         CapacityLimits,
+        CapacityRelease,
         ClassReport,
         CollectedSession,
         CollectSessionInput,
@@ -57,6 +59,8 @@ with workflow.unsafe.imports_passed_through():
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
 DELETE_IF_UNCLAIMED_PATCH = "pool-delete-if-unclaimed"
+# workflow.patched ID: the refill releases its capacity reservation when its nodes exist (no expiry).
+RESERVATION_HOLDER_PATCH = "pool-reservation-holder"
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
 
 
@@ -165,6 +169,30 @@ class PoolRefillWorkflow:
         deletions = [d for d, gone in zip(deletions, deleted, strict=True) if gone]
 
         granted, capped_reason = await self._capacity(input, inventory, deletions, plan.node_classes, wants)
+        try:
+            return await self._finish(
+                input, started, plan, leaks, reports, demand, claimed_ids, keep, wants, counters, granted,
+                capped_reason,
+            )
+        finally:
+            if granted and input.use_capacity_broker and workflow.patched(RESERVATION_HOLDER_PATCH):
+                # The nodes exist now (or never will): the broker counts them from its next cluster
+                # reading instead of the reservation.
+                done = CapacityRelease(session=self._holder(), reason="refill done")
+                await workflow.execute_activity(
+                    CapacityActivityName.RELEASE_CAPACITY, done, start_to_close_timeout=SHORT, retry_policy=RETRY,
+                )
+
+    def _holder(self) -> SessionRef:
+        info = workflow.info()
+        return SessionRef(session_id="pool-refill", workflow_id=info.workflow_id, run_id=info.run_id)
+
+    async def _finish(
+        self, input: PoolRefillInput, started: datetime, plan: PoolPlan, leaks: LeakReport,
+        reports: dict[str, ClassReport], demand: dict[str, ClassDemand], claimed_ids: dict[str, list[str]],
+        keep: dict[str, list[NodeRecord]], wants: dict[str, int], counters: dict[str, dict[str, int]],
+        granted: dict[str, list[str]], capped_reason: str | None,
+    ) -> PoolRefillResult:
 
         # Bring up: adopt the provisioning nodes left by earlier runs, create the granted new ones.
         outcomes: dict[str, list[bool]] = {name: [] for name in reports}
@@ -313,9 +341,10 @@ class PoolRefillWorkflow:
         reservation = PoolReservation(
             nodes=[PoolNodeHold(node_id=i, memory_bytes=memory[name]) for name, ids in planned.items() for i in ids],
             limits=CapacityLimits(max_vms=input.max_vms, max_memory_bytes=input.max_memory_bytes),
+            holder=self._holder(),  # kept until this run releases it (or ends): never expires before its nodes exist
         )
         result: PoolReservationResult = await workflow.execute_activity(
-            PoolActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
+            CapacityActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
             start_to_close_timeout=timedelta(minutes=1), retry_policy=RETRY,
         )
         allowed = set(result.granted)

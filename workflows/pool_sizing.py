@@ -9,8 +9,10 @@ Precedence, per bound, highest first:
 3. `PoolRefillInput.default_sizing`, then the built-in 0..10.
 
 The override wins because it is the operator's decision of the moment (an exam this afternoon), like
-`pool drain`; the catalog is the standing declaration. The demand estimate (workflows/pool_policy.py)
-raises the target above the floor; the max caps it.
+`pool drain`; the catalog is the standing declaration. When two sources' bounds disagree (`--max 4`
+while the catalog's schedule asks for 6), the bound of the higher source wins: the pool holds 4, why
+"override max". The demand estimate (workflows/pool_policy.py) raises the target above the floor; the
+max caps it.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class ResolvedSizing(BaseModel):
     max_reason: str  # "max", "override max", "default max"
 
 
-def _first(*candidates: tuple[int | None, str]) -> tuple[int, str]:
-    for value, reason in candidates:
+def _first(*candidates: tuple[int | None, str]) -> tuple[int, str, int]:
+    """The first candidate given: its value, its reason, and its rank (0 = highest precedence)."""
+    for rank, (value, reason) in enumerate(candidates):
         if value is not None:
-            return value, reason
+            return value, reason, rank
     raise AssertionError("the last candidate is never None")
 
 
@@ -49,18 +52,23 @@ def resolve(input: PoolRefillInput, node_class: NodeClass | None, name: str, now
     catalog_floor: tuple[int | None, str] = (None, "")
     if declared is not None:
         catalog_floor = declared.floor_at(now)
-    floor, floor_reason = _first(
+    floor, floor_reason, floor_rank = _first(
         (override.min_size, "override min"),
         catalog_floor,
         (default.min_size, "default min"),
         (BUILTIN_MIN, "default min"),
     )
-    ceiling, max_reason = _first(
+    ceiling, max_reason, max_rank = _first(
         (override.max_size, "override max"),
         (declared.max if declared is not None else None, "max"),
         (default.max_size, "default max"),
         (BUILTIN_MAX, "default max"),
     )
+    if floor > ceiling:  # bounds from two sources that disagree: the one of higher precedence wins
+        if max_rank < floor_rank:  # e.g. `pool size --max 4` while the catalog's schedule asks for 6
+            floor, floor_reason = ceiling, max_reason
+        else:  # e.g. `pool size --min 6` while an edited catalog now says max 4
+            ceiling, max_reason = floor, floor_reason
     params = SizingParams(
         min_size=floor,
         max_size=ceiling,

@@ -53,6 +53,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -63,6 +64,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
@@ -576,6 +578,9 @@ class KubeVirtCluster:
         return deleted
 
     # --- pool -------------------------------------------------------------------------------
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
+
     async def inventory(self) -> Inventory:
         namespaces, services, policies = await asyncio.gather(
             self._list_managed(NAMESPACES, L.managed_selector()),

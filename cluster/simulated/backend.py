@@ -28,6 +28,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -37,6 +38,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from cluster.simulated.faults import ApiErrors, FaultPlan
@@ -572,6 +574,9 @@ class SimulatedCluster:
         return len(node_ids)
 
     # --- pool -----------------------------------------------------------------------------
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
+
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
         # Read and build on the database thread: with thousands of nodes this is the one call that

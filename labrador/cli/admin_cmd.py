@@ -10,10 +10,10 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from labrador import admin
 from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
+from labrador.cli.tables import Col, print_table
 from labrador.client import LabClient, LabError, TemporalUnreachable
 from labrador.settings import SettingsError, load_settings
 
@@ -69,19 +69,27 @@ def end(
     if as_json:
         print_json(out)
     elif dry_run:
-        table = Table(title=f"{out['count']} session(s) would be ended ({out['selector']})")
-        for column in ("student", "lab", "phase", "started"):
-            table.add_column(column)
-        for item in out["sessions"]:
-            table.add_row(item["student_id"] or "?", item["lab"] or "?", item["phase"] or "?",
-                          str(item["started_at"] or "-")[:19])
-        console.print(table)
+        _print_dry_run(out)
     else:
         result = out.get("result") or {}
         totals = f": {result.get('ended', 0)} ended, {result.get('failed', 0)} failed" if result else " (started)"
         console.print(f"{'force-end' if force else 'end'} {out['selector']} as {out['workflow_id']}{totals}")
         for failure in result.get("failures", []):
             console.print(f"  failed: {failure}")
+
+
+DRY_RUN_COLUMNS = (
+    Col("student", shrink=True), Col("lab", shrink=True, min_width=16), Col("phase"), Col("started", drop=1),
+)
+
+
+def _print_dry_run(out: dict[str, Any]) -> None:
+    """What `--dry-run` found: one line per session at any width (tables.py), `--json` for all."""
+    print_table(console, DRY_RUN_COLUMNS, [
+        [item["student_id"] or "?", item["lab"] or "?", item["phase"] or "?",
+         str(item["started_at"] or "-")[:19].replace("T", " ")]
+        for item in out["sessions"]
+    ], title=f"{out['count']} session(s) would be ended ({out['selector']})")
 
 
 def register(app: typer.Typer) -> None:

@@ -92,7 +92,27 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         return f"{exc.strerror or text}{where}", EXIT_REFUSED
+    refusal = _workflow_refusal(exc)
+    if refusal is not None:
+        return refusal, EXIT_REFUSED
     return f"unexpected {type(exc).__name__}: {text}", EXIT_REFUSED
+
+
+def _workflow_refusal(exc: BaseException) -> str | None:
+    """The message of the ApplicationError that failed a workflow the command ran (pool status,
+    pool size --wait: e.g. "pool plan: the catalog does not load: FILE:LINE:COL: ..."), which says
+    what to fix; "Workflow execution failed" alone does not."""
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
+
+    if not isinstance(exc, WorkflowFailureError):
+        return None
+    cause: BaseException | None = exc.cause
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return " ".join(cause.message.split())[:500]
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return None
 
 
 def to_jsonable(data: Any) -> Any:

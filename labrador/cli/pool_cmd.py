@@ -31,9 +31,9 @@ OptionalClassArg = Annotated[
     str | None, typer.Argument(help="node class to refill again; without it: resume the refill schedule")
 ]
 MinOption = Annotated[
-    int | None, typer.Option("--min", min=0, help="flat floor; replaces the catalog's min and schedule")
+    int | None, typer.Option("--min", min=0, max=100_000, help="flat floor; replaces the catalog's min and schedule")
 ]
-MaxOption = Annotated[int | None, typer.Option("--max", min=0, help="cap; replaces the catalog's max")]
+MaxOption = Annotated[int | None, typer.Option("--max", min=0, max=100_000, help="cap; replaces the catalog's max")]
 ResetFlag = Annotated[
     bool, typer.Option("--reset", help="drop the override: node-classes.yaml `pool:` applies again")
 ]

@@ -6,11 +6,11 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from temporalio.service import RPCError
 
 from labrador import webhooks
 from labrador.cli.common import JsonFlag, console, fail, print_json
+from labrador.cli.tables import Col, print_table
 from labrador.cli.temporal_cli import connected, settings_or_fail
 
 webhooks_app = typer.Typer(help="Lab event webhooks: dead letters, replay, signing secret.", no_args_is_help=True)
@@ -34,21 +34,31 @@ def _run(action: Any) -> Any:
 
 
 @webhooks_app.command("dead")
-def dead(limit: Annotated[int, typer.Option("--limit", help="at most this many")] = 100,
+def dead(limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="at most this many")] = 100,
          as_json: JsonFlag = False) -> None:
     """Deliveries that gave up (dead letters): event, URLs and their last error."""
     letters = _run(lambda client, settings: webhooks.dead_letters(client, limit))
     if as_json:
         print_json([letter.model_dump(mode="json", exclude={"event", "urls"}) for letter in letters])
         return
-    table = Table(title=f"{len(letters)} dead letter(s)")
-    for column in ("delivery", "event", "closed", "URL", "last error"):
-        table.add_column(column)
+    _print_dead(letters)
+
+
+DEAD_COLUMNS = (
+    # the delivery ID is what `webhooks replay` takes: never cut; the URL and the error may be
+    Col("delivery"), Col("event", drop=2), Col("closed", drop=1), Col("URL", shrink=True),
+    Col("last error", shrink=True, min_width=16),
+)
+
+
+def _print_dead(letters: list[Any]) -> None:
+    """One line per URL that gave up, at any width (tables.py); `--json` has every field."""
+    rows = []
     for letter in letters:
         closed = f"{letter.closed_at:%Y-%m-%d %H:%M:%S}" if letter.closed_at else "-"
         for url, error in (letter.dead or {"-": "-"}).items():
-            table.add_row(letter.workflow_id, letter.type, closed, url, error)
-    console.print(table)
+            rows.append([letter.workflow_id, letter.type, closed, url, error])
+    print_table(console, DEAD_COLUMNS, rows, title=f"{len(letters)} dead letter(s)")
 
 
 @webhooks_app.command("replay")

@@ -380,3 +380,19 @@ async def test_inventory_counts_nodes_per_state_and_names_session_runs(port: Clu
     for session_id, found in leftovers.items():
         assert (found.workflow_id, found.run_id) == (ref(session_id).workflow_id, ref(session_id).run_id)
         assert "node" in found.kinds
+
+
+async def test_inventory_summary_counts_per_class_image_and_state_including_what_was_just_provisioned(
+    port: ClusterPort,
+) -> None:
+    assert (await port.inventory_summary()).vms == 0
+    await free_nodes(port, "pool-cp-1", "pool-cp-2")
+    await port.provision(spec("pool-w-1", WORKER))
+    await port.claim(want("s1", cp=1))
+    await port.provision(spec("cold-w", WORKER, session=ref("s1")))  # read-your-writes: counted at once
+    summary = await port.inventory_summary()
+    assert summary.vms == 4
+    assert summary.memory_bytes == 2 * 1536 * 2**20 + 2 * 1126 * 2**20
+    assert (summary.count(CP, NodeState.FREE), summary.count(CP, NodeState.CLAIMED)) == (1, 1)
+    assert (summary.count(WORKER, NodeState.PROVISIONING), summary.count(WORKER, NodeState.CLAIMED)) == (1, 1)
+    assert summary.count(image="127.0.0.1:5000/labrador/node:v1.31.2") == 4

@@ -175,3 +175,27 @@ async def test_drain_wait_shows_the_refill_on_a_terminal_only(
     assert shown.exit_code == 0 and shown.stdout.startswith("drained"), shown.output
     assert f"draining {CP.name}: refill" in screen.getvalue(), screen.getvalue()
     assert "draining" not in shown.stdout
+
+
+class _BrokenCatalog:
+    """What the worker's catalog loader raises after an operator's bad edit of node-classes.yaml
+    (the pool bed's plan activity reads `dict(CLASSES)`, which calls `keys()`)."""
+
+    def keys(self) -> Any:
+        from labs.loader import CatalogError, LocatedError
+
+        raise CatalogError([LocatedError("/etc/labrador/node-classes.yaml", 91, 7, "node_classes[4].pool",
+                                         "min 4 is more than max 3")])
+
+
+async def test_a_catalog_the_worker_cannot_load_is_named_where_it_is_wrong(
+    cli_env: dict[str, str], pool_bed: PoolBed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.pool import conftest
+
+    monkeypatch.setattr(conftest, "CLASSES", _BrokenCatalog())
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["pool", "status"], env=cli_env)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "node-classes.yaml:91:7: node_classes[4].pool: min 4 is more than max 3" in result.stderr
+    assert "Traceback" not in result.output and "unexpected" not in result.stderr

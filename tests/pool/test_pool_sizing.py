@@ -156,3 +156,15 @@ def test_target_reason_names_the_bound_that_decided() -> None:
     busy = ClassDemand(rate_per_minute=30.0, last_observed=TUESDAY_9)
     assert pool_policy.wanted(busy, TUESDAY_9, resolved.params) > 6
     assert pool_policy.target(busy, TUESDAY_9, resolved.params) == 6
+
+
+def test_bounds_of_two_sources_that_disagree_go_to_the_higher_source() -> None:
+    # `pool size wk --max 2` while the catalog's schedule asks for 4: the operator's cap holds.
+    capped = PoolRefillInput(sizing={"wk": ClassSizing(max_size=2)})
+    resolved = pool_sizing.resolve(capped, WK, "wk", TUESDAY_9)
+    assert (resolved.params.min_size, resolved.params.max_size) == (2, 2)
+    assert pool_sizing.target_reason(2, 0, resolved, drained=False) == "override max"
+    # `pool size wk --min 8` and then the catalog's max edited down to 6: the operator's floor holds.
+    floored = PoolRefillInput(sizing={"wk": ClassSizing(min_size=8)})
+    resolved = pool_sizing.resolve(floored, WK, "wk", TUESDAY_9)
+    assert (resolved.params.min_size, resolved.params.max_size, resolved.floor_reason) == (8, 8, "override min")
