@@ -51,6 +51,10 @@ from workflows.pool_models import (
     UnclaimedNodeDeletion,
 )
 
+# The session workflow's type name (workflows.lab_session.WORKFLOW_NAME; not imported: activities stay
+# off the workflow modules).
+LAB_SESSION_WORKFLOW = "LabSession"
+
 
 async def run_is_running(client: Client, ref: SessionRunRef) -> bool:
     """Is the exact run that holds the session still running? Unknown owner or run: not running."""
@@ -109,8 +113,22 @@ class PoolActivities:
 
     @activity.defn(name=PoolActivityName.ENDED_SESSIONS)
     async def ended_sessions(self, request: EndedSessionsInput) -> EndedSessions:
+        """One visibility query for the running lab sessions (heartbeating per page) instead of one
+        describe() per claimed session. Visibility lags: a run it does not list yet (just started) is
+        confirmed with describe() before it counts as ended, so only the candidates are described."""
         client = self.client()
-        ended = [ref.session_id for ref in request.sessions if not await run_is_running(client, ref)]
+        running: set[tuple[str, str]] = set()
+        listed = 0
+        async for execution in client.list_workflows(
+            f"WorkflowType = '{LAB_SESSION_WORKFLOW}' AND ExecutionStatus = 'Running'", page_size=1000
+        ):
+            running.add((execution.id, execution.run_id))
+            listed += 1
+            if listed % 1000 == 0:
+                activity.heartbeat(listed)
+        candidates = [ref for ref in request.sessions
+                      if (ref.workflow_id or "", ref.run_id or "") not in running]
+        ended = [ref.session_id for ref in candidates if not await run_is_running(client, ref)]
         return EndedSessions(session_ids=ended)
 
     @activity.defn(name=PoolActivityName.COLLECT_SESSION)

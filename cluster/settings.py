@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from cluster.naming import is_dns_label
 from labs.models import MIN_MEMORY, parse_duration, quantity_bytes
@@ -63,6 +63,19 @@ class Settings(BaseModel):
     temporal_tls_key: Path | None = Field(None, description="client private key (mTLS)")
     temporal_tls_ca: Path | None = Field(None, description="CA bundle for the server certificate")
     temporal_api_key: SecretStr | None = Field(None, description="API key (Temporal Cloud)")
+    # The worker process (worker.py)
+    worker_deployment_name: str | None = Field(
+        None, description="Worker Deployment name (Worker Versioning); unset: unversioned worker"
+    )
+    worker_build_id: str | None = Field(
+        None, description="this worker's build ID in the Worker Deployment (required with worker_deployment_name)"
+    )
+    worker_graceful_shutdown: str = Field(
+        "10m", description="on SIGTERM, how long running activities (setup scripts) get to finish"
+    )
+    worker_max_cached_workflows: int = Field(
+        1000, ge=0, le=100_000, description="workflow runs a worker keeps in memory (~0.1 MiB per lab)"
+    )
 
     # Cluster
     cluster_backend: Literal["simulated", "kubevirt"] = Field("simulated", description="cluster backend")
@@ -195,7 +208,7 @@ class Settings(BaseModel):
     @field_validator(
         "max_lab_duration", "session_unclaimed_timeout", "session_provisioning_overdue", "session_health_interval",
         "session_health_grace", "session_pause_longest", "session_pause_total", "webhook_expiring_before",
-        "session_extend_window", "session_check_min_interval",
+        "session_extend_window", "session_check_min_interval", "worker_graceful_shutdown",
     )
     @classmethod
     def _is_duration(cls, value: str) -> str:
@@ -207,6 +220,27 @@ class Settings(BaseModel):
         if parsed > timedelta(days=30):
             raise ValueError(f"{value!r} is longer than 30 days")
         return value
+
+    @field_validator("worker_deployment_name")
+    @classmethod
+    def _is_deployment_name(cls, value: str | None) -> str | None:
+        # No dots: the CLI addresses a version as "<deployment>.<build ID>".
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a deployment name like 'labrador' (letters, digits, - and _)")
+        return value
+
+    @field_validator("worker_build_id")
+    @classmethod
+    def _is_build_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+            raise ValueError(f"{value!r} is not a build ID like '1.4.0' or '2026-12-01-a1b2c3'")
+        return value
+
+    @model_validator(mode="after")
+    def _versioning_is_complete(self) -> Settings:
+        if (self.worker_deployment_name is None) != (self.worker_build_id is None):
+            raise ValueError("worker_deployment_name and worker_build_id: set both (Worker Versioning) or neither")
+        return self
 
     @field_validator("max_memory")
     @classmethod

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cluster.secret_files import InsecureKeyFile, check_key_file
 from image_pipeline.errors import PermanentError, PipelineError
 
 ECR_HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
@@ -32,6 +33,11 @@ def docker_config_credentials(registry: str, config_path: Path | None = None) ->
     import docker.auth
     import docker.errors
 
+    if config_path is not None:  # the setting `docker_config`: registry passwords, a key file like the others
+        try:
+            check_key_file(config_path, "docker_config")
+        except InsecureKeyFile as exc:
+            raise PermanentError(str(exc)) from None
     try:
         config = docker.auth.load_config(config_path=str(config_path) if config_path else None)
         entry = config.resolve_authconfig(registry)

@@ -500,10 +500,13 @@ def load_catalog(
         if problems:
             continue
         lab = lab_file.to_lab()
-        size = len(lab.model_dump_json(by_alias=True))
+        size = len(lab.model_dump_json(by_alias=True)) + sum(
+            len(classes[name].model_dump_json()) for name in lab.node_class_names if name in classes
+        )
         if size > MAX_LAB_JSON_BYTES:
-            errors.append(document.at((), f"the whole lab is {size:,} bytes as JSON; at most {MAX_LAB_JSON_BYTES:,} "
-                                          f"({MAX_LAB_JSON_BYTES // 1024} KiB): it travels in Temporal inputs"))
+            errors.append(document.at((), f"the whole lab is {size:,} bytes as JSON with its node classes; at most "
+                                          f"{MAX_LAB_JSON_BYTES:,} ({MAX_LAB_JSON_BYTES // 1024} KiB): it travels "
+                                          "in Temporal inputs"))
             continue
         labs.setdefault(lab_file.name, lab)
     if errors:

@@ -252,8 +252,8 @@ MAX_LABELS = 32
 MAX_TAINTS = 16
 MAX_EXTENSIONS = 20
 MAX_LAB_JSON_BYTES = 96 * 1024
-"""A whole lab as JSON: it travels in several Temporal inputs (session start, setup, checks), each
-of which must stay well under the 256 KiB payload rule."""
+"""A whole lab as JSON with the node classes it uses: it travels in several Temporal inputs (session
+start, setup, checks), each of which must stay well under the 256 KiB payload rule."""
 MAX_NODE_MEMORY = "64Gi"
 MAX_NODE_CLASSES = 100
 MAX_DISK = "2Ti"
@@ -311,7 +311,7 @@ def _cron(value: str | None) -> str | None:
 
 class BuildRecipe(Strict):
     base_image: PinnedImage = Field(description="containerDisk image the builder VM boots from (pinned)")
-    install_script: Annotated[str, _text(4 * MAX_SCRIPT_BYTES, "install_script")] = Field(
+    install_script: Annotated[str, _text(MAX_SCRIPT_BYTES, "install_script")] = Field(
         description="shell script run by cloud-init in the builder VM")
     disk_size: DiskSize = "12Gi"
     schedule: Annotated[str | None, AfterValidator(_cron)] = Field(

@@ -101,7 +101,7 @@ def test_dev_generated_keys_are_private(tmp_path: Path) -> None:
 def test_the_worker_mounts_its_secrets_without_access_for_others() -> None:
     import yaml
 
-    deploy = Path(__file__).resolve().parents[1] / "deploy" / "worker.yaml"
+    deploy = Path(__file__).resolve().parents[1] / "deploy" / "worker" / "worker.yaml"
     (deployment,) = [d for d in yaml.safe_load_all(deploy.read_text()) if d and d["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     secrets = [v["secret"] for v in pod["volumes"] if "secret" in v]
@@ -153,3 +153,69 @@ def test_every_pod_in_deploy_meets_the_restricted_profile_its_namespace_enforces
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
         assert all(set(v) & {"secret", "emptyDir", "configMap", "projected", "downwardAPI"} for v in pod["volumes"])
+
+
+def test_the_simulated_clusters_store_of_host_keys_is_private(tmp_path: Path) -> None:
+    from cluster.simulated.store import Store
+
+    old = os.umask(0o022)
+    try:
+        fresh = Store(tmp_path / "new.sqlite")  # holds the simulated nodes' SSH host private keys
+        fresh.close()
+        assert (tmp_path / "new.sqlite").stat().st_mode & 0o077 == 0
+        _file(tmp_path / "old.sqlite", b"", 0o644)  # made by an earlier version
+        Store(tmp_path / "old.sqlite").close()
+        assert (tmp_path / "old.sqlite").stat().st_mode & 0o077 == 0
+    finally:
+        os.umask(old)
+
+
+def test_the_clis_copy_of_a_student_key_is_private_even_over_an_old_file(tmp_path: Path) -> None:
+    from labrador.cli.lab_cmd import _key_file
+
+    settings = Settings(data_dir=tmp_path)
+    (tmp_path / "keys").mkdir()
+    _file(tmp_path / "keys" / "s-alice-1a2b3c.key", b"stale", 0o644)
+    path = _key_file(settings, "s-alice-1a2b3c", "-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert path.stat().st_mode & 0o077 == 0
+    assert path.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+def test_a_world_readable_docker_config_is_refused(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from image_pipeline.auth import docker_config_credentials
+    from image_pipeline.errors import PermanentError
+
+    auth = base64.b64encode(b"robot:s3cret").decode()
+    path = _file(tmp_path / "config.json", json.dumps({"auths": {"registry.example.test": {"auth": auth}}}).encode(),
+                 0o644)
+    with pytest.raises(PermanentError, match=r"setting docker_config: .*config.json has mode 0644"):
+        docker_config_credentials("registry.example.test", path)
+    path.chmod(0o640)
+    found = docker_config_credentials("registry.example.test", path)
+    assert found is not None and found.password == "s3cret"
+
+
+@pytest.mark.timeout(60)
+def test_labrador_dev_refuses_a_world_readable_codec_key_file_at_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.session.test_dev_stack import free_port
+
+    path = _file(tmp_path / "codec.keys", (new_key_entry("k1") + "\n").encode(), 0o644)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LABRADOR_")}
+    env.update({"LABRADOR_CODEC_KEYS_FILE": str(path), "XDG_STATE_HOME": str(tmp_path / "state"),
+                "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    flags = ("--port", "--ui-port", "--api-port", "--metrics-port")
+    ports = [arg for flag in flags for arg in (flag, str(free_port()))]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "labrador", "dev", "--data-dir", str(tmp_path / "data"), *ports],
+                          env=env, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: setting codec_keys_file: {path} has mode 0644"), done.stderr
+    assert "not reachable" not in done.stderr and time.monotonic() - started < 20
+    assert not (tmp_path / "data" / "temporal.log").exists()  # no Temporal server was spawned

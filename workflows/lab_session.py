@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 # Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
@@ -914,7 +914,8 @@ class LabSessionWorkflow:
                 type="TooEarly",
             )
         assert self._ready_at is not None
-        total = self._deadline + self._lab.extension - self._ready_at
+        # The student's time: from ready to the new deadline, less the time spent paused (it moved the deadline).
+        total = self._deadline + self._lab.extension - self._ready_at - self._paused_total
         if total > timings.max_lab_duration:
             raise ApplicationError(
                 f"extend: the lab would last {_minutes(total)} in all, more than max_lab_duration "
@@ -1158,6 +1159,20 @@ class LabSessionWorkflow:
         return [t.result() for t in tasks]
 
 
+# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on the
+# build it started on, so a new build never replays a running lab. The same workflow under the same name,
+# registered only by versioned workers: the server refuses a versioning behavior from an unversioned
+# worker ("versioning behavior cannot be specified without deployment options"), failing every task.
+@workflow.defn(
+    name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
+    versioning_behavior=VersioningBehavior.PINNED,
+)
+class PinnedLabSessionWorkflow(LabSessionWorkflow):
+    @workflow.run
+    async def run(self, request: LabSessionInput) -> LabSessionResult:
+        return await super().run(request)
+
+
 def _minutes(duration: timedelta) -> str:
     """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
     return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
@@ -1205,4 +1220,4 @@ async def _cluster_call(name: ActivityName, arg: Any, result_type: type | None, 
 _PREPARING = frozenset({Phase.QUEUED, Phase.CLAIMING, Phase.PROVISIONING, Phase.WIRING, Phase.SETTING_UP,
                         Phase.EXPOSING})
 
-__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "SessionFailed"]
+__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "PinnedLabSessionWorkflow", "SessionFailed"]

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, JsonFlag, fail, port_option, print_json
+from labrador.cli.common import EXIT_REFUSED, JsonFlag, fail, port_option, print_json
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,7 +53,7 @@ def codec_server(
         try:
             runner, bound = await start(codec, host, port, origins)
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_UNREACHABLE)
+            fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}", EXIT_REFUSED)  # in use: refused
         url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         if json_output:
             print_json({"endpoint": url, "ui_origins": origins})

@@ -22,6 +22,7 @@ from cluster.naming import InvalidName, validate_student_id
 from labrador.cli.common import (
     EXIT_PENDING,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     JsonFlag,
     console,
     err_console,
@@ -32,8 +33,9 @@ from labrador.cli.common import (
 from labrador.cli.progress import PhaseLine, describe_phase, following
 from labrador.cli.tables import Col, print_table
 from labrador.client import LabClient, LabError, Pending, TemporalUnreachable
-from labrador.settings import Settings, SettingsError, load_settings
-from workflows.models import TERMINAL_PHASES, CheckReport, LabStatus, WaitReadyResult
+from labrador.settings import Settings, SettingsError, catalog_limits, load_settings
+from labs.models import Catalog
+from workflows.models import TERMINAL_PHASES, CheckReport, LabStatus, Phase, WaitReadyResult
 
 T = TypeVar("T")
 RETRY_PAUSE = 1.0
@@ -57,14 +59,18 @@ def _student(student: str, *, new: bool = False) -> str:
         fail(str(exc))
 
 
-def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
+def _run(action: Callable[[LabClient], Awaitable[T]], *, lab: str | None = None) -> T:
+    """Settings, then (with `lab`) the catalog and that lab, all refused before Temporal is contacted."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         fail(str(exc))
+    extra: dict[str, Any] = {}
+    if lab is not None:
+        extra["catalog"] = _catalog_with(settings, lab)
 
     async def go() -> T:
-        client = await LabClient.connect(settings)
+        client = await LabClient.connect(settings, **extra)
         return await action(client)
 
     try:
@@ -75,6 +81,18 @@ def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
         fail(str(exc), EXIT_PENDING)
     except LabError as exc:
         fail(str(exc))
+
+
+def _catalog_with(settings: Settings, lab: str) -> Catalog:
+    from labs.loader import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(settings.catalog_dir, **catalog_limits(settings))
+    except CatalogError as exc:
+        fail(f"catalog {settings.catalog_dir} is invalid ({len(exc.errors)} errors): run `labrador labs validate`")
+    if lab not in catalog.labs:
+        fail(f"--lab: {lab!r} is not in the catalog (known labs: {', '.join(sorted(catalog.labs)) or 'none'})")
+    return catalog
 
 
 async def _retrying(action: Callable[[], Awaitable[T]], deadline: float) -> T:
@@ -100,6 +118,7 @@ def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = _key_path(settings, session_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file; tighten one left by anything else
     with os.fdopen(fd, "w") as handle:
         handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
     return path
@@ -202,7 +221,7 @@ def start(
                 )
         return out
 
-    out = _run(action)
+    out = _run(action, lab=lab)
     if as_json:
         print_json(out)
         return
@@ -322,6 +341,8 @@ def list_sessions(
     as_json: JsonFlag = False,
 ) -> None:
     """Sessions by phase (default: every running session)."""
+    if phase is not None and phase not in {p.value for p in Phase}:  # refused before Temporal is contacted
+        fail(f"--phase: {phase!r} is not one of {', '.join(p.value for p in Phase)}", EXIT_USAGE)
     sessions = _run(lambda client: client.list(phase))
     if as_json:
         print_json(sessions)

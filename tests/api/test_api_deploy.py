@@ -45,7 +45,7 @@ def test_the_api_has_no_kubernetes_access() -> None:
 
 
 def test_same_image_as_the_worker_probes_and_service() -> None:
-    worker = yaml.safe_load((DEPLOY / "worker.yaml").read_text())
+    worker = yaml.safe_load((DEPLOY / "worker" / "worker.yaml").read_text())
     pod = of("Deployment")["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert container["image"] == worker["spec"]["template"]["spec"]["containers"][0]["image"]

@@ -30,7 +30,7 @@ def test_every_labrador_metric_of_the_dashboard_is_recorded() -> None:
 
 
 def test_the_worker_is_scraped_by_annotation_and_by_servicemonitor() -> None:
-    worker = yaml.safe_load((ROOT / "deploy" / "worker.yaml").read_text())
+    worker = yaml.safe_load((ROOT / "deploy" / "worker" / "worker.yaml").read_text())
     pod = worker["spec"]["template"]
     annotations = pod["metadata"]["annotations"]
     container = pod["spec"]["containers"][0]

@@ -181,3 +181,37 @@ async def test_an_end_reason_is_bounded_before_anything_is_sent() -> None:
 def test_other_numeric_flags_are_bounded(args: list[str]) -> None:
     result = CliRunner().invoke(app, args, env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
     assert result.exit_code == 2, result.output
+
+
+def test_a_codec_server_port_in_use_is_a_refusal_not_an_outage() -> None:
+    from labrador.codec import new_key_entry
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["codec-server", "--port", str(port)],
+                                    env={"LABRADOR_CODEC_KEYS": new_key_entry("k1"), "HOME": "/nonexistent"})
+    assert result.exit_code == 1 and "cannot listen" in result.output, result.output
+
+
+def test_a_config_file_alias_bomb_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    text = "a0: &a0 [" + ", ".join(["x"] * 10) + "]\n"
+    for i in range(1, 9):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 7) + "]\n"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=r"aliases|expands"):
+        load_settings(config_file=config, environ={"HOME": "/nonexistent"}, use_dev_stack=False)
+
+
+def test_a_bad_phase_is_refused_before_temporal_is_contacted() -> None:
+    result = CliRunner().invoke(app, ["lab", "list", "--phase", "bogus"],
+                                env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    assert result.exit_code == 2 and "--phase: 'bogus' is not one of" in result.output, result.output
+
+
+def test_an_unknown_lab_is_refused_before_temporal_is_contacted() -> None:
+    result = CliRunner().invoke(app, ["lab", "start", "--student", "alice", "--lab", "nope"],
+                                env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
+    assert result.exit_code == 1 and "--lab: 'nope' is not in the catalog" in result.output, result.output

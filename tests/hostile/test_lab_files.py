@@ -244,3 +244,17 @@ def test_the_catalog_as_a_whole_is_bounded(tmp_path: Path) -> None:
         load_catalog(tmp_path)
     assert any("larger than 8 MiB together" in e.message for e in caught.value.errors)
     assert time.monotonic() - started < 10
+
+
+def test_a_lab_and_the_node_classes_it_travels_with_are_bounded_together(tmp_path: Path) -> None:
+    recipe = "'" + "y" * 30_000 + "'"
+    classes = CLASSES.format(worker_memory="1126Mi") + "".join(
+        f"  - name: big{i}\n    role: worker\n    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3\n"
+        f"    kubernetes_version: 1.31.4\n    build:\n      base_image: registry.lab.internal/base:1\n"
+        f"      install_script: {recipe}\n" for i in range(4))
+    (tmp_path / "node-classes.yaml").write_text(classes)
+    (tmp_path / "lab.yaml").write_text("name: lab\ntitle: t\nnodes:\n  - {role: controlplane, class: cp}\n"
+                                       + "".join(f"  - {{role: worker, class: big{i}}}\n" for i in range(4)))
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(tmp_path)
+    only(caught.value.errors, "with its node classes")

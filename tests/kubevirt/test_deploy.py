@@ -18,7 +18,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 def documents() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
-    for name in kustomization["resources"]:
+    # The worker Deployment is one per build (deploy/builds/<build ID>/ over deploy/worker/).
+    for name in [*kustomization["resources"], "worker/worker.yaml"]:
         docs += [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
     return docs
 
