@@ -60,3 +60,30 @@ async def test_a_paused_lab_refuses_ssh_and_answers_again_after_resume(stack: St
     assert (result.outcome, result.reason) == (Phase.ENDED, "ended by student")
     assert "paused" in result.phase_seconds
     assert (await cluster.inventory()).nodes == []
+
+
+async def test_reset_gives_fresh_nodes_and_new_ssh_details(stack: Stack) -> None:
+    cluster = await stack.start_worker()
+    who = f"st-{uuid.uuid4().hex[:8]}"
+    await stack.labs.start(who, "kubelet-broken-worker")
+    ready = await stack.labs.wait_ready(who, timedelta(seconds=15))
+    before = await stack.labs.status(who)
+    old_ids = {n.node_id for n in before.nodes}
+
+    done = await stack.labs.reset(who)
+    new_ids = {n.node_id for n in done.nodes}
+    assert new_ids.isdisjoint(old_ids)
+    held = {n.node_id for n in (await cluster.inventory()).nodes}
+    assert held == new_ids  # the old nodes are deleted
+    again = await stack.labs.wait_ready(who, timedelta(seconds=5))
+    assert again.ready and again.endpoint == done.endpoint and again.endpoint != ready.endpoint
+    assert not await ssh_answers(ready) and await ssh_answers(again)  # the old endpoint is gone
+    for node_id in new_ids:  # the platform setup ran again on the new nodes
+        assert cluster.commands(node_id)
+    status = await stack.labs.status(who)
+    assert status.phase == Phase.RUNNING and status.resets_used == 1
+
+    await stack.labs.end(who)
+    result: LabSessionResult = await stack.labs.result(who)
+    assert result.outcome == Phase.ENDED and "resetting" in result.phase_seconds
+    assert (await cluster.inventory()).nodes == []
