@@ -20,13 +20,14 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeStatus,
     SessionWiring,
     SshEndpoint,
 )
-from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError, WatchesNodes
 from workflows.models import (
     ActivityName,
     ExposeInput,
@@ -76,6 +77,7 @@ class ClusterActivities:
             self.unexpose_ssh,
             self.release_session,
             self.inventory,
+            self.inventory_summary,
             self.pause_node,
             self.unpause_node,
         ]
@@ -93,7 +95,9 @@ class ClusterActivities:
     @activity.defn(name=ActivityName.WAIT_NODE_READY)
     @map_port_errors
     async def wait_node_ready(self, request: WaitReadyInput) -> NodeStatus:
-        """Poll until the node is ready; heartbeat each poll. A FAILED or vanished node is permanent.
+        """Wait until the node is ready; heartbeat at each look. A FAILED or vanished node is permanent.
+        A backend that watches (kubevirt's cache) wakes the wait on the node's next event; others
+        are asked again every `poll_interval`.
 
         The first attempt's start time travels in the heartbeat details, so a retried attempt
         (worker restart, heartbeat timeout) keeps counting `timeout` from the original start.
@@ -130,7 +134,10 @@ class ClusterActivities:
                     non_retryable=True,
                 )
             activity.heartbeat(started.isoformat())
-            await asyncio.sleep(request.poll_interval.total_seconds())
+            if isinstance(self.port, WatchesNodes):
+                await self.port.wait_node_change(request.node_id, request.poll_interval.total_seconds())
+            else:
+                await asyncio.sleep(request.poll_interval.total_seconds())
 
     @activity.defn(name=ActivityName.NODE_HEALTH)
     @map_port_errors
@@ -176,6 +183,11 @@ class ClusterActivities:
     @map_port_errors
     async def inventory(self) -> Inventory:
         return await self.port.inventory()
+
+    @activity.defn(name=ActivityName.INVENTORY_SUMMARY)
+    @map_port_errors
+    async def inventory_summary(self) -> InventorySummary:
+        return await self.port.inventory_summary()
 
     @activity.defn(name=ActivityName.PAUSE_NODE)
     @map_port_errors

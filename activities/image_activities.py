@@ -154,7 +154,7 @@ class ImageActivities:
         return self._published_images
 
     def work_dir(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
+        if not _KEY_RE.fullmatch(key):
             raise PermanentError(f"work key {key!r} is not a safe directory name")
         path = self.work_root / key
         path.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ class ImageActivities:
     @activity.defn(name=ImageActivityName.GOLDEN_START)
     @_mapped
     async def golden_start(self, request: GoldenRequest) -> GoldenState:
-        namespace = request.namespace or self.settings.kube_namespace
+        namespace = request.namespace or self.settings.image_source_namespaces[0]
         await asyncio.to_thread(self.golden_builder().start, request.name, namespace, request.node_class)
         return GoldenState(name=request.name, namespace=namespace, phase="Pending")
 
@@ -190,7 +190,7 @@ class ImageActivities:
     async def golden_wait(self, request: GoldenRequest) -> GoldenState:
         from image_pipeline.golden import wait_powered_off
 
-        namespace = request.namespace or self.settings.kube_namespace
+        namespace = request.namespace or self.settings.image_source_namespaces[0]
         previous = activity.info().heartbeat_details
         seen_running = bool(previous and isinstance(previous[0], dict) and previous[0].get("seen_running"))
 
@@ -210,7 +210,7 @@ class ImageActivities:
     @_mapped
     async def golden_delete(self, state: GoldenState) -> None:
         await asyncio.to_thread(self.golden_builder().delete, state.name,
-                                state.namespace or self.settings.kube_namespace)
+                                state.namespace or self.settings.image_source_namespaces[0])
 
     @activity.defn(name=ImageActivityName.EXPORT_DELETE)
     @_mapped

@@ -6,13 +6,15 @@ Node creation, readiness, mark-free and deletion are the cluster activities
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.client import WorkflowExecutionStatus as Status
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -20,12 +22,24 @@ from activities.cluster_activities import map_port_errors
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from cluster.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
-from workflows.models import NodeRef
-from workflows.pool_models import (
-    CapacityBrokerInput,
+from workflows.capacity.models import (
+    CAPACITY_BROKER_WORKFLOW,
+    BrokerSettings,
+    BrokerState,
+    CapacityActivityName,
     CapacityLimits,
+    CapacityNotice,
     CapacityRelease,
     CapacityRequest,
+    CapacityUsage,
+    CapacityUsageInput,
+    PoolReservation,
+    PoolReservationResult,
+    SessionPresence,
+    capacity_broker_id,
+)
+from workflows.models import NodeRef
+from workflows.pool_models import (
     CollectedSession,
     CollectSessionInput,
     EndedSessions,
@@ -33,12 +47,13 @@ from workflows.pool_models import (
     PoolActivityName,
     PoolPlan,
     PoolPlanInput,
-    PoolReservation,
-    PoolReservationResult,
     SessionRunRef,
     UnclaimedNodeDeletion,
-    capacity_broker_id,
 )
+
+# The session workflow's type name (workflows.lab_session.WORKFLOW_NAME; not imported: activities stay
+# off the workflow modules).
+LAB_SESSION_WORKFLOW = "LabSession"
 
 
 async def run_is_running(client: Client, ref: SessionRunRef) -> bool:
@@ -68,12 +83,13 @@ class PoolActivities:
         published: PublishedImages,
         client: Client | None = None,
         broker_recheck: timedelta = timedelta(seconds=30),
+        broker_settings: BrokerSettings | None = None,
     ) -> None:
         self.port = port
         self.node_classes = node_classes
         self.published = published
         self._client = client
-        self.broker_recheck = broker_recheck
+        self.broker_settings = broker_settings or BrokerSettings(recheck=broker_recheck, liveness_every=broker_recheck)
 
     def client(self) -> Client:
         return self._client or activity.client()
@@ -81,7 +97,8 @@ class PoolActivities:
     @activity.defn(name=PoolActivityName.POOL_PLAN)
     async def pool_plan(self, request: PoolPlanInput) -> PoolPlan:
         try:
-            classes = self.node_classes()
+            # Off the event loop: the catalog is files from strangers (bounded, but parsing is work).
+            classes = await asyncio.to_thread(self.node_classes)
         except ValueError as error:  # labs.loader.CatalogError: a broken catalog needs a person, not retries
             raise ApplicationError(f"pool plan: the catalog does not load: {error}", non_retryable=True) from error
         if request.classes is not None:
@@ -96,8 +113,22 @@ class PoolActivities:
 
     @activity.defn(name=PoolActivityName.ENDED_SESSIONS)
     async def ended_sessions(self, request: EndedSessionsInput) -> EndedSessions:
+        """One visibility query for the running lab sessions (heartbeating per page) instead of one
+        describe() per claimed session. Visibility lags: a run it does not list yet (just started) is
+        confirmed with describe() before it counts as ended, so only the candidates are described."""
         client = self.client()
-        ended = [ref.session_id for ref in request.sessions if not await run_is_running(client, ref)]
+        running: set[tuple[str, str]] = set()
+        listed = 0
+        async for execution in client.list_workflows(
+            f"WorkflowType = '{LAB_SESSION_WORKFLOW}' AND ExecutionStatus = 'Running'", page_size=1000
+        ):
+            running.add((execution.id, execution.run_id))
+            listed += 1
+            if listed % 1000 == 0:
+                activity.heartbeat(listed)
+        candidates = [ref for ref in request.sessions
+                      if (ref.workflow_id or "", ref.run_id or "") not in running]
+        ended = [ref.session_id for ref in candidates if not await run_is_running(client, ref)]
         return EndedSessions(session_ids=ended)
 
     @activity.defn(name=PoolActivityName.COLLECT_SESSION)
@@ -121,38 +152,77 @@ class PoolActivities:
             activity.logger.info("pool node %s was claimed meanwhile; not deleted", request.node_id)
         return UnclaimedNodeDeletion(node_id=request.node_id, deleted=deleted)
 
-    @activity.defn(name=PoolActivityName.REQUEST_CAPACITY)
+    @activity.defn(name=CapacityActivityName.ADMIT_CAPACITY)
+    async def admit_capacity(self, request: CapacityRequest) -> CapacityNotice:
+        """Ask the broker by update-with-start: one round trip, the broker's answer is the result."""
+        return await self._update_with_start("admit", request, request.limits, CapacityNotice)
+
+    @activity.defn(name=CapacityActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:
+        """Sessions before ticket numbers: the answer comes later as `capacity_notice` signals."""
         await self._signal_with_start("request", request, request.limits)
 
-    @activity.defn(name=PoolActivityName.RELEASE_CAPACITY)
+    @activity.defn(name=CapacityActivityName.RELEASE_CAPACITY)
     async def release_capacity(self, release: CapacityRelease) -> None:
         try:
-            broker = capacity_broker_id(activity.info().task_queue)
-            await self.client().get_workflow_handle(broker).signal("release", release)
+            await self.client().get_workflow_handle(self._broker_id()).signal("release", release)
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise  # no broker: nothing is held
 
-    @activity.defn(name=PoolActivityName.RESERVE_POOL_CAPACITY)
+    @activity.defn(name=CapacityActivityName.RESERVE_POOL_CAPACITY)
     async def reserve_pool_capacity(self, reservation: PoolReservation) -> PoolReservationResult:
-        await self._signal_with_start("limits", reservation.limits, reservation.limits)
-        handle = self.client().get_workflow_handle(capacity_broker_id(activity.info().task_queue))
-        return await handle.execute_update("reserve_pool", reservation, result_type=PoolReservationResult)
+        return await self._update_with_start("reserve_pool", reservation, reservation.limits, PoolReservationResult)
+
+    @activity.defn(name=CapacityActivityName.CAPACITY_USAGE)
+    @map_port_errors
+    async def capacity_usage(self, request: CapacityUsageInput) -> CapacityUsage:
+        """The cluster as counts for the broker, plus what exists of the grants it has in flight
+        (the node list stays here: it grows with the cluster)."""
+        inventory = await self.port.inventory()
+        wanted_sessions, wanted_nodes = set(request.sessions), set(request.nodes)
+        sessions: dict[str, list[int]] = {}
+        nodes: list[str] = []
+        for node in inventory.nodes:
+            if node.session is not None and node.session.session_id in wanted_sessions:
+                seen = sessions.setdefault(node.session.session_id, [0, 0])
+                seen[0] += 1
+                seen[1] += node.memory_bytes
+            if node.node_id in wanted_nodes:
+                nodes.append(node.node_id)
+        return CapacityUsage(
+            vms=len(inventory.nodes), memory_bytes=sum(n.memory_bytes for n in inventory.nodes),
+            sessions={sid: SessionPresence(vms=v, memory_bytes=m) for sid, (v, m) in sessions.items()},
+            nodes=sorted(nodes),
+        )
+
+    def _broker_id(self) -> str:
+        return capacity_broker_id(activity.info().task_queue)
+
+    def _broker_start(self, limits: CapacityLimits) -> tuple[Any, dict[str, Any]]:
+        state = BrokerState(limits=limits, settings=self.broker_settings)
+        return state, dict(id=self._broker_id(), task_queue=activity.info().task_queue,
+                           id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+
+    async def _update_with_start(self, update: str, arg: Any, limits: CapacityLimits, result_type: type) -> Any:
+        state, options = self._broker_start(limits)
+        operation: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            CAPACITY_BROKER_WORKFLOW, state, **options
+        )
+        return await self.client().execute_update_with_start_workflow(
+            update, arg, start_workflow_operation=operation, result_type=result_type,
+        )
 
     async def _signal_with_start(self, signal: str, arg: Any, limits: CapacityLimits) -> None:
-        info = activity.info()
+        state, options = self._broker_start(limits)
+        options.pop("id_conflict_policy")
         await self.client().start_workflow(
-            "CapacityBrokerWorkflow",
-            CapacityBrokerInput(limits=limits, recheck=self.broker_recheck),
-            id=capacity_broker_id(info.task_queue),
-            task_queue=info.task_queue,
-            start_signal=signal,
-            start_signal_args=[arg],
+            CAPACITY_BROKER_WORKFLOW, state, start_signal=signal, start_signal_args=[arg], **options,
         )
 
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.pool_plan, self.ended_sessions, self.collect_session, self.delete_unclaimed_node,
-            self.request_capacity, self.release_capacity, self.reserve_pool_capacity,
+            self.request_capacity, self.release_capacity, self.reserve_pool_capacity, self.admit_capacity,
+            self.capacity_usage,
         ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -37,10 +36,12 @@ from cluster.ssh import (
     RetryPolicy,
     SshError,
     SshRunner,
+    SshUnreachable,
     excerpt,
     generate_key_pair,
     runner_from_settings,
 )
+from labs.check_regex import stdout_matches
 from labs.models import Check, Lab, LabNode, Role, Script
 from workflows.models import (
     ActivityName,
@@ -65,6 +66,13 @@ JOIN_TIMEOUT = 300.0
 NODES_READY_TIMEOUT = 300
 REASON_OUTPUT_CHARS = 2000
 EXCERPT_CHARS = 1000
+SETUP_INFRA_BUDGET = 300.0
+"""Seconds RUN_SETUP keeps retrying transient infrastructure errors (the cluster API unavailable, a node
+not accepting SSH yet) inside one attempt, heartbeating, before giving up. Bounded by the attempt's own
+deadline; the session's provisioning_overdue timer bounds the whole preparation. Only the lab's own
+script failing is final at once. Done here, not by Temporal's retry policy, so the workflow's commands
+do not change (3 attempts within ~8 s used to end the lab on one short API outage)."""
+SETUP_INFRA_BACKOFF = (0.5, 10.0)
 TEARDOWN_RETRY = RetryPolicy(attempts=2, initial_backoff=0.5, connect_timeout=10.0)
 CHECK_RETRY = RetryPolicy(attempts=3, initial_backoff=0.5, connect_timeout=10.0)
 """Checks answer a waiting student (the `check` update): give up on an unreachable node sooner."""
@@ -99,7 +107,9 @@ def check_passed(check: Check, result: CommandResult) -> bool:
         return False
     if check.expect.exit_code is not None and result.exit_code != check.expect.exit_code:
         return False
-    return not (check.expect.stdout is not None and re.search(check.expect.stdout, result.stdout) is None)
+    # RE2 (labs/check_regex.py): linear in the output (capped at 16 KiB by the runner), so matching
+    # on the event loop cannot stall the worker whatever pattern the lab file holds.
+    return check.expect.stdout is None or stdout_matches(check.expect.stdout, result.stdout)
 
 
 def score(results: Sequence[CheckResult]) -> tuple[int, int]:
@@ -122,6 +132,32 @@ async def heartbeating(details: Callable[[], Any], every: float = HEARTBEAT_EVER
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _infra_deadline() -> float:
+    """Monotonic end of this attempt's infrastructure retries: the budget, or the attempt's own
+    start-to-close deadline less a margin (its scripts still need their time), whichever is first."""
+    budget = SETUP_INFRA_BUDGET
+    timeout = activity.info().start_to_close_timeout
+    if timeout is not None:
+        budget = min(budget, max(0.0, timeout.total_seconds() / 2))
+    return time.monotonic() + budget
+
+
+async def _until(deadline: float, progress: SetupProgress, transient: type[Exception],
+                 call: Callable[[], Any]) -> Any:
+    """`call()` again on `transient` errors (backoff, heartbeating) until `deadline`, then the error."""
+    pause, longest = SETUP_INFRA_BACKOFF
+    while True:
+        try:
+            return await call()
+        except transient as exc:
+            if time.monotonic() + pause >= deadline:
+                raise
+            activity.logger.warning("setup: transient %s, retrying in %.0f s: %s", type(exc).__name__, pause, exc)
+            activity.heartbeat(progress)
+            await asyncio.sleep(pause)
+            pause = min(longest, pause * 2)
 
 
 def _resume_progress() -> SetupProgress:
@@ -150,6 +186,10 @@ class ScriptActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [self.create_session_credentials, self.run_setup, self.run_checks, self.run_teardown_scripts,
                 self.step_guest_clocks]
+
+    async def _setup_target(self, node: BoundNode, deadline: float, progress: SetupProgress) -> SshTarget:
+        """The node's SSH target, retrying ClusterUnavailable until `deadline` (then Temporal's retry)."""
+        return await _until(deadline, progress, ClusterUnavailable, lambda: self._target(node))
 
     async def _target(self, node: BoundNode) -> SshTarget:
         try:
@@ -183,16 +223,17 @@ class ScriptActivities:
             raise ApplicationError(
                 f"setup: lab nodes {missing} have no bound node", type="BadInput", non_retryable=True
             )
-        targets = {n.name: await self._target(n) for n in data.nodes}
+        deadline = _infra_deadline()
+        targets = {n.name: await self._setup_target(n, deadline, progress) for n in data.nodes}
         lock = asyncio.Lock()  # first contacts to one node in parallel must pin one key
 
         async def step(node_name: str, step_name: str, command: str, seconds: float) -> CommandResult:
             try:
                 async with lock:
                     pinned = progress.host_keys.get(node_name)
-                result = await self.runner.run(
+                result = await _until(deadline, progress, SshUnreachable, lambda: self.runner.run(
                     targets[node_name], command, timeout_seconds=seconds, host_key=pinned, node=node_name
-                )
+                ))
             except HostKeyMismatch as exc:
                 raise ApplicationError(
                     f"setup step {step_name!r} on node {node_name!r}: {exc}", type="HostKeyMismatch", non_retryable=True

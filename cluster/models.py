@@ -121,3 +121,55 @@ class Inventory(Model):
     sessions: list[SessionLeftovers] = Field(default_factory=list)
     exposed_ports_in_use: int = 0
     exposed_ports_capacity: int | None = None
+
+
+class NodeGroup(Model):
+    """Nodes of one class, image and state: how many and how much memory."""
+
+    node_class: str
+    image: str
+    state: NodeState
+    count: int = Field(ge=0)
+    memory_bytes: int = Field(0, ge=0)
+
+
+class InventorySummary(Model):
+    """The inventory as counts: what crosses Temporal instead of the node list (which grows with the
+    cluster). Bounded by classes x images x states, whatever the number of nodes or labs."""
+
+    groups: list[NodeGroup] = Field(default_factory=list)
+    exposed_ports_in_use: int = 0
+    exposed_ports_capacity: int | None = None
+
+    @property
+    def vms(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(g.memory_bytes for g in self.groups)
+
+    def count(self, node_class: str | None = None, state: NodeState | None = None, image: str | None = None) -> int:
+        return sum(
+            g.count for g in self.groups
+            if (node_class is None or g.node_class == node_class) and (state is None or g.state == state)
+            and (image is None or g.image == image)
+        )
+
+
+def summarize(inventory: Inventory) -> InventorySummary:
+    """Counts and memory per (class, image, state), ports in use/capacity. Pure: both backends'
+    `inventory_summary` is `summarize(await self.inventory())`."""
+    groups: dict[tuple[str, str, NodeState], list[int]] = {}
+    for node in inventory.nodes:
+        entry = groups.setdefault((node.node_class, node.image, node.state), [0, 0])
+        entry[0] += 1
+        entry[1] += node.memory_bytes
+    return InventorySummary(
+        groups=[
+            NodeGroup(node_class=c, image=i, state=s, count=n, memory_bytes=m)
+            for (c, i, s), (n, m) in sorted(groups.items())
+        ],
+        exposed_ports_in_use=inventory.exposed_ports_in_use,
+        exposed_ports_capacity=inventory.exposed_ports_capacity,
+    )

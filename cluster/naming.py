@@ -9,8 +9,10 @@ import hashlib
 import re
 
 DNS_LABEL_MAX = 63
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_STUDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+# Always used with fullmatch: `$` alone also matches before a final newline ("carol\n").
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_STUDENT_RE = re.compile(r"[a-z0-9][a-z0-9._@+-]{0,127}")
+_LEGACY_STUDENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 STUDENT_ID_MAX = 128
 
 
@@ -23,7 +25,7 @@ def short_hash(text: str, length: int = 8) -> str:
 
 
 def is_dns_label(value: str) -> bool:
-    return len(value) <= DNS_LABEL_MAX and bool(_DNS_LABEL_RE.match(value))
+    return len(value) <= DNS_LABEL_MAX and bool(_DNS_LABEL_RE.fullmatch(value))
 
 
 def dns_label(*parts: str, max_len: int = DNS_LABEL_MAX) -> str:
@@ -42,23 +44,35 @@ def dns_label(*parts: str, max_len: int = DNS_LABEL_MAX) -> str:
     return f"{head}-{suffix}" if head else f"x-{suffix}"[:max_len]
 
 
-def validate_student_id(student_id: str) -> str:
-    """Reject control characters, whitespace, overlong or empty IDs before they reach any name."""
+def validate_student_id(student_id: str, *, existing: bool = False) -> str:
+    """Reject control characters, whitespace, overlong, empty or (for a new lab) upper-case IDs
+    before they reach any name.
+
+    Student IDs are lower case: `ALICE` and `alice` would otherwise be two students holding two labs,
+    and case-folding instead would change the workflow IDs of labs already running. `existing=True`
+    (status, end, extend, check of a lab that may have been started before this rule) still accepts
+    upper case so such a lab can be reached until it ends.
+    """
     if not isinstance(student_id, str) or not student_id:
         raise InvalidName("student: must be a non-empty string")
     if len(student_id) > STUDENT_ID_MAX:
         raise InvalidName(f"student: {student_id[:20]!r}... is longer than {STUDENT_ID_MAX} characters")
-    if not _STUDENT_RE.match(student_id):
+    if (_LEGACY_STUDENT_RE if existing else _STUDENT_RE).fullmatch(student_id):
+        return student_id
+    if _LEGACY_STUDENT_RE.fullmatch(student_id):
         raise InvalidName(
-            f"student: {student_id!r} may only contain letters, digits and . _ @ + - "
-            "(no spaces or control characters) and must start with a letter or digit"
+            f"student: {student_id!r} has upper-case letters; student IDs are lower case "
+            f"(use {student_id.lower()!r})"
         )
-    return student_id
+    raise InvalidName(
+        f"student: {student_id!r} may only contain lower-case letters, digits and . _ @ + - "
+        "(no spaces, newlines or control characters) and must start with a letter or digit"
+    )
 
 
 def session_workflow_id(student_id: str) -> str:
     """One workflow ID per student: Temporal's ID conflict policy enforces one active lab per student."""
-    return f"lab-session/{validate_student_id(student_id)}"
+    return f"lab-session/{validate_student_id(student_id, existing=True)}"
 
 
 def session_id(student_id: str, run_id: str) -> str:

@@ -17,6 +17,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodeRecord,
     NodeSpec,
     NodeStatus,
@@ -111,4 +112,21 @@ class ClusterPort(Protocol):
 
     # --- pool -------------------------------------------------------------------------------
     async def inventory(self) -> Inventory:
+        """Every node and session leftover. Stays inside activities: it grows with the cluster."""
+        ...
+
+    async def inventory_summary(self) -> InventorySummary:
+        """`cluster.models.summarize(await self.inventory())`: what workflows get. Must include every
+        node whose `provision` returned before this call began (the capacity ledger relies on it)."""
+        ...
+
+
+@runtime_checkable
+class WatchesNodes(Protocol):
+    """Optional: a backend that observes the cluster (a watch) rather than asking it each time."""
+
+    async def wait_node_change(self, node_id: str, poll_interval: float) -> None:
+        """Return when something about the node may have changed (at the latest after a re-check
+        period of the backend's choosing), so a wait looks again then instead of every
+        `poll_interval`. A backend that cannot tell sleeps `poll_interval`."""
         ...

@@ -63,6 +63,28 @@ class JsonFilePublishedImages:
         os.replace(tmp, self.path)
 
 
+class MountedPublishedImages:
+    """Read-only: the published-images ConfigMap mounted as a volume (one file per node class), for
+    processes without Kubernetes access (the HTTP API). The kubelet refreshes the files within about a
+    minute of a publish."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def all(self) -> dict[str, PublishedImage]:
+        found: dict[str, PublishedImage] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in sorted(self.directory.iterdir()):
+            if path.name.startswith(".") or not path.is_file():
+                continue  # the kubelet's ..data links and timestamped dirs
+            found[path.name] = PublishedImage.model_validate_json(path.read_text())
+        return found
+
+    def publish(self, image: PublishedImage) -> None:
+        raise PermissionError(f"published images in {self.directory} are a read-only mount; publish from the worker")
+
+
 def effective_image(node_class: NodeClass, published: dict[str, PublishedImage]) -> str:
     image = published.get(node_class.name)
     return image.reference if image else node_class.image

@@ -35,6 +35,7 @@ from pathlib import Path
 import asyncssh
 
 from cluster.models import SshTarget
+from cluster.secret_files import InsecureKeyFile, read_key_bytes
 from cluster.settings import Settings
 
 OUTPUT_LIMIT = 16 * 1024
@@ -333,7 +334,9 @@ def platform_key_path(settings: Settings) -> Path:
 def load_platform_key(settings: Settings) -> asyncssh.SSHKey:
     path = platform_key_path(settings)
     try:
-        return asyncssh.read_private_key(path)
+        return asyncssh.import_private_key(read_key_bytes(path, "ssh_private_key"))
+    except InsecureKeyFile as exc:
+        raise SshError(str(exc)) from None
     except (OSError, asyncssh.KeyImportError) as exc:
         raise SshError(f"setting ssh_private_key: cannot read {path}: {exc}") from exc
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cluster.secret_files import InsecureKeyFile, check_key_file
 from image_pipeline.errors import PermanentError, PipelineError
 
 ECR_HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
@@ -32,6 +33,11 @@ def docker_config_credentials(registry: str, config_path: Path | None = None) ->
     import docker.auth
     import docker.errors
 
+    if config_path is not None:  # the setting `docker_config`: registry passwords, a key file like the others
+        try:
+            check_key_file(config_path, "docker_config")
+        except InsecureKeyFile as exc:
+            raise PermanentError(str(exc)) from None
     try:
         config = docker.auth.load_config(config_path=str(config_path) if config_path else None)
         entry = config.resolve_authconfig(registry)
@@ -51,7 +57,7 @@ def ecr_credentials(registry: str, *, region: str | None = None, endpoint_url: s
     import boto3
     import botocore.exceptions
 
-    match = ECR_HOST_RE.match(registry)
+    match = ECR_HOST_RE.fullmatch(registry)
     region = region or (match["region"] if match else None) or "us-east-1"
     client = boto3.client("ecr", region_name=region, endpoint_url=endpoint_url)
     try:
@@ -76,6 +82,6 @@ def resolve_credentials(
 ) -> Credentials | None:
     if mode == "none":
         return None
-    if mode == "ecr" or (mode == "auto" and ECR_HOST_RE.match(registry)):
+    if mode == "ecr" or (mode == "auto" and ECR_HOST_RE.fullmatch(registry)):
         return ecr_credentials(registry, endpoint_url=aws_endpoint_url)
     return docker_config_credentials(registry, docker_config)

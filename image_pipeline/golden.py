@@ -100,7 +100,14 @@ class SimulatedGoldenBuilder:
             return BuilderObservation(phase, "installing" if phase == "Running" else "scheduling")
         disk = self.root / f"{namespace}--{name}.qcow2"
         if not disk.exists():
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), self.disk_size], check=True)
+            # An empty disk with a boot signature (0x55AA at 510): the pipeline only takes bootable disks.
+            raw = disk.with_suffix(".raw")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(raw), self.disk_size], check=True)
+            with raw.open("r+b") as handle:
+                handle.seek(510)
+                handle.write(b"\x55\xaa")
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
+            raw.unlink()
         return BuilderObservation("PoweredOff", "the builder powered off", disk_path=str(disk))
 
     def delete(self, name: str, namespace: str) -> None:

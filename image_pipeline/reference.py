@@ -15,7 +15,7 @@ _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?
 
 def image_tag(node_class: str, kubernetes_version: str, day: date) -> str:
     tag = f"{node_class}-{kubernetes_version}-{day:%Y%m%d}"
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise PermanentError(f"tag {tag!r} is not a valid image tag")
     return tag
 
@@ -38,9 +38,9 @@ class ImageRef:
     digest: str | None = None
 
     def __post_init__(self) -> None:
-        if not _REPO_RE.match(self.repository):
+        if not _REPO_RE.fullmatch(self.repository):
             raise PermanentError(f"repository {self.repository!r} is not a valid repository name")
-        if self.tag is not None and not _TAG_RE.match(self.tag):
+        if self.tag is not None and not _TAG_RE.fullmatch(self.tag):
             raise PermanentError(f"tag {self.tag!r} is not a valid image tag")
 
     @property

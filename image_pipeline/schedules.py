@@ -50,7 +50,8 @@ def rebuild_schedule_specs(node_classes: dict[str, NodeClass], settings: Setting
         node_class = node_classes[name]
         if node_class.build is None:
             continue
-        source = ImageSource(kind=SourceKind.GOLDEN, namespace=settings.kube_namespace)
+        # Builder VMs run in the first image source namespace (the admission policy allows them there).
+        source = ImageSource(kind=SourceKind.GOLDEN, namespace=settings.image_source_namespaces[0])
         specs.append(RebuildScheduleSpec(
             schedule_id=schedule_id(name), node_class=name,
             cron=node_class.build.schedule or settings.image_rebuild_schedule,

@@ -35,10 +35,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cluster.naming import InvalidName, session_id, session_workflow_id, validate_student_id
 from cluster.published_images import PublishedImages, with_effective_images
+from labrador.codec import CodecError
 from labrador.published_images import published_images_store
 from labrador.settings import Settings
 from labs.models import Catalog, Lab, parse_duration, quantity_bytes
 from workflows import search_attributes
+from workflows.capacity.models import CapacityLimits, CapacityNotice, PositionRequest, capacity_broker_id
 from workflows.lab_session import WORKFLOW_NAME, LabSessionWorkflow
 from workflows.models import (
     CheckReport,
@@ -62,7 +64,6 @@ from workflows.models import (
     WaitReadyRequest,
     WaitReadyResult,
 )
-from workflows.pool_models import CapacityLimits
 
 _TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
 _UPDATE_ATTEMPTS = 5
@@ -80,8 +81,29 @@ class SessionConflict(LabError):
     pass
 
 
+class PayloadsUndecodable(LabError):
+    """This client has no codec key (or not the right one) for the stack's encrypted payloads; nothing
+    was sent. One line naming the key id and where keys are configured (CLI exit 1)."""
+
+
 class TemporalUnreachable(Exception):
     """Temporal did not answer: the infrastructure is at fault, not the request."""
+
+
+class WorkerUnavailable(TemporalUnreachable):
+    """Temporal answered but no worker did (a query or update needs one): nothing changed."""
+
+
+class Pending(Exception):
+    """The request was delivered but its effect is not confirmed yet (no worker has acted on it)."""
+
+
+class EndPending(Pending):
+    pass
+
+
+STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+MAX_REASON_CHARS = 200
 
 
 class StartedSession(BaseModel):
@@ -91,6 +113,8 @@ class StartedSession(BaseModel):
     run_id: str
     session_id: str
     ready: WaitReadyResult | None = None
+    existing: bool = False
+    """True when the student already had this lab running: start returned it instead of a new one."""
 
 
 class SessionSummary(BaseModel):
@@ -115,6 +139,9 @@ def timings_from_settings(settings: Settings) -> SessionTimings:
         provisioning_overdue=duration(settings.session_provisioning_overdue),
         health_interval=duration(settings.session_health_interval),
         health_grace=duration(settings.session_health_grace),
+        max_lab_duration=duration(settings.max_lab_duration),
+        extend_window=duration(settings.session_extend_window),
+        check_min_interval=duration(settings.session_check_min_interval),
     )
 
 
@@ -160,13 +187,18 @@ class LabClient:
         self._catalog = catalog
         self._published = published
         self.timings = timings or timings_from_settings(settings)
+        self._decodable_checked = False
 
     @classmethod
     async def connect(cls, settings: Settings, **kwargs: Any) -> LabClient:
+        from cluster.secret_files import InsecureKeyFile
+        from labrador.codec import CodecError
         from labrador.temporal import connect
 
         try:
             client = await connect(settings)
+        except (CodecError, InsecureKeyFile) as exc:  # a key file to fix, not an unreachable server
+            raise LabError(str(exc)) from None
         except (RuntimeError, RPCError, OSError) as exc:
             raise TemporalUnreachable(
                 f"Temporal at {settings.temporal_address} is unreachable ({' '.join(str(exc).split())}); "
@@ -179,11 +211,11 @@ class LabClient:
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
+            from labrador.settings import catalog_limits
             from labs.loader import CatalogError, load_catalog
 
-            max_duration = parse_duration(self.settings.max_lab_duration)
             try:
-                self._catalog = load_catalog(self.settings.catalog_dir, max_duration=max_duration)
+                self._catalog = load_catalog(self.settings.catalog_dir, **catalog_limits(self.settings))
             except CatalogError as exc:
                 raise LabError(f"catalog {self.settings.catalog_dir} is invalid: {exc}") from exc
         return self._catalog
@@ -197,13 +229,18 @@ class LabClient:
     # --- messages -------------------------------------------------------------------------------
 
     async def start(
-        self, student_id: str, lab_name: str, wait: timedelta | None = None, *, memo: dict[str, str] | None = None
+        self, student_id: str, lab_name: str, wait: timedelta | None = None, *, memo: dict[str, str] | None = None,
+        reuse_running: bool = False,
     ) -> StartedSession:
         """Start a lab for a student, or refuse: bad student ID, unknown lab, a lab already running.
 
         With `wait`, the first `wait_ready` travels with the start; its answer is in `.ready`. `memo` is
-        kept with the run (encrypted like payloads): the HTTP API records who started it there."""
-        workflow_id = self._workflow_id(student_id)
+        kept with the run (encrypted like payloads): the HTTP API records who started it there.
+        With `reuse_running` (the CLI) it is idempotent for the same student and lab: a second start (a
+        retry after a lost answer) returns the running session (`.existing`, with credentials when
+        `wait`); without it, or for another lab, a running lab is a SessionConflict. The HTTP API keeps
+        the conflict (its Idempotency-Key answers retries) so one app key never gets another's credentials."""
+        workflow_id = self._workflow_id(student_id, new=True)
         lab = self.catalog.labs.get(lab_name)
         if lab is None:
             known = ", ".join(sorted(self.catalog.labs)) or "none"
@@ -237,6 +274,7 @@ class LabClient:
             **({"memo": memo} if memo else {}),
         )
         ready: WaitReadyResult | None = None
+        await self._require_decodable()
         try:
             if wait is None:
                 handle = await self.client.start_workflow(LabSessionWorkflow.run, request, **options)
@@ -249,11 +287,15 @@ class LabClient:
                 )
                 handle = await operation.workflow_handle()
         except WorkflowAlreadyStartedError:
-            raise await self._conflict(student_id) from None
+            if not reuse_running:
+                raise await self._conflict(student_id) from None
+            return await self._existing_or_conflict(student_id, lab.name, wait)
         except WorkflowUpdateFailedError as exc:
             raise LabError(_message(exc)) from exc
         except RPCError as exc:
             raise self._rpc_error(exc) from exc
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
         run_id = handle.result_run_id or handle.run_id or ""
         return StartedSession(
             student_id=student_id, lab_name=lab.name, workflow_id=workflow_id, run_id=run_id,
@@ -264,12 +306,15 @@ class LabClient:
         """One poll: credentials when ready, else "not ready yet" after `wait`. One update ID per call,
         kept across transport retries (Temporal answers a repeated ID with the first result)."""
         handle = self._handle(student_id)
+        await self._require_decodable()
         update_id = f"wait-ready-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
                 return await handle.execute_update(
                     LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id
                 )
+            except CodecError as exc:
+                raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
                 raise LabError(_message(exc)) from exc
             except RPCError as exc:
@@ -310,28 +355,68 @@ class LabClient:
         return result
 
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
-        """Check that a lab runs (the signal alone would not say), then signal it to end."""
+        """Check that a lab runs (the signal alone would not say), then signal it to end.
+
+        The signal is durable once sent: if no worker answers the status query afterwards, EndPending
+        says so (the lab ends when a worker picks it up) instead of reporting a failure."""
+        if len(reason) > MAX_REASON_CHARS or any(ord(c) < 32 for c in reason):
+            raise LabError(f"reason: at most {MAX_REASON_CHARS} characters on one line (got {len(reason)})")
         handle = self._handle(student_id)
+        await self._require_decodable()
         await self._require_running(student_id, handle)
         try:
             await handle.signal(LabSessionWorkflow.end, EndRequest(reason=reason))
         except RPCError as exc:
             raise self._rpc_error(exc, student_id) from exc
-        return await self.status(student_id)
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
+        try:
+            return await self.status(student_id)
+        except TemporalUnreachable:
+            raise EndPending(
+                f"end requested for {student_id!r}; the lab will end when a worker picks it up "
+                f"(no worker answered within {STATUS_QUERY_TIMEOUT.total_seconds():g} s)"
+            ) from None
 
     async def status(self, student_id: str) -> LabStatus:
         handle = self._handle(student_id)
         try:
-            status: LabStatus = await handle.query(LabSessionWorkflow.status)
+            status: LabStatus = await handle.query(LabSessionWorkflow.status, rpc_timeout=STATUS_QUERY_TIMEOUT)
         except WorkflowQueryFailedError as exc:
             raise LabError(f"status of {student_id}'s lab: {exc}") from exc
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
         except RPCError as exc:
+            if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+                raise WorkerUnavailable(
+                    f"no worker answered for {student_id!r}'s lab within {STATUS_QUERY_TIMEOUT.total_seconds():g} s "
+                    f"(is a worker polling task queue {self.settings.task_queue!r}?)"
+                ) from exc
             raise self._rpc_error(exc, student_id) from exc
+        if status.phase == Phase.QUEUED:
+            status = await self._live_position(status)
         return status
+
+    async def _live_position(self, status: LabStatus) -> LabStatus:
+        """The session knows the place it was last told; the broker computes the live one (exact)."""
+        broker = self.client.get_workflow_handle(capacity_broker_id(self.settings.task_queue))
+        try:
+            notice: CapacityNotice = await broker.query(
+                "position", PositionRequest(workflow_id=self._workflow_id(status.student_id)),
+                result_type=CapacityNotice,
+            )
+        except (RPCError, WorkflowQueryFailedError):
+            return status  # no broker (yet), or it does not answer: the session's own figure
+        if notice.position is None:
+            return status
+        return status.model_copy(update={"queue_position": notice.position})
 
     async def result(self, student_id: str) -> LabSessionResult:
         handle = self.client.get_workflow_handle_for(LabSessionWorkflow.run, self._workflow_id(student_id))
-        return await handle.result()
+        try:
+            return await handle.result()
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
 
     async def list(self, phase: str | None = None) -> list[SessionSummary]:
         """Sessions by phase (visibility); without a phase, the running ones."""
@@ -365,9 +450,9 @@ class LabClient:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _workflow_id(self, student_id: str) -> str:
+    def _workflow_id(self, student_id: str, *, new: bool = False) -> str:
         try:
-            validate_student_id(student_id)
+            validate_student_id(student_id, existing=not new)
         except InvalidName as exc:
             raise LabError(str(exc)) from None
         return session_workflow_id(student_id)
@@ -385,10 +470,13 @@ class LabClient:
 
     async def _update(self, student_id: str, update: Any, request: BaseModel) -> Any:
         handle = self._handle(student_id)
+        await self._require_decodable()
         update_id = f"{update.__name__}-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
                 return await handle.execute_update(update, request, id=update_id)
+            except CodecError as exc:
+                raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
                 raise LabError(_message(exc)) from exc
             except RPCError as exc:
@@ -397,6 +485,41 @@ class LabClient:
                     continue
                 raise self._rpc_error(exc, student_id) from exc
         raise AssertionError("unreachable")
+
+    async def _require_decodable(self) -> None:
+        """A keyless client on an encrypted stack refuses before it writes anything (labrador.stack_codec)."""
+        if self._decodable_checked:
+            return
+        from labrador.codec import keys_text
+        from labrador.stack_codec import refuse_if_undecodable
+
+        try:
+            await refuse_if_undecodable(
+                self.client, self.settings.task_queue, has_keys=keys_text(self.settings) is not None
+            )
+        except CodecError as exc:
+            raise PayloadsUndecodable(str(exc)) from None
+        except RPCError as exc:
+            raise self._rpc_error(exc) from exc
+        self._decodable_checked = True
+
+    async def _existing_or_conflict(self, student_id: str, lab_name: str, wait: timedelta | None) -> StartedSession:
+        """The running session when it is the same lab (start is idempotent), else SessionConflict."""
+        handle = self._handle(student_id)
+        try:
+            description = await handle.describe()
+        except RPCError:
+            raise await self._conflict(student_id) from None
+        if description.status != Status.RUNNING or description.typed_search_attributes.get(
+            search_attributes.LAB_NAME
+        ) != lab_name:
+            raise await self._conflict(student_id)
+        run_id = description.run_id
+        ready = await self.wait_ready(student_id, wait) if wait is not None else None
+        return StartedSession(
+            student_id=student_id, lab_name=lab_name, workflow_id=description.id, run_id=run_id,
+            session_id=session_id(student_id, run_id), ready=ready, existing=True,
+        )
 
     async def _conflict(self, student_id: str) -> LabError:
         handle = self._handle(student_id)

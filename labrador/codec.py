@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
+from cluster.secret_files import InsecureKeyFile, read_key_text
 from labrador.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -35,8 +36,28 @@ DEV_KEYS_FILE = "codec.keys"
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+KEYS_CONFIGURED_WHERE = (
+    "set codec_keys or codec_keys_file (environment LABRADOR_CODEC_KEYS / LABRADOR_CODEC_KEYS_FILE, or the "
+    "config file); `labrador dev` publishes its key file in its state file"
+)
+
+
 class CodecError(ValueError):
     """Bad key configuration or a payload this codec cannot decrypt."""
+
+
+class MissingCodecKey(CodecError):
+    """An encrypted payload reached a client or worker that has no key for it. One line: the key id
+    and where keys are configured."""
+
+    def __init__(self, key_id: str, configured: Sequence[str] = ()) -> None:
+        self.key_id = key_id
+        if configured:
+            super().__init__(f"payloads here are encrypted with codec key {key_id!r}, which is not among the "
+                             f"configured keys ({', '.join(configured)}): add it to codec_keys or codec_keys_file")
+        else:
+            super().__init__(f"payloads here are encrypted with codec key {key_id!r} and no codec key is "
+                             f"configured: {KEYS_CONFIGURED_WHERE}")
 
 
 def parse_keys(text: str, source: str = "codec_keys") -> list[tuple[str, bytes]]:
@@ -47,7 +68,7 @@ def parse_keys(text: str, source: str = "codec_keys") -> list[tuple[str, bytes]]
             continue
         key_id, sep, encoded = entry.partition(":")
         key_id = key_id.strip()
-        if not sep or not _KEY_ID_RE.match(key_id):
+        if not sep or not _KEY_ID_RE.fullmatch(key_id):
             raise CodecError(f"setting {source}: entry {position + 1} is not 'id:base64key' with an id of "
                              "letters, digits, '.', '_' or '-'")
         try:
@@ -101,13 +122,48 @@ class EncryptionCodec(PayloadCodec):
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         cipher = self._decrypt.get(key_id)
         if cipher is None:
-            raise CodecError(f"payload encrypted with key {key_id!r}, which is not among the configured keys "
-                             f"({', '.join(sorted(self._decrypt))})")
+            raise MissingCodecKey(key_id, sorted(self._decrypt))
         try:
             plain = cipher.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], key_id.encode())
-        except Exception as exc:  # cryptography's InvalidTag says nothing more useful
-            raise CodecError(f"payload encrypted with key {key_id!r} does not decrypt: corrupt or tampered") from exc
+        except Exception:  # cryptography's InvalidTag says nothing more useful
+            raise CodecError(
+                f"a payload encrypted with codec key {key_id!r} does not decrypt with the configured key of that "
+                f"id: the key differs (check codec_keys / codec_keys_file), or the payload is corrupt or tampered"
+            ) from None
         return Payload.FromString(plain)
+
+
+class KeylessCodec(PayloadCodec):
+    """The codec of a process with no keys: plaintext out, plaintext in, and an encrypted payload is a
+    MissingCodecKey naming its key (instead of the converter's `KeyError: 'Unknown payload encoding'`)."""
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for payload in payloads:
+            if payload.metadata.get("encoding") == ENCODING:
+                raise MissingCodecKey(payload_key_id(payload))
+        return list(payloads)
+
+
+def payload_key_id(payload: Payload) -> str:
+    return payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace") or "?"
+
+
+def undecodable_message(exc: BaseException) -> str | None:
+    """The one line to show when `exc` (or what caused it) is a payload this process cannot decode."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, CodecError):
+            return " ".join(str(current).split())
+        if isinstance(current, KeyError) and "binary/encrypted" in str(current):
+            return f"payloads here are encrypted and no codec key is configured: {KEYS_CONFIGURED_WHERE}"
+        nxt = getattr(current, "cause", None)
+        current = nxt if isinstance(nxt, BaseException) else (current.__cause__ or current.__context__)
+    return None
 
 
 def keys_text(settings: Settings) -> tuple[str, str] | None:
@@ -117,7 +173,9 @@ def keys_text(settings: Settings) -> tuple[str, str] | None:
     if settings.codec_keys_file is not None:
         path = Path(settings.codec_keys_file).expanduser()
         try:
-            return path.read_text(), f"codec_keys_file {path}"
+            return read_key_text(path, "codec_keys_file"), f"codec_keys_file {path}"
+        except InsecureKeyFile as exc:
+            raise CodecError(str(exc)) from None
         except OSError as exc:
             raise CodecError(f"setting codec_keys_file: cannot read {path}: {exc.strerror}") from None
     return None

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -23,14 +24,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 
-from labrador.api.keys import ensure_dev_api_keys
+from labrador.api.keys import ensure_dev_api_keys, keys_from_settings
 from labrador.api.server import build_server, serve, wait_started
 from labrador.binaries import temporal_cli
 from labrador.client import LabClient
-from labrador.codec import ensure_dev_codec_keys
+from labrador.codec import codec_from_settings, ensure_dev_codec_keys
+from labrador.metrics import Collector, metrics_runtime
 from labrador.schedules import apply_schedules
-from labrador.settings import Settings, dev_state_file, load_settings, running_dev_stack
+from labrador.settings import DevStackNotReady, Settings, dev_state_file, load_settings, running_dev_stack
 from labrador.temporal import connect
 from workflows import search_attributes
 
@@ -42,6 +45,16 @@ SERVER_STOP_TIMEOUT = 15.0
 
 class DevStackError(RuntimeError):
     pass
+
+
+def _port_free(ip: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -86,9 +99,13 @@ def server_command(config: DevStackConfig) -> list[str]:
     return command
 
 
-def write_state(path: Path, settings: Settings, ui_url: str) -> None:
+def write_state(path: Path, settings: Settings, ui_url: str, *, ready: bool = True) -> None:
+    """The state file other commands find the stack by. `ready: false` while starting: commands wait
+    for it (labrador.settings.running_dev_stack) instead of reaching a server whose codec key is not
+    published yet."""
     state = {
         "pid": os.getpid(),
+        "ready": ready,
         "ui_url": ui_url,
         "api_url": f"http://{settings.api_address}",
         "settings": {
@@ -127,9 +144,22 @@ class DevStack:
         self._server_log: IO[bytes] | None = None
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[Settings], None] | None = None) -> None:
-        if running_dev_stack():
+        try:
+            other = running_dev_stack()
+        except DevStackNotReady:
+            other = {"starting": True}
+        if other:
             raise DevStackError(f"a dev stack is already running (see {dev_state_file()}); stop it first")
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = (("--port", self.config.port), ("--ui-port", self.config.ui_port),
+                 ("--api-port", self.config.api_port), ("--metrics-port", self.config.metrics_port))
+        for what, port in ports:
+            if not _port_free(self.config.ip, port):
+                raise DevStackError(f"{what}: {self.config.ip}:{port} is already in use (another labrador dev or "
+                                    "Temporal?); stop it or choose another port")
+        try:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DevStackError(f"--data-dir: cannot create {self.config.data_dir}: {exc.strerror}") from None
         settings = load_settings(
             {
                 **self.flags,
@@ -145,9 +175,17 @@ class DevStack:
         settings = ensure_dev_codec_keys(settings)
         # The HTTP API needs keys: one per scope in the data dir unless configured (printed in the banner).
         settings = ensure_dev_api_keys(settings)
+        # Configured keys are read now: a key file others can read (or a bad key) is refused at once,
+        # not retried as "temporal server not reachable" for a minute.
+        codec_from_settings(settings)
+        keys_from_settings(settings)
         state_file = dev_state_file()
+        # Published before the server starts: a command run meanwhile waits for "ready" instead of
+        # reaching the server without the codec key (and starting a lab in plaintext).
+        write_state(state_file, settings, self.config.ui_url, ready=False)
         try:
-            client = await self._start_server(settings)
+            runtime = metrics_runtime(settings)  # the worker's /metrics (SDK + labrador_* metrics)
+            client = await self._start_server(settings, runtime)
             from worker import build_port, build_workers
 
             port = build_port(settings)
@@ -158,9 +196,11 @@ class DevStack:
             api_stop = asyncio.Event()
             api_task = asyncio.create_task(serve(api, api_stop))
             await wait_started(api, api_task)
-            write_state(state_file, settings, self.config.ui_url)
+            write_state(state_file, settings, self.config.ui_url, ready=True)
             if on_ready is not None:
                 on_ready(settings)
+            collector = Collector(client, settings, port, runtime.metric_meter) if runtime else None
+            sampling = asyncio.create_task(collector.run()) if collector else None
             running: asyncio.Future[Any] = asyncio.gather(*(worker.run() for worker in workers), api_task)
             stop_task: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait([running, stop_task], return_when=asyncio.FIRST_COMPLETED)
@@ -172,6 +212,10 @@ class DevStack:
                 await asyncio.gather(*(worker.shutdown() for worker in workers))
                 with contextlib.suppress(asyncio.CancelledError):
                     await running
+            if sampling is not None:
+                sampling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampling
             close = getattr(port, "aclose", None)
             if close is not None:
                 await close()
@@ -189,7 +233,7 @@ class DevStack:
             start_new_session=True,  # our shutdown order, not the terminal's Ctrl-C, stops it
         )
 
-    async def _start_server(self, settings: Settings) -> Client:
+    async def _start_server(self, settings: Settings, runtime: Runtime | None = None) -> Client:
         self.server = self._spawn_server()
         deadline = asyncio.get_running_loop().time() + SERVER_START_TIMEOUT
         last_error: Exception | None = None
@@ -199,7 +243,7 @@ class DevStack:
                     f"temporal server exited with {self.server.returncode}; see {self.config.data_dir / 'temporal.log'}"
                 )
             try:
-                client = await connect(settings)
+                client = await connect(settings, runtime)
                 await client.service_client.check_health()
                 return client
             except Exception as exc:  # not up yet

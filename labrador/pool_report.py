@@ -41,10 +41,20 @@ async def pool_status(client: Client, settings: Settings) -> dict[str, Any]:
         status = status.model_copy(update={"queue": broker.queue})
     except RPCError:
         pass  # no broker yet: nobody ever queued
+    data = status.model_dump(mode="json")
+    overrides = (refill_input.sizing if refill_input else {})
+    for name, cls in data["classes"].items():
+        report = last.classes.get(name) if last else None
+        # Why the target is what it is, from the refill that set it (workflows/pool_sizing.py).
+        cls["why"] = report.target_reason if report and report.target_reason else None
+        cls["min"] = report.min_size if report else None
+        cls["max"] = report.max_size if report else None
+        override = overrides.get(name)
+        cls["override"] = None if override is None else {"min": override.min_size, "max": override.max_size}
     return {
         "schedule": {"exists": refill_input is not None, "paused": await schedules.is_paused(client)},
         "last_refill": None if last is None else {
             "finished_at": last.finished_at, "leaks": last.leaks, "capped_reason": last.capped_reason,
         },
-        **status.model_dump(mode="json"),
+        **data,
     }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from cluster.published_images import JsonFilePublishedImages, PublishedImages
+from cluster.published_images import JsonFilePublishedImages, MountedPublishedImages, PublishedImages
 from cluster.settings import Settings
 
 
 def published_images_store(settings: Settings) -> PublishedImages:
-    """ConfigMap in the worker's namespace in kubevirt mode, JSON file in the data dir otherwise."""
+    """The mounted ConfigMap when `published_images_dir` is set (no Kubernetes access: the HTTP API), the
+    ConfigMap in the worker's namespace in kubevirt mode, a JSON file in the data dir otherwise."""
+    if settings.published_images_dir is not None:
+        return MountedPublishedImages(settings.published_images_dir)
     if settings.cluster_backend == "kubevirt":
         # Imported here so simulated mode never loads the Kubernetes client.
         from cluster.kubevirt.api import KubeApi, load_api_client

@@ -3,7 +3,7 @@
 - `labrador-pool-refill`: PoolRefillWorkflow every minute (default), overlap SKIP (a slow refill is
   never stacked). Its argument (PoolRefillInput) is built from settings and also holds the *drained*
   classes: `apply` keeps the drained set it finds, `pool drain/resume CLASS` edit it (see docs/pool.md).
-- The image rebuild schedules of the image pipeline: `image_schedules()` is the hook (see below).
+- The image rebuild schedules of the image pipeline (`image_schedules()`, below).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import (
     Client,
@@ -27,6 +28,7 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowHandle,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -50,12 +52,18 @@ class AppliedSchedule:
     description: str
 
 
-def refill_input_from_settings(settings: Settings, *, drained: Iterable[str] = ()) -> PoolRefillInput:
-    """The refill's argument: caps from settings; the drained set carried over by the caller."""
+def refill_input_from_settings(
+    settings: Settings, *, drained: Iterable[str] = (), refill_every: timedelta = DEFAULT_REFILL_EVERY
+) -> PoolRefillInput:
+    """The refill's argument: caps from settings; the drained set carried over by the caller.
+
+    `refill_interval` is the schedule's own interval: the sizing policy's lead time depends on it.
+    """
     return PoolRefillInput(
         max_vms=settings.max_vms,
         max_memory_bytes=quantity_bytes(settings.max_memory),
         drained=sorted(set(drained)),
+        refill_interval=refill_every,
     )
 
 
@@ -75,15 +83,10 @@ def refill_schedule(settings: Settings, refill_input: PoolRefillInput, every: ti
 
 
 def image_schedules(settings: Settings) -> list[tuple[str, Schedule]]:
-    """Hook for the image pipeline: `(schedule ID, Schedule)` pairs of the image rebuilds.
+    """`(schedule ID, Schedule)` pairs of the image rebuilds (image_pipeline.schedules), applied by the
+    same create-or-update code as the refill."""
+    from image_pipeline.schedules import image_rebuild_schedules
 
-    The image branch provides `image_pipeline.schedules.image_rebuild_schedules(settings)`; until it
-    exists there is nothing to apply. Applied by the same create-or-update code as the refill.
-    """
-    try:
-        from image_pipeline.schedules import image_rebuild_schedules
-    except ImportError:
-        return []
     return list(image_rebuild_schedules(settings))
 
 
@@ -131,10 +134,11 @@ async def apply_schedules(
     """Create or update every schedule. Re-running changes nothing but what settings changed."""
     existing = await current_refill_input(client)
     drained = existing.drained if existing else []
-    refill_input = refill_input_from_settings(settings, drained=drained)
-    if existing is not None:  # keep sizing the operator set in the schedule; caps follow settings
+    refill_input = refill_input_from_settings(settings, drained=drained, refill_every=refill_every)
+    if existing is not None:  # keep the overrides the operator set in the schedule; caps and interval follow
         refill_input = existing.model_copy(
-            update={"max_vms": refill_input.max_vms, "max_memory_bytes": refill_input.max_memory_bytes}
+            update={"max_vms": refill_input.max_vms, "max_memory_bytes": refill_input.max_memory_bytes,
+                    "refill_interval": refill_every}
         )
     applied = [
         AppliedSchedule(
@@ -142,7 +146,8 @@ async def apply_schedules(
             await _create_or_update(
                 client, POOL_REFILL_SCHEDULE_ID, refill_schedule(settings, refill_input, refill_every)
             ),
-            f"PoolRefillWorkflow every {refill_every}, overlap SKIP, drained={refill_input.drained}",
+            f"PoolRefillWorkflow every {refill_every}, overlap SKIP, drained={refill_input.drained}"
+            + (f", size overrides={sorted(refill_input.sizing)}" if refill_input.sizing else ""),
         )
     ]
     for schedule_id, schedule in image_schedules(settings):
@@ -240,7 +245,12 @@ async def last_refill_result(client: Client) -> PoolRefillResult | None:
 
 
 async def trigger_refill_and_wait(client: Client, wait: timedelta = timedelta(minutes=2)) -> PoolRefillResult:
-    """Run one refill now with the schedule's current argument and return its result.
+    """Run one refill now with the schedule's current argument and return its result."""
+    return await wait_for_refill(await start_refill_now(client, wait), wait)
+
+
+async def start_refill_now(client: Client, wait: timedelta = timedelta(minutes=2)) -> WorkflowHandle[Any, Any]:
+    """Start one refill now with the schedule's current argument (the caller waits: `wait_for_refill`).
 
     Started directly (ID `labrador-pool-refill-now-<uuid>`) rather than with a schedule trigger: the
     scheduler names runs by the second, so two triggers within one second collide and one is lost.
@@ -255,11 +265,15 @@ async def trigger_refill_and_wait(client: Client, wait: timedelta = timedelta(mi
         refill_input = refill_input.model_copy(
             update={"previous": PoolRefillMemory(demand=last.demand, claimed_node_ids=last.claimed_node_ids)}
         )
-    handle = await client.start_workflow(
+    return await client.start_workflow(
         "PoolRefillWorkflow", refill_input, id=f"{POOL_REFILL_WORKFLOW_ID}-now-{uuid.uuid4().hex[:12]}",
         task_queue=action.task_queue, execution_timeout=wait, result_type=PoolRefillResult,
     )
+
+
+async def wait_for_refill(handle: WorkflowHandle[Any, Any], wait: timedelta = timedelta(minutes=2)) -> PoolRefillResult:
     try:
-        return await asyncio.wait_for(handle.result(), wait.total_seconds())
+        result: PoolRefillResult = await asyncio.wait_for(handle.result(), wait.total_seconds())
     except TimeoutError:
         raise TimeoutError(f"the refill did not finish within {wait} (is a worker on the task queue?)") from None
+    return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,13 @@ import yaml
 from pydantic import SecretStr, ValidationError
 
 from cluster.settings import PACKAGE_LABS_DIR, Settings, default_data_dir
+from labs.models import parse_duration, quantity_bytes
 
 __all__ = [
-    "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "PACKAGE_LABS_DIR", "Settings", "SettingsError", "default_data_dir",
-    "dev_state_file", "load_settings", "running_dev_stack",
+    "DEFAULT_CONFIG_FILE", "ENV_PREFIX", "PACKAGE_LABS_DIR", "DevStackNotReady", "Settings", "SettingsError",
+    "catalog_limits", "default_data_dir", "dev_state_file", "load_settings", "running_dev_stack",
 ]
+CONFIG_FILE_MAX_BYTES = 64 * 1024
 
 ENV_PREFIX = "LABRADOR_"
 DEFAULT_CONFIG_FILE = Path("~/.config/labrador/config.yaml")
@@ -41,11 +44,30 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
+def catalog_limits(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of `labs.loader.load_catalog` that hold the platform's limits."""
+    return {
+        "max_duration": parse_duration(settings.max_lab_duration),
+        "max_vms": settings.max_vms,
+        "max_memory_bytes": quantity_bytes(settings.max_memory),
+    }
+
+
 def _file_values(path: Path) -> dict[str, Any]:
+    from labs.safe_yaml import YamlRefused, safe_load
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"config file {path}: {' '.join(str(exc).split())}") from exc
+        with path.open("rb") as handle:
+            raw = handle.read(CONFIG_FILE_MAX_BYTES + 1)
+        if len(raw) > CONFIG_FILE_MAX_BYTES:
+            raise SettingsError(f"config file {path}: larger than {CONFIG_FILE_MAX_BYTES // 1024} KiB")
+        data = safe_load(raw.decode("utf-8")) or {}
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"config file {path}: not UTF-8 text (a YAML mapping of settings)") from None
+    except (yaml.YAMLError, YamlRefused) as exc:
+        raise SettingsError(f"config file {path}: {' '.join(str(exc).split())[:300]}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"config file {path}: expected a mapping of settings")
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -62,14 +84,41 @@ def _is_path(annotation: Any) -> bool:
     return annotation is Path or Path in typing.get_args(annotation)
 
 
-def running_dev_stack(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Settings published by a running `labrador dev` (address, data dir), if its process lives."""
-    path = dev_state_file() if environ is None else _dev_state_file(environ)
+DEV_STACK_READY_WAIT = 60.0
+"""How long a command waits for a `labrador dev` that is still starting (its server's own start limit)."""
+
+
+class DevStackNotReady(Exception):
+    """A `labrador dev` is starting and did not become ready in time (CLI exit 3)."""
+
+
+def _dev_state(path: Path) -> dict[str, Any] | None:
     try:
         state = json.loads(path.read_text())
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def running_dev_stack(environ: dict[str, str] | None = None, *, wait: float = 0.0) -> dict[str, Any]:
+    """Settings published by a running `labrador dev` (address, data dir, codec key file), if its process
+    lives. A stack that is still starting (state "ready": false: its server may already answer, without
+    its key published yet) is waited for up to `wait` seconds, then DevStackNotReady."""
+    path = dev_state_file() if environ is None else _dev_state_file(environ)
+    deadline = time.monotonic() + wait
+    while True:
+        state = _dev_state(path)
+        if state is None:
+            return {}
+        if state.get("ready", True):
+            break
+        if time.monotonic() >= deadline:
+            raise DevStackNotReady(
+                f"labrador dev (pid {state.get('pid')}) is still starting; run the command again once it "
+                "prints its ready line"
+            )
+        time.sleep(0.25)
     published = state.get("settings", {})
     # Only what this version knows: an older or newer dev stack must not make every command fail.
     return {k: v for k, v in published.items() if k in Settings.model_fields} if isinstance(published, dict) else {}
@@ -107,7 +156,7 @@ def load_settings(
         sources.update(dict.fromkeys(values, source))
 
     if use_dev_stack:
-        take(running_dev_stack(environ), "the running dev stack")
+        take(running_dev_stack(environ, wait=DEV_STACK_READY_WAIT), "the running dev stack")
     config_path = config_file or (Path(environ[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in environ else None)
     default_config = Path(environ.get("HOME", "~")).expanduser() / ".config" / "labrador" / "config.yaml"
     if config_path is None and default_config.is_file():

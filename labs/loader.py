@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from labs.models import (
+    MAX_LAB_JSON_BYTES,
+    MAX_LAB_NODES,
     Catalog,
     Check,
     ContainerDiskSource,
@@ -36,6 +38,7 @@ from labs.models import (
     format_path,
     parse_duration,
 )
+from labs.safe_yaml import MAX_FILE_BYTES, YamlRefused, compose
 
 NODE_CLASSES_FILE = "node-classes.yaml"
 LAB_SUFFIXES = (".yaml", ".yml")
@@ -45,6 +48,15 @@ Path_ = tuple[str | int, ...]
 _UNION_TAGS: dict[str | int, type[BaseModel]] = {"containerDisk": ContainerDiskSource, "pvcClone": PvcCloneSource}
 
 
+MESSAGE_MAX_CHARS = 300
+
+
+def _trim(message: str) -> str:
+    """One line, bounded: a message never carries more than a trimmed piece of the file."""
+    text = " ".join(message.split())
+    return text if len(text) <= MESSAGE_MAX_CHARS else text[: MESSAGE_MAX_CHARS - 1] + "…"
+
+
 @dataclass(frozen=True)
 class LocatedError:
     file: str
@@ -52,6 +64,10 @@ class LocatedError:
     column: int
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", _trim(self.message))
+        object.__setattr__(self, "path", _trim(self.path)[:120])
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.path}: {self.message}"
@@ -103,16 +119,60 @@ def _locate(root: yaml.Node, path: Path_, *, key: bool) -> yaml.Node:
     return node
 
 
-def _read(path: Path, file: str, errors: list[LocatedError]) -> _Document | None:
+def _inside(path: Path, directory: Path) -> str | None:
+    """Why `path` may not be read as part of the catalog `directory`, or None.
+
+    A lab file is a regular file whose real path is inside the catalog directory: a symlink to
+    /etc/shadow (or a FIFO, a device) in a contributed catalog is refused, never opened."""
+    try:
+        real = path.resolve(strict=True)
+        base = directory.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        return f"cannot resolve: {getattr(exc, 'strerror', None) or exc}"
+    if not real.is_relative_to(base):
+        return "refused: it resolves outside the catalog directory (a symlink?)"
+    if not real.is_file():
+        return "refused: not a regular file"
+    return None
+
+
+def _read(path: Path, file: str, errors: list[LocatedError], directory: Path | None = None) -> _Document | None:
     """Parse one YAML file; syntax errors and duplicate keys go to `errors`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        errors.append(LocatedError(file, 1, 1, "(file)", f"cannot read: {exc}"))
+    refused = _inside(path, directory if directory is not None else path.parent)
+    if refused is not None:
+        errors.append(LocatedError(file, 1, 1, "(file)", refused))
         return None
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        errors.append(LocatedError(file, 1, 1, "(file)", f"cannot read: {exc.strerror}"))
+        return None
+    if len(raw) > MAX_FILE_BYTES:
+        errors.append(LocatedError(file, 1, 1, "(file)", f"larger than {MAX_FILE_BYTES // 1024} KiB"))
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        errors.append(LocatedError(file, line, 1, "(file)", "not UTF-8 text"))
+        return None
+    try:
+        loader, root = compose(text)
+    except YamlRefused as exc:
+        errors.append(LocatedError(file, exc.line, exc.column, "(yaml)", exc.reason))
+        return None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        errors.append(
+            LocatedError(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "(yaml)", message)
+        )
+        return None
+    except yaml.YAMLError as exc:
+        errors.append(LocatedError(file, 1, 1, "(yaml)", str(exc)))
+        return None
+    try:
         if root is None:
             errors.append(LocatedError(file, 1, 1, "(root)", "the file is empty"))
             return None
@@ -194,7 +254,8 @@ def _pydantic_error(document: _Document, model: type[BaseModel], err: Any) -> Lo
     message = message.removeprefix("Value error, ")
     value = err.get("input")
     if isinstance(value, str | int | float | bool) and repr(value) not in message:
-        message += f" (got {value!r})"
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:79] + "…"
+        message += f" (got {shown})"
     return document.at(loc, message)
 
 
@@ -304,7 +365,8 @@ def _lenient_groups(raw: Any) -> tuple[list[NodeGroup | None], bool]:
                 name=name,
                 role=Role(role),
                 node_class=node_class if isinstance(node_class, str) else "",  # "": no class rule
-                count=count if isinstance(count, int) and count >= 1 else 1,
+                # Never expand an unchecked count: `count: 1000000000` would build a billion nodes here.
+                count=count if isinstance(count, int) and 1 <= count < MAX_LAB_NODES else 1,
                 labels={},
                 taints=[],
             )
@@ -347,10 +409,10 @@ def _load_node_classes(
     lab references to classes are not checked rather than all reported as unknown)."""
     path = directory / NODE_CLASSES_FILE
     file = str(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         errors.append(LocatedError(file, 1, 1, "(file)", f"missing: node classes live in {NODE_CLASSES_FILE}"))
         return {}, None
-    document = _read(path, file, errors)
+    document = _read(path, file, errors, directory)
     if document is None:
         return {}, None
     known: dict[str, Role | None] = {}
@@ -370,26 +432,54 @@ def _load_node_classes(
     return classes, known
 
 
+MAX_LAB_FILES = 500
+MAX_CATALOG_BYTES = 8 << 20
+"""All lab files together: the loader also runs in the worker (pool plans), never for long."""
+
+
 def lab_files(directory: Path) -> list[Path]:
+    """The *.yaml entries of the directory (symlinks and odd files too: `_read` refuses them by name)."""
     return sorted(
-        p for p in directory.iterdir() if p.suffix in LAB_SUFFIXES and p.is_file() and p.name != NODE_CLASSES_FILE
+        p for p in directory.iterdir()
+        if p.suffix in LAB_SUFFIXES and p.name != NODE_CLASSES_FILE and (p.is_symlink() or not p.is_dir())
     )
 
 
-def load_catalog(directory: Path, *, max_duration: timedelta | None = None) -> Catalog:
-    """Every lab file of `directory` plus its node-classes.yaml, or CatalogError listing every problem."""
+def load_catalog(
+    directory: Path,
+    *,
+    max_duration: timedelta | None = None,
+    max_vms: int | None = None,
+    max_memory_bytes: int | None = None,
+) -> Catalog:
+    """Every lab file of `directory` plus its node-classes.yaml, or CatalogError listing every problem.
+
+    `max_duration`, `max_vms` and `max_memory_bytes` are the platform's limits (settings
+    max_lab_duration, max_vms, max_memory): a lab that could never run under them is refused here."""
     directory = Path(directory)
     errors: list[LocatedError] = []
     if not directory.is_dir():
         raise CatalogError([LocatedError(str(directory), 1, 1, "(file)", "not a directory")])
     classes, known_classes = _load_node_classes(directory, errors)
     files = lab_files(directory)
+    if len(files) > MAX_LAB_FILES:
+        errors.append(LocatedError(str(directory), 1, 1, "(file)", f"more than {MAX_LAB_FILES} lab files"))
+        files = files[:MAX_LAB_FILES]
     if not files:
         errors.append(LocatedError(str(directory), 1, 1, "(file)", "no lab files (*.yaml) in this directory"))
     labs: dict[str, Lab] = {}
     names: dict[str, str] = {}
+    total = 0
     for path in files:
-        document = _read(path, str(path), errors)
+        try:
+            total += path.lstat().st_size
+        except OSError:
+            pass  # _read reports it
+        if total > MAX_CATALOG_BYTES:
+            errors.append(LocatedError(str(directory), 1, 1, "(file)",
+                                       f"the lab files are larger than {MAX_CATALOG_BYTES >> 20} MiB together"))
+            break
+        document = _read(path, str(path), errors, directory)
         if document is None:
             continue
         raw_name = _raw_name(document)
@@ -404,9 +494,21 @@ def load_catalog(directory: Path, *, max_duration: timedelta | None = None) -> C
             errors.extend(_lenient_problems(document, errors[before:], known_classes, max_duration))
             continue
         problems = lab_file.problems(known_classes, max_duration)
-        errors.extend(_problem_error(document, p) for p in problems)
         if not problems:
-            labs.setdefault(lab_file.name, lab_file.to_lab())
+            problems = lab_file.capacity_problems(classes, max_vms, max_memory_bytes)
+        errors.extend(_problem_error(document, p) for p in problems)
+        if problems:
+            continue
+        lab = lab_file.to_lab()
+        size = len(lab.model_dump_json(by_alias=True)) + sum(
+            len(classes[name].model_dump_json()) for name in lab.node_class_names if name in classes
+        )
+        if size > MAX_LAB_JSON_BYTES:
+            errors.append(document.at((), f"the whole lab is {size:,} bytes as JSON with its node classes; at most "
+                                          f"{MAX_LAB_JSON_BYTES:,} ({MAX_LAB_JSON_BYTES // 1024} KiB): it travels "
+                                          "in Temporal inputs"))
+            continue
+        labs.setdefault(lab_file.name, lab)
     if errors:
         # Each file's errors in reading order; files in the order they were read.
         first_seen = {e.file: i for i, e in reversed(list(enumerate(errors)))}

@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from labs.pool_sizing import PoolSizing
+
 # --- scalar types -------------------------------------------------------------------------------
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -47,14 +49,15 @@ def _dns_label(value: str) -> str:
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label), WithJsonSchema({"type": "string", "pattern": DNS_LABEL_PATTERN})]
 
-_DURATION_RE = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
+# At most 6 digits per part: `99999…h` would overflow timedelta (an OverflowError, not a located error).
+_DURATION_RE = re.compile(r"^(?:(?P<h>\d{1,6})h)?(?:(?P<m>\d{1,6})m)?(?:(?P<s>\d{1,7})s)?$")
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 
 
 def parse_duration(value: Any) -> Any:
     """Accept '1h', '90m', '1h30m', '45s' or a number of seconds; leave other types to pydantic."""
     if isinstance(value, str):
-        match = _DURATION_RE.match(value.strip())
+        match = _DURATION_RE.fullmatch(value.strip())
         if value.strip() and match and any(match.groups()):
             return timedelta(hours=int(match["h"] or 0), minutes=int(match["m"] or 0), seconds=int(match["s"] or 0))
         if not value.strip().upper().startswith("P"):
@@ -85,10 +88,39 @@ Duration = Annotated[
 ]
 
 
+MAX_ANY_DURATION = timedelta(days=7)
+
+
 def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError(f"{format_duration(value)!r} must be longer than zero")
+    if value > MAX_ANY_DURATION:
+        raise ValueError(f"{format_duration(value)!r} is longer than {format_duration(MAX_ANY_DURATION)}")
     return value
+
+
+def _at_most(limit: timedelta, what: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if value > limit:
+            raise ValueError(f"{format_duration(value)!r} is longer than the {format_duration(limit)} allowed {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _text(limit: int, what: str) -> AfterValidator:
+    """A string limit whose message says the limit (a lab travels in several Temporal inputs)."""
+
+    def check(value: str) -> str:
+        size = len(value.encode("utf-8"))
+        if size > limit:
+            raise ValueError(
+                f"{what} is {size:,} bytes; at most {limit:,} ({limit // 1024} KiB) are allowed"
+                if limit >= 1024 else f"{what} is {size:,} bytes; at most {limit:,} are allowed"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
@@ -114,7 +146,7 @@ _QUANTITY_FACTORS = {
 
 
 def quantity_bytes(quantity: str) -> int:
-    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", quantity)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)", quantity)
     if not match or match.group(2) not in _QUANTITY_FACTORS:
         raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
     return int(float(match.group(1)) * _QUANTITY_FACTORS[match.group(2)])
@@ -199,11 +231,43 @@ LabelValue = Annotated[
 
 
 def _regex(value: str) -> str:
+    from labs.check_regex import BadPattern, compile_pattern
+
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+        compile_pattern(value)
+    except BadPattern as exc:
+        raise ValueError(f"{value[:80]!r} {exc}") from None
     return value
+
+
+# --- limits (docs/catalog.md "Limits"): a lab file comes from a stranger ---------------------------
+MAX_LAB_NODES = 10
+"""Nodes of one lab (Instruqt/iximiuz stop at 5 machines per playground)."""
+MAX_SCRIPT_BYTES = 32 * 1024
+MAX_CHECK_RUN_BYTES = 8 * 1024
+MAX_TEXT_BYTES = 4 * 1024
+MAX_SCRIPTS = 20
+MAX_CHECKS = 50
+MAX_LABELS = 32
+MAX_TAINTS = 16
+MAX_EXTENSIONS = 20
+MAX_LAB_JSON_BYTES = 96 * 1024
+"""A whole lab as JSON with the node classes it uses: it travels in several Temporal inputs (session
+start, setup, checks), each of which must stay well under the 256 KiB payload rule."""
+MAX_NODE_MEMORY = "64Gi"
+MAX_NODE_CLASSES = 100
+MAX_DISK = "2Ti"
+MAX_SCRIPT_TIMEOUT = timedelta(hours=1)
+MAX_CHECK_TIMEOUT = timedelta(minutes=10)
+
+
+def _disk_size(value: str) -> str:
+    if quantity_bytes(value) > quantity_bytes(MAX_DISK):
+        raise ValueError(f"{value!r} is more than {MAX_DISK}, the largest disk a node class may ask for")
+    return value
+
+
+DiskSize = Annotated[Quantity, AfterValidator(_disk_size)]
 
 
 class Strict(BaseModel):
@@ -233,7 +297,7 @@ class ContainerDiskSource(Strict):
 class PvcCloneSource(Strict):
     type: Literal["pvcClone"] = "pvcClone"
     pvc: PvcRef = Field(description="the golden PVC that CDI clones for every node of this class")
-    size: Quantity = "10Gi"
+    size: DiskSize = "10Gi"
 
 
 DiskSource = Annotated[ContainerDiskSource | PvcCloneSource, Field(discriminator="type")]
@@ -247,8 +311,9 @@ def _cron(value: str | None) -> str | None:
 
 class BuildRecipe(Strict):
     base_image: PinnedImage = Field(description="containerDisk image the builder VM boots from (pinned)")
-    install_script: str = Field(description="shell script run by cloud-init in the builder VM")
-    disk_size: Quantity = "12Gi"
+    install_script: Annotated[str, _text(MAX_SCRIPT_BYTES, "install_script")] = Field(
+        description="shell script run by cloud-init in the builder VM")
+    disk_size: DiskSize = "12Gi"
     schedule: Annotated[str | None, AfterValidator(_cron)] = Field(
         default=None, description="cron expression for rebuilds (default weekly)"
     )
@@ -280,12 +345,17 @@ class NodeClass(Strict):
     memory: Quantity | None = Field(default=None, description="default 1536Mi control plane, 1126Mi worker")
     disk: DiskSource = Field(default_factory=ContainerDiskSource)
     build: BuildRecipe | None = None
+    pool: PoolSizing | None = Field(
+        default=None, description="warm pool size: min, max, schedule of minimums (labs/pool_sizing.py)"
+    )
 
     @field_validator("memory")
     @classmethod
     def _enough_memory(cls, value: str | None) -> str | None:
         if value is not None and quantity_bytes(value) < quantity_bytes(MIN_MEMORY):
             raise ValueError(f"{value!r} is less than {MIN_MEMORY}: kubeadm nodes do not boot in that")
+        if value is not None and quantity_bytes(value) > quantity_bytes(MAX_NODE_MEMORY):
+            raise ValueError(f"{value!r} is more than {MAX_NODE_MEMORY}, the most one lab node may have")
         return value
 
     @property
@@ -300,7 +370,7 @@ class NodeClass(Strict):
 class NodeClassesFile(Strict):
     """The file `node-classes.yaml` of a catalog directory."""
 
-    node_classes: list[NodeClass]
+    node_classes: list[NodeClass] = Field(max_length=MAX_NODE_CLASSES)
 
 
 # --- labs ---------------------------------------------------------------------------------------
@@ -316,8 +386,8 @@ class LabNode(Strict):
     name: DnsLabel = Field(description="stable node name inside the lab: controlplane, node01, ...")
     role: Role
     node_class: DnsLabel = Field(alias="class")
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-    taints: list[Taint] = Field(default_factory=list)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
+    taints: list[Taint] = Field(default_factory=list, max_length=MAX_TAINTS)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -325,6 +395,9 @@ class LabNode(Strict):
 def _count(value: int) -> int:
     if value < 1:
         raise ValueError(f"count {value} is not a node count: write 1 or more (drop the group for no workers)")
+    if value > MAX_LAB_NODES - 1:
+        raise ValueError(f"count {value} is more than {MAX_LAB_NODES - 1} workers (a lab has at most "
+                         f"{MAX_LAB_NODES} nodes)")
     return value
 
 
@@ -338,11 +411,14 @@ class NodeGroup(Strict):
     )
     role: Role
     node_class: DnsLabel = Field(alias="class", description="a node class of node-classes.yaml")
-    count: Annotated[int, AfterValidator(_count), WithJsonSchema({"type": "integer", "minimum": 1})] = Field(
+    count: Annotated[
+        int, AfterValidator(_count), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LAB_NODES - 1})
+    ] = Field(
         default=1, description="workers only: how many"
     )
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, description="Kubernetes node labels")
-    taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=MAX_LABELS, description="Kubernetes node labels")
+    taints: list[Taint] = Field(default_factory=list, max_length=MAX_TAINTS, description="Kubernetes node taints")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -356,19 +432,25 @@ class Script(Strict):
     role: ScriptRole | None = Field(
         default=None, description="or on every node of a role; neither node nor role: the control plane"
     )
-    run: str = Field(description="shell script, run as root by bash -c on the node (start with set -euo pipefail)")
-    timeout: PositiveDuration = timedelta(minutes=5)
+    run: Annotated[str, _text(MAX_SCRIPT_BYTES, "the script")] = Field(
+        description="shell script, run as root by bash -c on the node (start with set -euo pipefail); at most "
+        "32 KiB: put big content in the node image")
+    timeout: Annotated[PositiveDuration, _at_most(MAX_SCRIPT_TIMEOUT, "for a script")] = timedelta(minutes=5)
 
 
 class Scripts(Strict):
-    setup: list[Script] = Field(default_factory=list, description="before the student gets access, in order")
-    teardown: list[Script] = Field(default_factory=list, description="before the nodes are deleted, in order")
+    setup: list[Script] = Field(
+        default_factory=list, max_length=MAX_SCRIPTS, description="before the student gets access, in order")
+    teardown: list[Script] = Field(
+        default_factory=list, max_length=MAX_SCRIPTS, description="before the nodes are deleted, in order")
 
 
 class Expect(Strict):
     exit_code: int | None = 0
     stdout: Annotated[str, AfterValidator(_regex)] | None = Field(
-        default=None, description="Python regular expression searched in stdout"
+        default=None,
+        description="RE2 regular expression searched in stdout with one trailing newline removed "
+        "(^ and $: start and end of that text; (?m) for lines)",
     )
 
     @model_validator(mode="after")
@@ -380,13 +462,14 @@ class Expect(Strict):
 
 class Check(Strict):
     name: DnsLabel
-    description: str = ""
-    hint: str = Field(default="", description="shown to the student when the check fails")
+    description: Annotated[str, _text(MAX_TEXT_BYTES, "the description")] = ""
+    hint: Annotated[str, _text(MAX_TEXT_BYTES, "the hint")] = Field(
+        default="", description="shown to the student when the check fails")
     node: DnsLabel = "controlplane"
-    run: str
+    run: Annotated[str, _text(MAX_CHECK_RUN_BYTES, "the check command")]
     expect: Expect = Field(default_factory=Expect)
-    timeout: PositiveDuration = timedelta(seconds=60)
-    points: Annotated[int, Field(ge=0)] = 1
+    timeout: Annotated[PositiveDuration, _at_most(MAX_CHECK_TIMEOUT, "for a check")] = timedelta(seconds=60)
+    points: Annotated[int, Field(ge=0, le=1000)] = 1
 
 
 class Problem(NamedTuple):
@@ -452,7 +535,7 @@ def format_path(path: tuple[str | int, ...]) -> str:
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", part):
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
             text += f".{part}" if text else part
         else:
             text += f"[{part!r}]"
@@ -469,7 +552,7 @@ class PauseRules(Strict):
     total: PositiveDuration | None = Field(
         default=None, description="paused time allowed in all (default: setting session_pause_total, 2h)"
     )
-    max_pauses: Annotated[int, Field(ge=0)] | None = Field(
+    max_pauses: Annotated[int, Field(ge=0, le=100)] | None = Field(
         default=None, description="how many pauses (0: no pausing; default: setting session_pause_max, 3)"
     )
     grade_when_expired: bool | None = Field(
@@ -481,7 +564,7 @@ class PauseRules(Strict):
 class ResetRules(Strict):
     """Fresh nodes of the same lab in the same session (lab `reset`). Unset fields take the settings."""
 
-    max_resets: Annotated[int, Field(ge=0)] | None = Field(
+    max_resets: Annotated[int, Field(ge=0, le=100)] | None = Field(
         default=None, description="how many resets (0: no reset; default: setting session_reset_max, 1)"
     )
     restart_time: bool | None = Field(
@@ -492,17 +575,17 @@ class ResetRules(Strict):
 
 class _LabFields(Strict):
     name: DnsLabel
-    title: str
-    description: str = ""
+    title: Annotated[str, _text(256, "the title")]
+    description: Annotated[str, _text(MAX_TEXT_BYTES, "the description")] = ""
     kind: Literal["lab", "sandbox"] = "lab"
     duration: PositiveDuration | None = Field(default=None, description="default 1h for labs, 2h for sandboxes")
-    max_extensions: Annotated[int, Field(ge=0)] = 2
+    max_extensions: Annotated[int, Field(ge=0, le=MAX_EXTENSIONS)] = 2
     extension: PositiveDuration = Field(default=timedelta(minutes=15), description="length of one extension")
     bootstrap: Literal["kubeadm-join", "none"] = Field(
         default="kubeadm-join", description="standard join of the workers to the control plane"
     )
     scripts: Scripts = Field(default_factory=Scripts)
-    checks: list[Check] = Field(default_factory=list)
+    checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
     pause: PauseRules = Field(default_factory=PauseRules, description="limits of pausing the lab")
     reset: ResetRules = Field(default_factory=ResetRules, description="limits of resetting the lab to fresh nodes")
 
@@ -516,7 +599,8 @@ class _LabFields(Strict):
 class LabFile(_LabFields):
     """A lab as written in a YAML file of the catalog."""
 
-    nodes: list[NodeGroup] = Field(min_length=1, description="the control plane and the worker groups")
+    nodes: list[NodeGroup] = Field(
+        min_length=1, max_length=MAX_LAB_NODES, description="the control plane and the worker groups")
 
     def expanded(self) -> list[tuple[tuple[str | int, ...], LabNode]]:
         """The lab's nodes, each with the path of the entry that made it."""
@@ -576,6 +660,9 @@ class LabFile(_LabFields):
                         "node; drop it to get node01..nodeNN",
                     )
                 )
+        total = sum(1 if g.role == Role.CONTROLPLANE or g.name else g.count for g in self.nodes)
+        if total > MAX_LAB_NODES:
+            problems.append(Problem(("nodes",), f"{total} nodes: a lab has at most {MAX_LAB_NODES}"))
         # A second control plane is reported above; its default name would also read as a duplicate.
         extra = {("nodes", i) for i in controlplanes[1:]}
         expanded = [(p, n) for p, n in self.expanded() if p[:2] not in extra]
@@ -615,6 +702,22 @@ class LabFile(_LabFields):
             ]
         return []
 
+    def capacity_problems(
+        self, node_classes: Mapping[str, NodeClass], max_vms: int | None, max_memory_bytes: int | None
+    ) -> list[Problem]:
+        """A lab that could never start under the global cap (settings max_vms, max_memory)."""
+        nodes = self.expanded()
+        problems: list[Problem] = []
+        if max_vms is not None and len(nodes) > max_vms:
+            problems.append(Problem(("nodes",), f"{len(nodes)} nodes, more than the global cap of "
+                                    f"{max_vms} lab VMs (setting max_vms)"))
+        if max_memory_bytes is not None and all(n.node_class in node_classes for _, n in nodes):
+            memory = sum(node_classes[n.node_class].memory_bytes for _, n in nodes)
+            if memory > max_memory_bytes:
+                problems.append(Problem(("nodes",), f"{memory / 2**30:.1f} GiB of node memory, more than the "
+                                        f"global cap of {max_memory_bytes / 2**30:.1f} GiB (setting max_memory)"))
+        return problems
+
     def to_lab(self) -> Lab:
         fields = {name: getattr(self, name) for name in _LabFields.model_fields}
         return Lab(**fields, nodes=[node for _, node in self.expanded()])
@@ -623,7 +726,7 @@ class LabFile(_LabFields):
 class Lab(_LabFields):
     """A lab with its nodes expanded (controlplane, node01, ...): what workflows and activities use."""
 
-    nodes: list[LabNode]
+    nodes: list[LabNode] = Field(max_length=MAX_LAB_NODES)
 
     @model_validator(mode="after")
     def _consistent(self) -> Lab:

@@ -18,6 +18,7 @@ from labrador.codec import (
     KEY_ID_METADATA,
     CodecError,
     EncryptionCodec,
+    KeylessCodec,
     codec_from_settings,
     ensure_dev_codec_keys,
     new_key_entry,
@@ -100,6 +101,7 @@ def test_keys_come_from_the_setting_or_a_mounted_file(tmp_path: Path) -> None:
     secret = tmp_path / "secret" / "keys"
     secret.parent.mkdir()
     secret.write_text(f"{OLD}\n{NEW}\n")  # a Secret's value, one key a line
+    secret.chmod(0o440)  # a Secret mounted with defaultMode 0440 (read through fsGroup)
     from_file = codec_from_settings(Settings(codec_keys_file=secret))
     assert isinstance(from_file, EncryptionCodec) and from_file.key_id == "2026-10"
     with pytest.raises(CodecError, match="cannot read"):
@@ -128,7 +130,7 @@ async def test_data_converter_encrypts_values_and_failure_messages() -> None:
     decoded = await converter.decode_failure(failure)
     assert "secret-material" in str(decoded)
 
-    assert data_converter(Settings()).payload_codec is None  # no keys: plaintext, development only
+    assert isinstance(data_converter(Settings()).payload_codec, KeylessCodec)  # no keys: plaintext (dev only)
 
 
 async def test_codec_server_encodes_and_decodes_over_http() -> None:

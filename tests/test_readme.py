@@ -1,4 +1,4 @@
-"""The README is part of the product: its settings table and its two commands must stay true."""
+"""The README is part of the product: its settings table, its page list and its two commands must stay true."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
     assert "scripts/setup && scripts/test" in README and "scripts/setup && labrador dev" in README
     assert re.search(r"^scripts/setup$", ci, flags=re.MULTILINE)
     assert re.search(r"^scripts/test$", ci, flags=re.MULTILINE)
+
+
+def test_every_docs_page_is_in_the_documentation_table() -> None:
+    listed = set(re.findall(r"^\| \[docs/([a-z-]+\.md)\]\(docs/\1\) \|", README, flags=re.MULTILINE))
+    pages = {path.name for path in (ROOT / "docs").glob("*.md")}
+    assert listed == pages, (
+        f"missing from README 'Documentation': {sorted(pages - listed)}, stale: {sorted(listed - pages)}")

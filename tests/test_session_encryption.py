@@ -4,6 +4,7 @@ output; with the codec, the result, the on-demand check and a failed setup's rea
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -63,13 +64,21 @@ def answer(match: str, stdout: str = "", stderr: str = "", exit_code: int = 0) -
     return ScenarioRule(match=match, stdout=stdout, stderr=stderr, exit_code=exit_code)
 
 
+def files_containing(root: Path, needles: list[bytes]) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()
+            and any(needle in path.read_bytes() for needle in needles)]
+
+
 async def raw_history(env: WorkflowEnvironment, workflow_id: str) -> bytes:
     """Every event as protobuf bytes, through the fixture's client, which has no codec."""
     history = await env.client.get_workflow_handle(workflow_id).fetch_history()
     return b"".join(event.SerializeToString() for event in history.events)
 
 
-async def test_a_session_keeps_credentials_and_output_out_of_history(encrypted: EncryptedStack) -> None:
+async def test_a_session_keeps_credentials_and_output_out_of_history(
+    encrypted: EncryptedStack, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every log record of the worker, the activities and the client
     encrypted.port.set_scenario(Scenario(rules=[  # every simulated node, ahead of the platform answers
         answer(r"rollout status deployment/web", stdout=f'deployment "web" successfully rolled out {MARKER}\n'),
         answer(r"systemctl is-active kubelet", stdout="active\n"),
@@ -100,6 +109,15 @@ async def test_a_session_keeps_credentials_and_output_out_of_history(encrypted: 
     key_body = "".join(ready.private_key.strip().splitlines()[1:-1]).encode()
     assert b"PRIVATE KEY" not in raw and key_body[:48] not in raw
     assert b"binary/encrypted" in raw
+
+    # Never logged, and never written to the worker's disk (its data dir: simulated cluster, sshd).
+    # The first body lines of any OpenSSH key are a common header and the public key; the lines
+    # after them hold this key's private half (the simulated nodes' own host keys are on disk).
+    private_lines = [line.encode() for line in ready.private_key.strip().splitlines()[3:-1] if len(line) >= 20]
+    assert private_lines
+    assert "PRIVATE KEY" not in caplog.text
+    assert not [line for line in private_lines if line.decode() in caplog.text]
+    assert files_containing(tmp_path, private_lines) == []
 
 
 async def test_a_failed_setup_reason_carries_the_output_only_encrypted(encrypted: EncryptedStack) -> None:

@@ -95,14 +95,14 @@ class ImageBuildInput(Model):
     @field_validator("registry")
     @classmethod
     def _registry_is_a_host(cls, value: str) -> str:
-        if not _REGISTRY_RE.match(value):
+        if not _REGISTRY_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a registry host[:port] (no scheme, no path)")
         return value
 
     @field_validator("repository")
     @classmethod
     def _repository_is_valid(cls, value: str) -> str:
-        if not _REPOSITORY_RE.match(value):
+        if not _REPOSITORY_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a repository name (lowercase path like labrador/node-images)")
         return value
 

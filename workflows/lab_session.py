@@ -7,7 +7,8 @@
 
 Time rules: the lab's duration counts from READY; a student who does not fetch credentials (the
 `wait_ready` update) within `unclaimed_timeout` loses the lab; preparing for longer than
-`provisioning_overdue` fails the session. Teardown runs in a `finally`, also on cancellation and bugs.
+`provisioning_overdue` fails the session. Teardown runs after every outcome (also cancellation and bugs),
+but never when the SDK evicts a cached instance: the run tears down once, from its history.
 
 Deterministic code only (see the import contract): activities are called by name.
 """
@@ -15,13 +16,14 @@ Deterministic code only (see the import contract): activities are called by name
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
 
 # Pure model modules are shared with the sandbox instead of re-imported for every workflow run.
 with workflow.unsafe.imports_passed_through():
@@ -39,8 +41,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from cluster.naming import dns_label, session_id
     from labs.models import LabNode, format_duration
-    from workflows import search_attributes
-    from workflows.capacity import CapacityGate, CapacityRefused
+    from workflows import metrics, search_attributes
+    from workflows.capacity.gate import CapacityGate, CapacityRefused
     from workflows.models import (
         ActivityName,
         BoundNode,
@@ -79,7 +81,7 @@ with workflow.unsafe.imports_passed_through():
 WORKFLOW_NAME = "LabSession"
 
 # Exceptions that mean "a bug in this code". Declared as workflow failures so the session fails (after
-# its teardown in `finally`) instead of retrying a workflow task forever. NondeterminismError is left
+# its teardown) instead of retrying a workflow task forever. NondeterminismError is left
 # out on purpose: a bad deploy then stalls tasks until it is rolled back instead of failing every lab.
 WORKFLOW_BUGS: tuple[type[Exception], ...] = (
     AttributeError,
@@ -98,6 +100,10 @@ WORKFLOW_BUGS: tuple[type[Exception], ...] = (
 class CallOptions:
     start_to_close: timedelta
     retry: RetryPolicy
+    schedule_to_close: timedelta | None = None  # a time budget over all attempts
+
+    def within(self, budget: timedelta) -> CallOptions:
+        return CallOptions(self.start_to_close, self.retry, budget)
 
 
 # Short, idempotent cluster calls run as local activities: no task-queue round trip per call.
@@ -107,9 +113,13 @@ CLUSTER_CALL = CallOptions(
         initial_interval=timedelta(milliseconds=200),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=10),
-        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation
+        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation (or `within`)
     ),
 )
+# workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
+# deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
+# before it replay the old path (tests/histories/capacity-v1-*.json).
+CAPACITY_TICKETS_PATCH = "capacity-tickets"
 # Teardown must finish: retry transient errors forever (visible as phase tearing-down in the UI).
 TEARDOWN_CALL = CallOptions(
     timedelta(seconds=60),
@@ -120,9 +130,26 @@ TEARDOWN_CALL = CallOptions(
         maximum_attempts=0,
     ),
 )
-HEALTH_CALL = CallOptions(
-    timedelta(seconds=20), RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+# A few quick local attempts (~1.5 s in all), then a regular activity if the API is still down: a local
+# activity that retries for long keeps its workflow task open, and queries and update validators
+# (`lab status`, `extend`) wait behind it; a regular activity's retries leave the workflow free.
+QUICK_CLUSTER_CALL = CallOptions(
+    timedelta(seconds=30),
+    RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0, maximum_attempts=4),
 )
+CLUSTER_RETRY = CLUSTER_CALL.retry  # as a regular activity: until it answers (bounded by provisioning_overdue)
+# Health looks are bounded and short (an unanswered look is not evidence against the node).
+HEALTH_CALL = CallOptions(
+    timedelta(seconds=20), RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
+)
+# Patches (docs/session.md "Replay safety"): runs that took the old path keep it on replay.
+PATCH_TEARDOWN_ACTIVITIES = "teardown-as-regular-activities"
+PATCH_BOUNDED_LOCAL_RETRIES = "bounded-local-retries"
+PATCH_ONE_CHECK_AT_A_TIME = "one-check-at-a-time"
+PATCH_LOCAL_FAILURES_CAUGHT = "local-activity-failures-caught"
+# temporalio 1.35 raises a local activity's final failure as the bare ApplicationError (no ActivityError
+# around it, as a regular activity's has): code that handles a local call's failure catches both.
+CALL_FAILED = (ActivityError, ApplicationError)
 WAIT_READY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -196,6 +223,7 @@ class LabSessionWorkflow:
         self._phase_since = self._started_at
         self._phase_seconds: dict[str, float] = {}
         self._nodes: list[BoundNode] = []
+        self._nodes_ready = 0  # of the current readiness wait (status: "provisioning n/m nodes ready")
         self._credentials: SessionCredentials | None = None
         self._endpoint: SshEndpoint | None = None
         self._ready_at: datetime | None = None
@@ -211,12 +239,14 @@ class LabSessionWorkflow:
         self._detail: str | None = None
         self._teardown_problems: list[str] = []
         self._preparation: asyncio.Task[None] | None = None
+        # One check at a time per lab (concurrent `check` messages join it), one start per interval.
+        self._check_task: asyncio.Task[CheckReport] | None = None
+        self._check_started_at: datetime | None = None
         # The pool's capacity queue (workflows/capacity.py): only cold provisions wait in it.
         self._capacity = CapacityGate()
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
         self._version = 0
         self._seen_version = 0
-        self._evicted = False
         # Pause/resume/reset (one at a time: `_busy` names the one under way).
         self._busy: str | None = None
         self._paused_at: datetime | None = None
@@ -234,45 +264,32 @@ class LabSessionWorkflow:
     @workflow.run
     async def run(self, request: LabSessionInput) -> LabSessionResult:
         self._enter(Phase.CLAIMING, first=True)
-        outcome = Phase.FAILED
         checks: CheckReport | None = None
+        reraise: BaseException | None = None
+        # Teardown runs only after one of the explicit outcomes below, never in a `finally`: when the SDK
+        # evicts this instance from the worker's cache it cancels the instance's tasks (a CancelledError
+        # with no cancellation request) and refuses every further command by raising its
+        # `_WorkflowBeingEvictedError`, a BaseException. Both leave `run` here without reaching the
+        # teardown: the run itself goes on elsewhere from its history, and tears down there, once.
         try:
-            ended_early = None
-            if self._input.capacity is not None:  # a global cap: claim, then queue for the cold nodes
-                ended_early = await self._claim_and_queue_for_capacity()
-            if ended_early is None:
-                ended_early = await self._prepare_within_limit()
-            if ended_early is not None:
-                outcome, self._reason = Phase.ENDED, ended_early
-            else:
-                outcome, self._reason = await self._run_until_the_end()
-                grade = self._reason != "unclaimed" and (
-                    self._reason != PAUSE_EXPIRED or self._input.pause.grade_when_expired
-                )
-                if self._paused_at is not None and (grade or self._lab.scripts.teardown):
-                    await self._wake_up()  # checks and teardown scripts need running nodes
-                if grade:
-                    checks = await self._final_grading()
-        except GeneratorExit:
-            # Evicted from the worker's cache (or the worker stops): the run goes on elsewhere from its
-            # history. Nothing may be torn down here, and workflow calls would fail outside the loop.
-            self._evicted = True
-            raise
+            outcome, checks = await self._live()
         except SessionFailed as failure:
             outcome, self._reason, self._detail = Phase.FAILED, failure.reason, failure.detail
-        except ActivityError as error:
+        except FailureError as error:  # an activity's failure (local ones arrive as a bare ApplicationError)
             outcome, self._reason = Phase.FAILED, f"{self._phase} failed: {_cause(error)}"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            if workflow.cancellation_reason() is None:  # not a cancel request: the instance is evicted
+                raise
             outcome, self._reason, self._detail = Phase.ENDED, "cancelled", "the workflow was cancelled"
-            raise
+            reraise = cancelled
         except WORKFLOW_BUGS as bug:
             outcome, self._reason = Phase.FAILED, f"internal error: {type(bug).__name__}: {bug}"
-            raise
-        finally:
-            if not self._evicted:
-                await self._abandon_preparation()
-                await self._teardown()
-                self._enter(outcome)
+            reraise = bug
+        await self._abandon_preparation()
+        await self._teardown()
+        self._enter(outcome)
+        if reraise is not None:
+            raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
         return LabSessionResult(
             student_id=request.student_id,
@@ -287,6 +304,25 @@ class LabSessionWorkflow:
             phase_seconds=dict(self._phase_seconds),
             teardown_problems=list(self._teardown_problems),
         )
+
+    async def _live(self) -> tuple[Phase, CheckReport | None]:
+        """From the claim to the final grading: the outcome, and the grading report if any."""
+        ended_early = None
+        if self._input.capacity is not None:  # a global cap: claim, then queue for the cold nodes
+            ended_early = await self._claim_and_queue_for_capacity()
+        if ended_early is None:
+            ended_early = await self._prepare_within_limit()
+        if ended_early is not None:
+            self._reason = ended_early
+            return Phase.ENDED, None
+        outcome, self._reason = await self._run_until_the_end()
+        grade = self._reason != "unclaimed" and (
+            self._reason != PAUSE_EXPIRED or self._input.pause.grade_when_expired
+        )
+        if self._paused_at is not None and (grade or self._lab.scripts.teardown):
+            await self._wake_up()  # checks and teardown scripts need running nodes
+        checks = await self._final_grading() if grade else None
+        return outcome, checks
 
     async def _prepare_within_limit(self) -> str | None:
         """Prepare the lab, bounded by `provisioning_overdue`; returns the end reason if the student
@@ -312,6 +348,7 @@ class LabSessionWorkflow:
         self._ready_at = workflow.now()
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
+        metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
         return None
 
     async def _prepare(self) -> None:
@@ -408,6 +445,82 @@ class LabSessionWorkflow:
     async def _claim_and_queue_for_capacity(self) -> str | None:
         """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
         in the capacity broker's FIFO queue (phase queued, bounded by `max_queue_wait`, outside the
+        provisioning-overdue limit). The claim and the broker calls are bounded by the
+        provisioning_overdue budget, and `end` cuts them short at once. Returns the end reason if the
+        student ended the lab meanwhile."""
+        if not workflow.patched(CAPACITY_TICKETS_PATCH):
+            return await self._claim_and_queue_v1()
+        steps = asyncio.create_task(self._claim_and_admit())
+        await workflow.wait_condition(lambda: steps.done() or self._end_reason is not None)
+        if not steps.done():
+            steps.cancel()
+            await workflow.wait([steps])
+            return self._end_reason
+        ended = steps.result()
+        if ended is None and self._phase == Phase.QUEUED:
+            self._enter(Phase.CLAIMING)
+        return ended
+
+    async def _claim_and_admit(self) -> str | None:
+        budget = self._input.timings.provisioning_overdue
+        bounded = CLUSTER_CALL.within(budget)
+        try:
+            await self._claim_warm_nodes(bounded)
+        except ActivityError as error:
+            raise SessionFailed(
+                "overdue", f"could not claim nodes within {format_duration(budget)}: {_cause(error)}"
+            ) from None
+        limits = self._input.capacity
+        if limits is None or all(node.warm for node in self._nodes):
+            return None
+        classes = self._input.node_classes
+        lab_nodes = {n.name: n for n in self._lab.nodes}
+
+        def need() -> tuple[int, int, int, int]:
+            total = sum(classes[n.node_class].memory_bytes for n in self._lab.nodes)
+            cold = [lab_nodes[b.name] for b in self._nodes if not b.warm]
+            return len(self._lab.nodes), total, len(cold), sum(classes[n.node_class].memory_bytes for n in cold)
+
+        def queued(position: int) -> None:
+            if self._phase != Phase.QUEUED:
+                self._enter(Phase.QUEUED)
+
+        def holds_warm_nodes() -> bool:
+            return any(node.warm for node in self._nodes)
+
+        # No hold-and-wait: a session that must queue gives its warm nodes up first (they count against
+        # the cap), else sessions each holding part of the cap could wait for one another forever.
+        max_wait = self._input.timings.max_queue_wait
+        queue_since = workflow.now()
+        try:
+            await self._capacity.admit(
+                self._session, *need(), limits, max_wait, budget, on_queued=queued,
+                stop=lambda: self._end_reason is not None
+                or (holds_warm_nodes() and self._capacity.position is not None),
+            )
+            if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
+                try:
+                    await self._give_up_warm_nodes(bounded)
+                except ActivityError as error:
+                    raise SessionFailed(
+                        "overdue", f"could not give warm nodes up within {format_duration(budget)}: {_cause(error)}"
+                    ) from None
+                left = max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1))
+                await self._capacity.admit(
+                    self._session, *need(), limits, left, budget, on_queued=queued,
+                    stop=lambda: self._end_reason is not None,
+                )
+        except CapacityRefused as refused:
+            raise SessionFailed("no capacity", str(refused)) from None
+        except ActivityError as error:
+            raise SessionFailed(
+                "overdue", f"the capacity broker did not answer within {format_duration(budget)}: {_cause(error)}"
+            ) from None
+        return self._end_reason
+
+    async def _claim_and_queue_v1(self) -> str | None:
+        """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
+        in the capacity broker's FIFO queue (phase queued, bounded by `max_queue_wait`, outside the
         provisioning-overdue limit). Returns the end reason if the student ended the lab meanwhile."""
         await self._claim_warm_nodes()
         limits = self._input.capacity
@@ -450,8 +563,8 @@ class LabSessionWorkflow:
 
     # --- steps ------------------------------------------------------------------------------------
 
-    async def _claim_warm_nodes(self) -> None:
-        """The one claiming step (the pool's capacity queue goes right before it)."""
+    async def _claim_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+        """The one claiming step (the pool's capacity queue goes right after it)."""
         wants: dict[str, int] = {}
         for node in self._lab.nodes:
             wants[node.node_class] = wants.get(node.node_class, 0) + 1
@@ -459,7 +572,7 @@ class LabSessionWorkflow:
             ActivityName.CLAIM_NODES,
             ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
             ClaimResult,
-            CLUSTER_CALL,
+            options,
         )
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
@@ -478,11 +591,11 @@ class LabSessionWorkflow:
                     )
                 )
 
-    async def _give_up_warm_nodes(self) -> None:
+    async def _give_up_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
         """Delete the warm nodes this session claimed and plan cold ones in their place."""
         lab_nodes = {n.name: n for n in self._lab.nodes}
         warm = [node for node in self._nodes if node.warm]
-        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, CLUSTER_CALL)
+        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, options)
                         for node in warm)
         self._nodes = [
             node.model_copy(update={"warm": False, "node_id": self._cold_node_id(lab_nodes[node.name])})
@@ -513,10 +626,19 @@ class LabSessionWorkflow:
             disk=node_class.disk,
             session=self._session,
         )
-        await _local(ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, CLUSTER_CALL)
+        await _cluster_call(
+            ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, f"provision {lab_node.name}"
+        )
 
     async def _wait_until_nodes_ready(self) -> None:
-        statuses = await self._all(self._node_ready(node) for node in self._nodes)
+        self._nodes_ready = 0
+
+        async def counted(node: BoundNode) -> NodeStatus:
+            status = await self._node_ready(node)
+            self._nodes_ready += 1  # state for the status query only: the commands are the same
+            return status
+
+        statuses = await self._all(counted(node) for node in self._nodes)
         self._nodes = [
             node.model_copy(update={"address": status.address, "healthy": True})
             for node, status in zip(self._nodes, statuses, strict=True)
@@ -524,7 +646,9 @@ class LabSessionWorkflow:
 
     async def _node_ready(self, node: BoundNode) -> NodeStatus:
         """One quick look first (warm nodes are ready already), then a heartbeating wait if needed."""
-        status = await self._node_status(node, CLUSTER_CALL)
+        status: NodeStatus = await _cluster_call(
+            ActivityName.NODE_HEALTH, NodeRef(node_id=node.node_id), NodeStatus, f"status of {node.name}"
+        )
         if status.phase == NodePhase.READY:
             return status
         overdue = self._input.timings.provisioning_overdue
@@ -552,7 +676,7 @@ class LabSessionWorkflow:
             controlplane=controlplane.node_id,
             workers=[n.node_id for n in self._nodes if n.node_id != controlplane.node_id],
         )
-        await _local(ActivityName.WIRE_SESSION, wiring, None, CLUSTER_CALL)
+        await _cluster_call(ActivityName.WIRE_SESSION, wiring, None, "wire the session")
 
     async def _create_credentials(self) -> SessionCredentials:
         credentials: SessionCredentials = await _local(
@@ -591,11 +715,11 @@ class LabSessionWorkflow:
 
     async def _expose(self) -> None:
         controlplane = self._node_named(self._lab.controlplane.name)
-        self._endpoint = await _local(
+        self._endpoint = await _cluster_call(
             ActivityName.EXPOSE_SSH,
             ExposeInput(session_id=self._session.session_id, node_id=controlplane.node_id),
             SshEndpoint,
-            CLUSTER_CALL,
+            "expose SSH",
         )
 
     async def _watch_node_health(self) -> None:
@@ -614,6 +738,10 @@ class LabSessionWorkflow:
                 statuses = await self._all(self._node_status(node, HEALTH_CALL) for node in self._nodes)
             except ActivityError:
                 continue  # the cluster API did not answer: not evidence against the nodes
+            except ApplicationError:  # how a local activity's failure arrives
+                if not workflow.patched(PATCH_LOCAL_FAILURES_CAUGHT):
+                    raise  # runs from before: this ended the health watch
+                continue
             if self._suspended() or generation != self._session.session_id:
                 continue  # paused or reset while we looked: the answers are about other nodes now
             now = workflow.now()
@@ -684,13 +812,23 @@ class LabSessionWorkflow:
                 )
             except ActivityError as error:  # best effort: the nodes are deleted anyway
                 self._teardown_problems.append(f"teardown scripts: {_cause(error)}")
+        # Regular activities: they retry until the API answers (maybe for an hour) while the workflow
+        # stays free to answer `lab status` and validators at once. Runs that tore down with local
+        # activities before this patch replay as they ran.
+        as_activities = workflow.patched(PATCH_TEARDOWN_ACTIVITIES)
         for name, result_type in (
             (ActivityName.UNEXPOSE_SSH, None),
             (ActivityName.UNWIRE_SESSION, None),
             (ActivityName.RELEASE_SESSION, ReleaseResult),
         ):
             try:
-                await _local(name, session, result_type, TEARDOWN_CALL)
+                if as_activities:
+                    await workflow.execute_activity(
+                        name, session, result_type=result_type, start_to_close_timeout=TEARDOWN_CALL.start_to_close,
+                        retry_policy=TEARDOWN_CALL.retry, summary=f"teardown: {name}",
+                    )
+                else:
+                    await _local(name, session, result_type, TEARDOWN_CALL)
             except ActivityError as error:  # a permanent error: leave it to the leak collector, say so
                 self._teardown_problems.append(f"{name}: {_cause(error)}")
         if self._other_generation is not None:  # ended in the middle of a reset
@@ -752,17 +890,41 @@ class LabSessionWorkflow:
 
     @extend.validator
     def _validate_extend(self, request: ExtendRequest) -> None:
-        if self._phase != Phase.RUNNING or self._end_reason is not None:
+        if self._phase != Phase.RUNNING or self._end_reason is not None or self._deadline is None:
             raise ApplicationError(f"extend: the lab is not running (phase {self._phase})", type="NotRunning")
         if self._extensions_used >= self._lab.max_extensions:
             raise ApplicationError(
                 f"extend: no extensions left ({self._extensions_used} of {self._lab.max_extensions} used)",
                 type="NoExtensionsLeft",
             )
+        timings = self._input.timings
+        left = self._deadline - workflow.now()
+        if left > timings.extend_window:
+            raise ApplicationError(
+                f"extend: allowed only in the lab's last {format_duration(timings.extend_window)} "
+                f"({_minutes(left)} left, until {self._deadline:%H:%M} UTC)",
+                type="TooEarly",
+            )
+        assert self._ready_at is not None
+        # The student's time: from ready to the new deadline, less the time spent paused (it moved the deadline).
+        total = self._deadline + self._lab.extension - self._ready_at - self._paused_total
+        if total > timings.max_lab_duration:
+            raise ApplicationError(
+                f"extend: the lab would last {_minutes(total)} in all, more than max_lab_duration "
+                f"{format_duration(timings.max_lab_duration)}",
+                type="OverMaxDuration",
+            )
 
     @workflow.update
     async def check(self, request: CheckRequest) -> CheckReport:
-        report = await self._run_checks()
+        if not workflow.patched(PATCH_ONE_CHECK_AT_A_TIME):  # runs from before: one activity per message
+            report = await self._run_checks()
+            self._last_check = report
+            return report
+        if self._check_task is None or self._check_task.done():  # else: join the check that runs
+            self._check_started_at = workflow.now()
+            self._check_task = asyncio.create_task(self._run_checks())
+        report = await self._check_task
         self._last_check = report
         return report
 
@@ -770,6 +932,18 @@ class LabSessionWorkflow:
     def _validate_check(self, request: CheckRequest) -> None:
         if self._phase not in (Phase.READY, Phase.RUNNING):
             raise ApplicationError(f"check: the lab is not ready (phase {self._phase})", type="NotReady")
+        if self._check_task is not None and not self._check_task.done():
+            return  # a check is running: this message joins it and gets the same report
+        interval = self._input.timings.check_min_interval
+        if self._check_started_at is not None:
+            since = workflow.now() - self._check_started_at
+            if since < interval:
+                wait = max(1, math.ceil((interval - since).total_seconds()))
+                raise ApplicationError(
+                    f"check: at most one check every {format_duration(interval)}; the last one started "
+                    f"{int(since.total_seconds())}s ago, try again in {wait}s",
+                    type="TooSoon",
+                )
 
     # --- pause and resume ---------------------------------------------------------------------------
 
@@ -790,7 +964,7 @@ class LabSessionWorkflow:
             self._endpoint = None
             await self._all(_local(ActivityName.PAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
                             for node in self._nodes)
-        except ActivityError as error:
+        except FailureError as error:
             await self._undo_pause(_cause(error))
             raise ApplicationError(f"pause failed, the lab goes on: {_cause(error)}", type="PauseFailed") from None
         finally:
@@ -808,7 +982,7 @@ class LabSessionWorkflow:
             await self._all(_local(ActivityName.UNPAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
                             for node in self._nodes)
             await self._expose()
-        except ActivityError as error:
+        except FailureError as error:
             self._health_failure = SessionFailed(
                 "pause failed", f"pausing failed ({cause}) and the lab could not be restored: {_cause(error)}"
             )
@@ -847,7 +1021,7 @@ class LabSessionWorkflow:
             await self._wait_until_nodes_ready()
             clocks = await self._step_clocks()
             await self._expose()  # before the student is told: the clocks are right by now
-        except (ActivityError, SessionFailed) as error:
+        except (FailureError, SessionFailed) as error:
             cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
             self._health_failure = SessionFailed("resume failed", f"the lab could not be resumed: {cause}")
             self._busy = None
@@ -890,7 +1064,7 @@ class LabSessionWorkflow:
                             for node in self._nodes)
             await self._wait_until_nodes_ready()
             await self._step_clocks()
-        except (ActivityError, SessionFailed) as error:
+        except (FailureError, SessionFailed) as error:
             cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
             self._detail = (self._detail + "; " if self._detail else "") + f"nodes not woken up: {cause}"
 
@@ -927,7 +1101,7 @@ class LabSessionWorkflow:
             failure = ENDED_DURING_RESET
         except SessionFailed as error:
             failure = error.detail
-        except ActivityError as error:
+        except FailureError as error:
             failure = _cause(error)
         if failure is not None:
             if not task.done():
@@ -962,13 +1136,33 @@ class LabSessionWorkflow:
 
     async def _prepare_generation(self) -> None:
         """The preparation of a lab for `self._session` (a reset's new generation), with the key pair
-        the student already has. The global cap is not asked: the reset's cold nodes are few and
-        short-lived next to the old ones (see docs/session.md)."""
-        await self._claim_warm_nodes()
+        the student already has: warm nodes first; the cold rest only once the capacity broker grants
+        room for them under the global cap (the old nodes still count until they are released)."""
+        await self._claim_warm_nodes(CLUSTER_CALL.within(self._input.timings.provisioning_overdue))
+        limits = self._input.capacity
+        cold = [n for n in self._nodes if not n.warm]
+        if limits is not None and cold:
+            classes = self._input.node_classes
+            lab_nodes = {n.name: n for n in self._lab.nodes}
+            memory = [classes[lab_nodes[n.name].node_class].memory_bytes for n in self._nodes]
+            cold_memory = sum(classes[lab_nodes[n.name].node_class].memory_bytes for n in cold)
+            try:
+                await self._capacity.admit(
+                    self._session, len(self._nodes), sum(memory), len(cold), cold_memory, limits,
+                    self._input.timings.max_queue_wait, self._input.timings.provisioning_overdue,
+                    stop=lambda: self._end_reason is not None,
+                )
+            except CapacityRefused as refused:
+                raise SessionFailed("no capacity", f"no capacity for the new nodes: {refused}") from None
+            if not self._capacity.granted:
+                raise asyncio.CancelledError()  # the lab ended while the reset waited for room
         await self._provision_missing_nodes()
         # One quick look first: a node that failed already fails the reset at once (no waits to cancel).
-        for node, status in zip(self._nodes, await self._all(self._node_status(n, CLUSTER_CALL) for n in self._nodes),
-                                strict=True):
+        looks = await self._all(
+            _cluster_call(ActivityName.NODE_HEALTH, NodeRef(node_id=n.node_id), NodeStatus, f"status of {n.name}")
+            for n in self._nodes
+        )
+        for node, status in zip(self._nodes, looks, strict=True):
             if status.phase in (NodePhase.FAILED, NodePhase.MISSING):
                 raise SessionFailed(f"node {node.name} failed", f"node {node.name} is {status.phase}: {status.reason}")
         await self._wait_until_nodes_ready()
@@ -984,9 +1178,12 @@ class LabSessionWorkflow:
             (ActivityName.UNWIRE_SESSION, None),
             (ActivityName.RELEASE_SESSION, ReleaseResult),
         ):
-            try:
-                await _local(name, target, result_type, TEARDOWN_CALL)
-            except ActivityError as error:
+            try:  # regular activities: they retry until the API answers, the workflow stays free meanwhile
+                await workflow.execute_activity(
+                    name, target, result_type=result_type, start_to_close_timeout=TEARDOWN_CALL.start_to_close,
+                    retry_policy=TEARDOWN_CALL.retry, summary=f"reset: {name}",
+                )
+            except FailureError as error:
                 self._teardown_problems.append(f"reset, {name}: {_cause(error)}")
 
     @reset.validator
@@ -1022,6 +1219,7 @@ class LabSessionWorkflow:
             deadline=self._deadline,
             extensions_used=self._extensions_used,
             nodes=self._nodes,
+            nodes_ready=self._nodes_ready if self._phase == Phase.PROVISIONING else None,
             last_check=self._last_check,
             queue_position=self._capacity.position,
             reason=self._reason or self._health_problem,
@@ -1083,13 +1281,51 @@ class LabSessionWorkflow:
         return [t.result() for t in tasks]
 
 
+# PINNED (Worker Versioning, docs/session.md#rolling-upgrades-worker-versioning): a lab finishes on the
+# build it started on, so a new build never replays a running lab. The same workflow under the same name,
+# registered only by versioned workers: the server refuses a versioning behavior from an unversioned
+# worker ("versioning behavior cannot be specified without deployment options"), failing every task.
+@workflow.defn(
+    name=WORKFLOW_NAME, failure_exception_types=list(WORKFLOW_BUGS), sandboxed=False,
+    versioning_behavior=VersioningBehavior.PINNED,
+)
+class PinnedLabSessionWorkflow(LabSessionWorkflow):
+    @workflow.run
+    async def run(self, request: LabSessionInput) -> LabSessionResult:
+        return await super().run(request)
+
+
+def _minutes(duration: timedelta) -> str:
+    """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
+    return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
+
+
 async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
     return await workflow.execute_local_activity(
-        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry
+        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry,
+        schedule_to_close_timeout=options.schedule_to_close,
+    )
+
+
+async def _cluster_call(name: ActivityName, arg: Any, result_type: type | None, summary: str) -> Any:
+    """A short idempotent cluster call of the preparation: quick local attempts, then (API still down) a
+    regular activity retrying until it answers, so that no local activity keeps the workflow task
+    open for long. Runs from before the patch replay with their unbounded local retries."""
+    if not workflow.patched(PATCH_BOUNDED_LOCAL_RETRIES):
+        return await _local(name, arg, result_type, CLUSTER_CALL)
+    try:
+        return await _local(name, arg, result_type, QUICK_CLUSTER_CALL)
+    except CALL_FAILED as error:
+        cause = error.cause if isinstance(error, ActivityError) and error.cause is not None else error
+        if isinstance(cause, CancelledError) or (isinstance(cause, ApplicationError) and cause.non_retryable):
+            raise  # a permanent error (or a cancel): nothing a retry would change
+    return await workflow.execute_activity(
+        name, arg, result_type=result_type, start_to_close_timeout=CLUSTER_CALL.start_to_close,
+        retry_policy=CLUSTER_RETRY, summary=f"{summary} (cluster API retry)",
     )
 
 
 _PREPARING = frozenset({Phase.QUEUED, Phase.CLAIMING, Phase.PROVISIONING, Phase.WIRING, Phase.SETTING_UP,
                         Phase.EXPOSING})
 
-__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "SessionFailed"]
+__all__ = ["WORKFLOW_BUGS", "WORKFLOW_NAME", "LabSessionWorkflow", "PinnedLabSessionWorkflow", "SessionFailed"]

@@ -33,7 +33,8 @@ class ActivityName(StrEnum):
     EXPOSE_SSH = "expose_ssh"
     UNEXPOSE_SSH = "unexpose_ssh"
     RELEASE_SESSION = "release_session"
-    INVENTORY = "inventory"
+    INVENTORY = "inventory"  # the node list: only for activities and tools, never into a workflow
+    INVENTORY_SUMMARY = "inventory_summary"
     PAUSE_NODE = "pause_node"
     UNPAUSE_NODE = "unpause_node"
     # scripts over SSH (activities/script_activities.py)
@@ -73,6 +74,16 @@ class SessionTimings(Model):
     health_interval: timedelta = timedelta(seconds=30)
     health_grace: timedelta = timedelta(minutes=2)
     max_queue_wait: timedelta = timedelta(minutes=30)
+    # Message rules (settings max_lab_duration, session_extend_window, session_check_min_interval).
+    max_lab_duration: timedelta = Field(
+        default=timedelta(hours=4), description="the lab's time with every extension stays within this"
+    )
+    extend_window: timedelta = Field(
+        default=timedelta(minutes=15), description="extend is allowed only this close to the deadline"
+    )
+    check_min_interval: timedelta = Field(
+        default=timedelta(seconds=10), description="at most one student check started per interval"
+    )
 
 
 class PauseLimits(Model):
@@ -306,6 +317,7 @@ class LabStatus(Model):
     deadline: datetime | None = None
     extensions_used: int = 0
     nodes: list[BoundNode] = Field(default_factory=list)
+    nodes_ready: int | None = Field(default=None, description="while provisioning: nodes ready so far")
     last_check: CheckReport | None = None
     queue_position: int | None = None
     reason: str | None = None

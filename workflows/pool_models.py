@@ -10,18 +10,28 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.models import SessionRef
 from labs.models import NodeClass
+from workflows.capacity.models import (  # noqa: F401  (re-exported for their readers)
+    CAPACITY_BROKER_WORKFLOW_PREFIX,
+    CapacityActivityName,
+    CapacityLimits,
+    CapacityNotice,
+    CapacityRelease,
+    CapacityRequest,
+    CapacityState,
+    EndedSessions,
+    EndedSessionsInput,
+    PoolNodeHold,
+    PoolReservation,
+    PoolReservationResult,
+    QueueEntry,
+    SessionRunRef,
+    capacity_broker_id,
+)
 from workflows.pool_policy import ClassDemand
 
 POOL_REFILL_SCHEDULE_ID = "labrador-pool-refill"
 POOL_REFILL_WORKFLOW_ID = "labrador-pool-refill"
-CAPACITY_BROKER_WORKFLOW_PREFIX = "labrador-capacity-broker"
-
-
-def capacity_broker_id(task_queue: str) -> str:
-    """One broker per deployment (task queue): the workers of that queue run it."""
-    return f"{CAPACITY_BROKER_WORKFLOW_PREFIX}/{task_queue}"
 
 POOL_STATUS_WORKFLOW_PREFIX = "labrador-pool-status"
 
@@ -34,11 +44,8 @@ class PoolActivityName(StrEnum):
     """Activities of activities/pool_activities.py (called by name, like workflows.models.ActivityName)."""
 
     POOL_PLAN = "pool_plan"
-    ENDED_SESSIONS = "pool_ended_sessions"
+    ENDED_SESSIONS = CapacityActivityName.ENDED_SESSIONS.value
     COLLECT_SESSION = "pool_collect_session"
-    REQUEST_CAPACITY = "pool_request_capacity"
-    RELEASE_CAPACITY = "pool_release_capacity"
-    RESERVE_POOL_CAPACITY = "pool_reserve_capacity"
     DELETE_UNCLAIMED_NODE = "pool_delete_unclaimed_node"
 
 
@@ -46,10 +53,14 @@ class PoolActivityName(StrEnum):
 
 
 class ClassSizing(Model):
-    """Bounds of the demand-aware target of one node class (workflows.pool_policy)."""
+    """Bounds of the demand-aware target of one node class (workflows.pool_policy).
 
-    min_size: int = Field(0, ge=0)
-    max_size: int = Field(10, ge=0)
+    In `PoolRefillInput.sizing` an operator's override (`labrador pool size`): a bound left None
+    comes from the catalog's `pool:` block (workflows/pool_sizing.py has the precedence).
+    """
+
+    min_size: int | None = Field(None, ge=0, description="a flat floor; replaces the catalog's min and schedule")
+    max_size: int | None = Field(None, ge=0, description="replaces the catalog's max")
     margin: int = Field(0, ge=0)
 
 
@@ -63,8 +74,12 @@ class PoolRefillMemory(Model):
 class PoolRefillInput(Model):
     """The schedule's argument. `drained` lives here: every refill reads it (see docs/pool.md)."""
 
-    sizing: dict[str, ClassSizing] = Field(default_factory=dict, description="per class; others use default")
-    default_sizing: ClassSizing = Field(default_factory=ClassSizing)
+    sizing: dict[str, ClassSizing] = Field(
+        default_factory=dict, description="per-class overrides (`labrador pool size`); win over the catalog"
+    )
+    default_sizing: ClassSizing = Field(
+        default_factory=ClassSizing, description="bounds of a class with neither override nor catalog `pool:`"
+    )
     pooled_classes: list[str] | None = Field(
         default=None, description="classes the pool keeps warm; None means every class of the catalog"
     )
@@ -98,6 +113,9 @@ class PoolPlan(Model):
 class ClassReport(Model):
     node_class: str
     target: int
+    target_reason: str = Field("", description="why: drained, min, schedule '...', override min, demand, max (...)")
+    min_size: int | None = Field(None, description="the floor this refill used")
+    max_size: int | None = Field(None, description="the cap this refill used")
     free: int = Field(0, description="free nodes after the refill (fresh image)")
     provisioning: int = 0
     claimed: int = 0
@@ -146,20 +164,6 @@ class PoolRefillResult(Model):
 # --- leak collection ------------------------------------------------------------------------------
 
 
-class SessionRunRef(Model):
-    session_id: str
-    workflow_id: str | None = None
-    run_id: str | None = None
-
-
-class EndedSessionsInput(Model):
-    sessions: list[SessionRunRef]
-
-
-class EndedSessions(Model):
-    session_ids: list[str] = Field(default_factory=list, description="sessions whose run is not running")
-
-
 class CollectSessionInput(Model):
     session_id: str
 
@@ -169,81 +173,7 @@ class CollectedSession(Model):
     nodes: int
 
 
-# --- capacity broker ------------------------------------------------------------------------------
-
-
-class CapacityLimits(Model):
-    max_vms: int
-    max_memory_bytes: int
-
-
-class CapacityRequest(Model):
-    """A session asking for room for `vms` nodes (all its nodes, warm ones included)."""
-
-    session: SessionRef
-    vms: int = Field(ge=0)
-    memory_bytes: int = Field(ge=0)
-    limits: CapacityLimits
-    requested_at: datetime
-
-
-class CapacityRelease(Model):
-    session: SessionRef
-    reason: str = "released"
-
-
-class CapacityNotice(Model):
-    """Broker -> session (signal `capacity_notice`): a grant, a new queue position, or a refusal."""
-
-    granted: bool = False
-    position: int | None = None
-    refused: str | None = None
-
-
-class PoolNodeHold(Model):
-    node_id: str
-    memory_bytes: int
-
-
-class PoolReservation(Model):
-    """The refill asking room for new pool nodes; queued sessions go first."""
-
-    nodes: list[PoolNodeHold]
-    limits: CapacityLimits
-
-
-class PoolReservationResult(Model):
-    granted: list[str] = Field(default_factory=list, description="node IDs the refill may create")
-    reason: str | None = None
-
-
-class CapacityBrokerInput(Model):
-    limits: CapacityLimits
-    queue: list[CapacityRequest] = Field(default_factory=list)
-    leases: list[CapacityRequest] = Field(default_factory=list)
-    pool_holds: dict[str, int] = Field(default_factory=dict, description="node ID -> memory bytes")
-    pool_hold_expiry: dict[str, datetime] = Field(default_factory=dict)
-    recheck: timedelta = timedelta(seconds=30)
-    pool_hold_ttl: timedelta = timedelta(minutes=5)
-
-
-class QueueEntry(Model):
-    position: int
-    session_id: str
-    workflow_id: str
-    vms: int
-    memory_bytes: int
-    waiting_since: datetime
-
-
-class CapacityState(Model):
-    limits: CapacityLimits
-    queue: list[QueueEntry] = Field(default_factory=list)
-    leased_vms: int = 0
-    leased_memory_bytes: int = 0
-    sessions_holding: int = 0
-    pool_holds: int = 0
-
+# --- capacity (the models live in workflows/capacity/models.py; re-exported for their readers) -----
 
 # --- status (CLI) ---------------------------------------------------------------------------------
 

@@ -121,8 +121,12 @@ def forecast_rate(state: ClassDemand, now: datetime, params: SizingParams) -> fl
     return rate
 
 
+def wanted(state: ClassDemand, now: datetime, params: SizingParams) -> int:
+    """What demand alone asks for (before the min/max bounds)."""
+    expected = forecast_rate(state, now, params) * lead_time(state, params).total_seconds() / 60
+    return math.ceil(expected + params.z * math.sqrt(expected)) + params.margin if expected > 1e-9 else 0
+
+
 def target(state: ClassDemand, now: datetime, params: SizingParams) -> int:
     """How many warm (free or provisioning) nodes the class should hold now."""
-    expected = forecast_rate(state, now, params) * lead_time(state, params).total_seconds() / 60
-    wanted = math.ceil(expected + params.z * math.sqrt(expected)) + params.margin if expected > 1e-9 else 0
-    return max(params.min_size, min(params.max_size, wanted))
+    return max(params.min_size, min(params.max_size, wanted(state, now, params)))

@@ -27,12 +27,15 @@ with workflow.unsafe.imports_passed_through():
     # Not `from workflows import pool_policy`: inside the sandbox that form loads a second copy of the
     # module (its ClassDemand would not be the one PoolRefillResult validates against).
     import workflows.pool_policy as pool_policy
-    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState
+    import workflows.pool_sizing as pool_sizing
+    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState, SessionRef
     from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
     from workflows.pool_models import (
+        CapacityActivityName,
         CapacityLimits,
+        CapacityRelease,
         ClassReport,
         CollectedSession,
         CollectSessionInput,
@@ -51,28 +54,19 @@ with workflow.unsafe.imports_passed_through():
         SessionRunRef,
         UnclaimedNodeDeletion,
     )
-    from workflows.pool_policy import ClassDemand, SizingParams
+    from workflows.pool_policy import ClassDemand
 
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
 DELETE_IF_UNCLAIMED_PATCH = "pool-delete-if-unclaimed"
+# workflow.patched ID: the refill releases its capacity reservation when its nodes exist (no expiry).
+RESERVATION_HOLDER_PATCH = "pool-reservation-holder"
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
 
 
 def pool_node_id(node_class: str, unique: str) -> str:
     """A pool node ID: short, DNS-safe, unique per refill run (uuid4 of the workflow is replay-safe)."""
     return dns_label("p", node_class[:20], unique[:10], max_len=40)
-
-
-def sizing_params(input: PoolRefillInput, node_class: str) -> SizingParams:
-    sizing = input.sizing.get(node_class, input.default_sizing)
-    return SizingParams(
-        min_size=sizing.min_size,
-        max_size=sizing.max_size,
-        margin=sizing.margin,
-        refill_interval=input.refill_interval,
-        default_boot_time=input.default_boot_time,
-    )
 
 
 def allocate(wants: dict[str, int], memory: dict[str, int], room_vms: int, room_memory: int) -> dict[str, int]:
@@ -126,13 +120,15 @@ class PoolRefillWorkflow:
             drained = name in input.drained
 
             # Demand: claimed nodes the previous run had not seen are this interval's claims.
-            params = sizing_params(input, name)
+            sizing = pool_sizing.resolve(input, node_class, name, now)
+            params = sizing.params
             claimed_ids[name] = sorted(n.node_id for n in claimed)
             state = last.demand.get(name, ClassDemand()) if last else ClassDemand()
             seen = set(last.claimed_node_ids.get(name, [])) if last else set(claimed_ids[name])
             state = pool_policy.observe(state, now, len(set(claimed_ids[name]) - seen), params)
             demand[name] = state
             target = 0 if drained else pool_policy.target(state, now, params)
+            reason = pool_sizing.target_reason(target, pool_policy.wanted(state, now, params), sizing, drained)
 
             stale = [n for n in free + provisioning if n.image != node_class.image]
             overdue = [
@@ -156,7 +152,8 @@ class PoolRefillWorkflow:
             keep[name] = warm
             wants[name] = max(0, target - len(warm))
             reports[name] = ClassReport(
-                node_class=name, target=target, claimed=len(claimed),
+                node_class=name, target=target, target_reason=reason, min_size=params.min_size,
+                max_size=params.max_size, claimed=len(claimed),
                 stale=len([n for n in stale if n.state == NodeState.FREE]), drained=drained,
             )
 
@@ -172,6 +169,30 @@ class PoolRefillWorkflow:
         deletions = [d for d, gone in zip(deletions, deleted, strict=True) if gone]
 
         granted, capped_reason = await self._capacity(input, inventory, deletions, plan.node_classes, wants)
+        try:
+            return await self._finish(
+                input, started, plan, leaks, reports, demand, claimed_ids, keep, wants, counters, granted,
+                capped_reason,
+            )
+        finally:
+            if granted and input.use_capacity_broker and workflow.patched(RESERVATION_HOLDER_PATCH):
+                # The nodes exist now (or never will): the broker counts them from its next cluster
+                # reading instead of the reservation.
+                done = CapacityRelease(session=self._holder(), reason="refill done")
+                await workflow.execute_activity(
+                    CapacityActivityName.RELEASE_CAPACITY, done, start_to_close_timeout=SHORT, retry_policy=RETRY,
+                )
+
+    def _holder(self) -> SessionRef:
+        info = workflow.info()
+        return SessionRef(session_id="pool-refill", workflow_id=info.workflow_id, run_id=info.run_id)
+
+    async def _finish(
+        self, input: PoolRefillInput, started: datetime, plan: PoolPlan, leaks: LeakReport,
+        reports: dict[str, ClassReport], demand: dict[str, ClassDemand], claimed_ids: dict[str, list[str]],
+        keep: dict[str, list[NodeRecord]], wants: dict[str, int], counters: dict[str, dict[str, int]],
+        granted: dict[str, list[str]], capped_reason: str | None,
+    ) -> PoolRefillResult:
 
         # Bring up: adopt the provisioning nodes left by earlier runs, create the granted new ones.
         outcomes: dict[str, list[bool]] = {name: [] for name in reports}
@@ -320,9 +341,10 @@ class PoolRefillWorkflow:
         reservation = PoolReservation(
             nodes=[PoolNodeHold(node_id=i, memory_bytes=memory[name]) for name, ids in planned.items() for i in ids],
             limits=CapacityLimits(max_vms=input.max_vms, max_memory_bytes=input.max_memory_bytes),
+            holder=self._holder(),  # kept until this run releases it (or ends): never expires before its nodes exist
         )
         result: PoolReservationResult = await workflow.execute_activity(
-            PoolActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
+            CapacityActivityName.RESERVE_POOL_CAPACITY, reservation, result_type=PoolReservationResult,
             start_to_close_timeout=timedelta(minutes=1), retry_policy=RETRY,
         )
         allowed = set(result.granted)

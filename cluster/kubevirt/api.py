@@ -4,12 +4,15 @@ Why not the typed `CoreV1Api`/`CustomObjectsApi` methods: our manifests are plai
 functions, schema-validated), CRDs come back as dicts anyway, and one code path for every resource
 lets each call be declared as (group, resource, verb) in `PERMISSIONS`, which the RBAC test
 compares with deploy/. The client still does configuration (KUBECONFIG or in-cluster), auth, TLS
-and serialisation. The sync client runs in threads (`asyncio.to_thread`) from async code.
+and serialisation. The sync client runs in threads from async code (`AsyncKubeApi`'s pool for
+calls; the cache's watch streams in daemon threads of their own, see cache.py). Lists are paged
+(`limit`/`continue`); `watch` streams events and can be ended from another thread.
 
 Error mapping (`api_error`): every status is turned deliberately into `ClusterUnavailable`
 (retry) or `PermanentClusterError` (do not), with the object named. 404 on get means "absent"
 and 404 on delete means "already gone"; 409 on create means "exists" (create-or-get); callers
-handle those before mapping.
+handle those before mapping. `NotFound` (404), `Conflict` (409) and `Gone` (410) are subclasses a
+caller can catch: a claim moves on to the next node on the first two, the cache relists on the third.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from cluster.port import ClusterUnavailable, PermanentClusterError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 API_THREADS = 16  # concurrent API calls per worker process (and HTTP connections kept per host)
+LIST_PAGE = 500  # objects per list page (limit/continue): bounded responses at any cluster size
+WATCH_READ_SLACK = 30.0  # seconds a watch may stay silent past its timeoutSeconds before we call it dead
 Obj = dict[str, Any]
+Items = list[Obj]  # (a method named `list` shadows the builtin inside the classes below)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ PERMISSIONS: frozenset[tuple[str, str, str, str]] = frozenset(
         ("", "namespaces", "create", CLUSTER),
         ("", "namespaces", "get", CLUSTER),
         ("", "namespaces", "list", CLUSTER),
+        ("", "namespaces", "watch", CLUSTER),
         ("", "namespaces", "patch", CLUSTER),
         ("", "namespaces", "delete", CLUSTER),
         ("", "secrets", "create", CLUSTER),
@@ -94,17 +101,23 @@ PERMISSIONS: frozenset[tuple[str, str, str, str]] = frozenset(
         ("", "services", "create", CLUSTER),
         ("", "services", "get", CLUSTER),
         ("", "services", "list", CLUSTER),
+        ("", "services", "watch", CLUSTER),
         ("", "services", "delete", CLUSTER),
         ("", "persistentvolumeclaims", "get", CLUSTER),
         ("", "persistentvolumeclaims", "delete", CLUSTER),
         ("networking.k8s.io", "networkpolicies", "create", CLUSTER),
         ("networking.k8s.io", "networkpolicies", "get", CLUSTER),
         ("networking.k8s.io", "networkpolicies", "list", CLUSTER),
+        ("networking.k8s.io", "networkpolicies", "watch", CLUSTER),
         ("networking.k8s.io", "networkpolicies", "delete", CLUSTER),
         ("kubevirt.io", "virtualmachines", "create", CLUSTER),
         ("kubevirt.io", "virtualmachines", "get", CLUSTER),
+        ("kubevirt.io", "virtualmachines", "list", CLUSTER),
+        ("kubevirt.io", "virtualmachines", "watch", CLUSTER),
         ("kubevirt.io", "virtualmachines", "patch", CLUSTER),
         ("kubevirt.io", "virtualmachineinstances", "get", CLUSTER),
+        ("kubevirt.io", "virtualmachineinstances", "list", CLUSTER),
+        ("kubevirt.io", "virtualmachineinstances", "watch", CLUSTER),
         # Pause/resume of a lab (PUT .../virtualmachineinstances/NAME/pause|unpause).
         ("subresources.kubevirt.io", "virtualmachineinstances/pause", "update", CLUSTER),
         ("subresources.kubevirt.io", "virtualmachineinstances/unpause", "update", CLUSTER),
@@ -129,6 +142,14 @@ PERMISSIONS: frozenset[tuple[str, str, str, str]] = frozenset(
 
 class Conflict(ClusterUnavailable):
     """409 on an update with a resourceVersion precondition: someone else changed the object."""
+
+
+class NotFound(PermanentClusterError):
+    """404 where absence is not an answer: a missing object, or the API (CRD) is not installed."""
+
+
+class Gone(ClusterUnavailable):
+    """410: the resourceVersion (or continue token) is too old for the API server; re-list."""
 
 
 class UndeclaredCall(PermanentClusterError):
@@ -160,7 +181,7 @@ def api_error(status: int, message: str, verb: str, what: str) -> Exception:
         # Outside create-or-get and claims: a concurrent writer; a retry re-reads and succeeds.
         return Conflict(text)
     if status == 410:
-        return ClusterUnavailable(text + " (resourceVersion expired; retry re-reads)")
+        return Gone(text + " (resourceVersion expired; retry re-reads)")
     if status == 429:
         return ClusterUnavailable(text + " (throttled by the API server)")
     if status >= 500:
@@ -173,7 +194,7 @@ def api_error(status: int, message: str, verb: str, what: str) -> Exception:
             return ClusterUnavailable(text + " (namespace still terminating; retry)")
         return PermanentClusterError(text + " (forbidden: the worker's RBAC lacks this permission)")
     if status == 404:
-        return PermanentClusterError(text + " (not found: missing object or API not installed)")
+        return NotFound(text + " (not found: missing object or API not installed)")
     if status == 422:
         return PermanentClusterError(text + " (invalid object)")
     return PermanentClusterError(text)
@@ -213,7 +234,7 @@ class KubeApi:
         self.permissions = {(g, r, v) for g, r, v, _ in permissions}
         self.calls: set[tuple[str, str, str]] = set()  # what was actually called (tests read it)
 
-    def _request(
+    def _send(
         self,
         verb: str,
         method: str,
@@ -226,7 +247,11 @@ class KubeApi:
         content_type: str | None = None,
         subresource: str | None = None,
         object_name: str | None = None,
-    ) -> Obj:
+        timeout: tuple[float, float] | None = None,
+        stream: bool = False,
+    ) -> Any:
+        """One HTTP call, declared in PERMISSIONS. Returns the client's response, its body read
+        unless `stream` (then the caller reads it and closes it). Non-2xx raises HttpError."""
         plural = resource.plural + (f"/{subresource}" if subresource else "")
         key = (resource.group, plural, verb)
         if key not in self.permissions:
@@ -245,13 +270,20 @@ class KubeApi:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self.api_client.call_api(*request, _request_timeout=self.timeout)
+            response = self.api_client.call_api(*request, _request_timeout=timeout or self.timeout)
+            status = int(response.status)
+            if stream and 200 <= status <= 299:
+                return response
             response.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnavailable(f"{verb} {what}: API server unreachable: {exc}") from exc
-        status = int(response.status)
         if not 200 <= status <= 299:
             raise HttpError(status, _status_message(response.data), verb, what)
+        return response
+
+    def _request(self, verb: str, method: str, resource: Resource, namespace: str | None, name: str | None,
+                 **kwargs: Any) -> Obj:
+        response = self._send(verb, method, resource, namespace, name, **kwargs)
         return json.loads(response.data) if response.data else {}
 
     # --- verbs --------------------------------------------------------------------------------
@@ -265,12 +297,79 @@ class KubeApi:
             raise exc.mapped() from None
 
     def list(self, resource: Resource, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+        """Every matching object, fetched in pages of LIST_PAGE."""
+        items, _ = self.list_all(resource, namespace, label_selector)
+        return items
+
+    def list_page(self, resource: Resource, namespace: str | None, label_selector: str | None, *,
+                  limit: int = 0, continue_token: str | None = None) -> tuple[Items, str, str | None]:
+        """One page: (items, the list's resourceVersion, the continue token or None when last)."""
         query = [("labelSelector", label_selector)] if label_selector else []
+        if limit:
+            query.append(("limit", str(limit)))
+        if continue_token:
+            query.append(("continue", continue_token))
         try:
             result = self._request("list", "GET", resource, namespace, None, query=query)
         except HttpError as exc:
             raise exc.mapped() from None
-        return list(result.get("items") or [])
+        meta = result.get("metadata") or {}
+        return list(result.get("items") or []), str(meta.get("resourceVersion") or ""), meta.get("continue") or None
+
+    def list_all(self, resource: Resource, namespace: str | None = None, label_selector: str | None = None, *,
+                 limit: int = 0) -> tuple[Items, str]:
+        """All pages, (items, resourceVersion of the list). The API server serves every page at the
+        first page's resourceVersion; an expired continue token (410) raises `Gone`: start again."""
+        items: Items = []
+        token: str | None = None
+        version = ""
+        while True:
+            page, page_version, token = self.list_page(resource, namespace, label_selector,
+                                                       limit=limit or LIST_PAGE, continue_token=token)
+            items += page
+            version = version or page_version
+            if not token:
+                return items, version
+
+    def watch(self, resource: Resource, label_selector: str | None, resource_version: str, *,
+              timeout_seconds: int, on_event: Callable[[Obj], None],
+              on_open: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Stream watch events from `resource_version` until the server ends the watch (it does
+        after `timeout_seconds`), calling `on_event` with each decoded event, in order; ERROR events
+        (410 Gone for an expired version) are passed on like the others. Blocks: run it in a thread.
+        `on_open` receives a function that ends the stream from another thread (the kubernetes
+        client's own trick: shut the socket down, which unblocks the read)."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        query = [("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(timeout_seconds))]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        # Read timeout: a little longer than the server's own end of the watch (bookmarks or not).
+        timeout = (self.timeout[0], float(timeout_seconds) + WATCH_READ_SLACK)
+        try:
+            response = self._send("watch", "GET", resource, None, None, query=query, timeout=timeout, stream=True)
+        except HttpError as exc:
+            raise exc.mapped() from None
+        raw = response.response
+        if on_open is not None:
+            on_open(lambda: _shutdown(raw))
+        what = describe(resource, None, None)
+        try:
+            for line in iter_resp_lines(raw):
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    log.warning("watch %s: undecodable line skipped: %.120s", what, line)
+                    continue
+                if isinstance(event, dict):
+                    on_event(event)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterUnavailable(f"watch {what}: stream broken: {exc}") from exc
+        finally:
+            raw.release_conn()
 
     def create(self, resource: Resource, body: Obj) -> tuple[Obj, bool]:
         """Create-or-get: (object, created). An existing object of that name is returned as is."""
@@ -329,6 +428,16 @@ class KubeApi:
         self._request("update", "PUT", resource, namespace, name, body=body, content_type="application/json",
                       subresource=subresource)
 
+
+def _shutdown(raw: Any) -> None:
+    import socket
+
+    try:
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 class HttpError(Exception):
     def __init__(self, status: int, message: str, verb: str, what: str) -> None:

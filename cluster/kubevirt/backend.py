@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,11 @@ from cluster.kubevirt.api import (
     Conflict,
     HttpError,
     KubeApi,
+    NotFound,
+    Resource,
     load_api_client,
 )
+from cluster.kubevirt.cache import ClusterCache
 from cluster.kubevirt.status import (
     CloneAction,
     ClonePolicy,
@@ -50,6 +53,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -60,9 +64,11 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.naming import is_dns_label, short_hash
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
+from cluster.secret_files import read_key_bytes
 from cluster.settings import Settings
 from labs.models import ContainerDiskSource, PvcCloneSource, Role, quantity_bytes
 
@@ -70,6 +76,8 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 DEFAULT_NODEPORT_RANGE = "30000-32767"
+SYNC_WAIT = 10.0  # seconds a read waits for the cache's first list before it reads directly instead
+WATCH_RECHECK = 10.0  # seconds the ready wait sleeps at most between looks, events or not (clone follower)
 
 
 def nodeport_capacity(port_range: str) -> int:
@@ -88,7 +96,7 @@ def public_key_from_private(path: Path) -> str:
     """The OpenSSH public key of the platform's private key (what the VMs must authorise)."""
     from cryptography.hazmat.primitives import serialization
 
-    data = path.expanduser().read_bytes()
+    data = read_key_bytes(path, "ssh_private_key")
     try:
         key: Any = serialization.load_ssh_private_key(data, password=None)
     except ValueError:
@@ -163,21 +171,29 @@ class KubeVirtCluster:
         nodeport_range: str = DEFAULT_NODEPORT_RANGE,
         clone_policy: ClonePolicy | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cache: ClusterCache | None = None,
+        lab_dns: M.LabDns = "cluster",
+        ssh_source_ranges: Sequence[str] = (),
     ) -> None:
         self.api = api
+        self.cache = cache
         self.orchestrator_namespace = orchestrator_namespace
         self.external_host = external_host
         self.ssh_public_key = ssh_public_key
         self.nodeport_capacity = nodeport_capacity(nodeport_range)
         self.clone_policy = clone_policy or ClonePolicy()
         self.clock = clock
+        self.lab_dns = lab_dns
+        self.ssh_source_ranges = tuple(ssh_source_ranges)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeVirtCluster:
         api_client = load_api_client(str(settings.kube_config) if settings.kube_config else None)
         public_key = public_key_from_private(settings.ssh_private_key) if settings.ssh_private_key else None
+        sync_api = KubeApi(api_client)
         return cls(
-            AsyncKubeApi(KubeApi(api_client)),
+            AsyncKubeApi(sync_api),
+            cache=ClusterCache(sync_api),
             orchestrator_namespace=settings.kube_namespace,
             external_host=settings.external_host,
             ssh_public_key=public_key,
@@ -188,20 +204,64 @@ class KubeVirtCluster:
                 max_attempts=settings.kube_clone_max_attempts,
                 backoff=timedelta(seconds=settings.kube_clone_backoff),
             ),
+            lab_dns=settings.lab_dns,
+            ssh_source_ranges=settings.ssh_source_ranges,
         )
 
-    # --- helpers ----------------------------------------------------------------------------
-    async def _namespace(self, node_id: str) -> Obj | None:
-        return await self.api.get(NAMESPACES, None, M.node_names(node_id).namespace)
+    # --- reads: from the cache when it is fresh, else (and to confirm a negative) direct ---------
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
 
-    async def _require_node(self, node_id: str) -> Obj:
-        ns = await self._namespace(node_id)
+    async def _cached(self) -> ClusterCache | None:
+        """The cache if it can answer: listed and watching (a read before the first list waits
+        for it a little; a cache whose watch is down for long is not trusted: reads go direct)."""
+        cache = self.cache
+        if cache is None:
+            return None
+        if cache.fresh:
+            return cache
+        if await cache.wait_synced(SYNC_WAIT) and cache.fresh:
+            return cache
+        return None
+
+    def _observe(self, resource: Resource, obj: Obj | None) -> None:
+        """Feed a write's answer to the cache: our next read sees it before the watch event does."""
+        if self.cache is not None and obj:
+            self.cache.observe(resource, obj)
+
+    async def _delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
+        deleted = await self.api.delete(resource, namespace, name)
+        if self.cache is not None:  # deleted now, or already going (404/409): going either way
+            self.cache.deleted(resource, namespace, name)
+        return deleted
+
+    async def _get(self, resource: Resource, namespace: str | None, name: str) -> Obj | None:
+        obj = await self.api.get(resource, namespace, name)
+        self._observe(resource, obj)
+        return obj
+
+    async def _namespace(self, node_id: str, *, direct: bool = False) -> Obj | None:
+        """The node's namespace. From the cache unless `direct`; absent there, asked directly: a
+        node another worker has just created may not have reached this worker's cache yet."""
+        name = M.node_names(node_id).namespace
+        cache = None if direct else await self._cached()
+        if cache is not None:
+            ns = cache.get(NAMESPACES, None, name)
+            if ns is not None:
+                return ns
+        return await self._get(NAMESPACES, None, name)
+
+    async def _require_node(self, node_id: str, *, direct: bool = False) -> Obj:
+        ns = await self._namespace(node_id, direct=direct)
         if ns is None or is_deleting(ns):
             raise NodeNotFound(f"node {node_id}: namespace {M.node_names(node_id).namespace} does not exist")
         return ns
 
     async def _require_session_node(self, session_id: str, node_id: str) -> Obj:
         ns = await self._require_node(node_id)
+        if _labels(ns).get(L.SESSION) != session_id:  # maybe our cache is behind a claim: ask
+            ns = await self._require_node(node_id, direct=True)
         holder = _labels(ns).get(L.SESSION)
         if holder != session_id:
             raise PermanentClusterError(
@@ -209,21 +269,27 @@ class KubeVirtCluster:
             )
         return ns
 
-    async def _list_managed(self, resource: Any, selector: str) -> list[Obj]:
+    async def _list_managed(self, resource: Any, selector: str, *, direct: bool = False) -> list[Obj]:
+        """Label-selected objects, from the cache unless `direct` (teardown lists directly: it
+        must not miss an object the cache has not seen yet)."""
+        cache = None if direct else await self._cached()
+        if cache is not None:
+            return cache.items(resource, selector)
         # The selector goes to the API server; the re-check keeps us honest if an object changed
-        # between list and use (and on API emulators that ignore selectors).
+        # between list and use.
         items = await self.api.list(resource, None, selector)
         return [item for item in items if L.matches(_labels(item), selector)]
 
-    async def _session_namespaces(self, session_id: str) -> list[Obj]:
-        return await self._list_managed(NAMESPACES, L.session_selector(session_id))
+    async def _session_namespaces(self, session_id: str, *, direct: bool = False) -> list[Obj]:
+        return await self._list_managed(NAMESPACES, L.session_selector(session_id), direct=direct)
 
     async def _mirror_state_on_vm(self, node_id: str, state: NodeState, session: SessionRef | None) -> None:
         """The VM object carries state/session labels for humans (kubectl get vm -L ...); the
         namespace stays the truth, so a failure here is logged, not raised."""
         names = M.node_names(node_id)
         try:
-            await self.api.patch(VIRTUAL_MACHINES, names.namespace, names.vm, M.state_patch(state, session))
+            self._observe(VIRTUAL_MACHINES, await self.api.patch(VIRTUAL_MACHINES, names.namespace, names.vm,
+                                                                 M.state_patch(state, session)))
         except (ClusterUnavailable, PermanentClusterError) as exc:
             log.warning("node %s: could not mirror state %s on the VM: %s", node_id, state, exc)
 
@@ -234,6 +300,7 @@ class KubeVirtCluster:
             raise PermanentClusterError("ssh_private_key: not set; lab VMs need the platform key to be reachable")
         names = M.node_names(spec.node_id)
         ns, created = await self.api.create(NAMESPACES, M.namespace(spec, self.clock()))
+        self._observe(NAMESPACES, ns)
         if is_deleting(ns):
             raise ClusterUnavailable(
                 f"node {spec.node_id}: namespace {names.namespace} is still terminating (or being deleted); retry"
@@ -242,22 +309,19 @@ class KubeVirtCluster:
                             or _labels(ns).get(L.NODE_ID) != spec.node_id):
             raise PermanentClusterError(f"node {spec.node_id}: namespace {names.namespace} exists and is not ours")
         # Isolation before the VM exists: a node is never reachable before it is wired.
-        await self.api.create(NETWORK_POLICIES, M.default_deny_policy(spec.node_id))
+        policy, _ = await self.api.create(NETWORK_POLICIES, M.default_deny_policy(spec.node_id))
+        self._observe(NETWORK_POLICIES, policy)
         await self.api.create_only(SECRETS, M.ssh_key_secret(spec.node_id, self.ssh_public_key))
         if isinstance(spec.disk, PvcCloneSource):
             await self.api.create(DATA_VOLUMES, M.datavolume_clone(spec.node_id, spec.disk))
-        await self.api.create(VIRTUAL_MACHINES, M.virtual_machine(spec))
+        self._observe(VIRTUAL_MACHINES, (await self.api.create(VIRTUAL_MACHINES, M.virtual_machine(spec)))[0])
         return record_from_namespace(ns)
 
     async def node_status(self, node_id: str) -> NodeStatus:
-        names = M.node_names(node_id)
         ns = await self._namespace(node_id)
         if ns is None:
             return parse_node_status(node_id, None, None, None)
-        vm, vmi = await asyncio.gather(
-            self.api.get(VIRTUAL_MACHINES, names.namespace, names.vm),
-            self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm),
-        )
+        vm, vmi = await self._vm_and_vmi(node_id)
         status = parse_node_status(node_id, ns, vm, vmi)
         if status.phase in (NodePhase.READY, NodePhase.FAILED, NodePhase.MISSING):
             return status
@@ -265,6 +329,28 @@ class KubeVirtCluster:
         if isinstance(source, PvcCloneSource):
             return await self._follow_clone(node_id, ns, source, status)
         return status
+
+    async def _vm_and_vmi(self, node_id: str) -> tuple[Obj | None, Obj | None]:
+        names = M.node_names(node_id)
+        cache = await self._cached()
+        if cache is not None:
+            return (cache.get(VIRTUAL_MACHINES, names.namespace, names.vm),
+                    cache.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm))
+        vm, vmi = await asyncio.gather(
+            self.api.get(VIRTUAL_MACHINES, names.namespace, names.vm),
+            self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm),
+        )
+        return vm, vmi
+
+    async def wait_node_change(self, node_id: str, poll_interval: float) -> None:
+        """Return when something about the node may have changed: on the next cache event about
+        its namespace, VM or VMI (at most WATCH_RECHECK seconds, so the clone follower and the
+        caller's deadline still get their turn); without a cache, after `poll_interval`."""
+        cache = await self._cached()
+        if cache is None:
+            await asyncio.sleep(poll_interval)
+            return
+        await cache.wait_change([M.node_names(node_id).namespace], WATCH_RECHECK)
 
     async def _follow_clone(self, node_id: str, ns: Obj, source: PvcCloneSource, status: NodeStatus) -> NodeStatus:
         """One step of the clone follower: retry a failed/stalled/crash-looping clone with backoff,
@@ -286,8 +372,8 @@ class KubeVirtCluster:
             await self.api.delete(DATA_VOLUMES, names.namespace, names.datavolume)
             await self.api.delete(PVCS, names.namespace, names.datavolume)
         if decision.tracking != tracking:
-            await self.api.patch(NAMESPACES, None, names.namespace,
-                                 {"metadata": {"annotations": decision.tracking.annotations()}})
+            self._observe(NAMESPACES, await self.api.patch(
+                NAMESPACES, None, names.namespace, {"metadata": {"annotations": decision.tracking.annotations()}}))
         if action == CloneAction.GIVE_UP:
             return NodeStatus(
                 node_id=node_id, phase=NodePhase.FAILED,
@@ -296,7 +382,7 @@ class KubeVirtCluster:
         return NodeStatus(node_id=node_id, phase=NodePhase.PROVISIONING, reason=decision.reason)
 
     async def mark_free(self, node_id: str) -> NodeRecord:
-        ns = await self._require_node(node_id)
+        ns = await self._require_node(node_id, direct=True)  # its version is the patch's precondition
         state = node_state(ns)
         if state == NodeState.FREE:
             return record_from_namespace(ns)
@@ -309,13 +395,16 @@ class KubeVirtCluster:
                                            M.free_patch(_meta(ns).get("resourceVersion")))
         except Conflict as exc:
             raise ClusterUnavailable(f"node {node_id}: changed while marking it free; retry ({exc})") from exc
+        self._observe(NAMESPACES, patched)
         await self._mirror_state_on_vm(node_id, NodeState.FREE, None)
         return record_from_namespace(patched)
 
     async def ssh_target(self, node_id: str) -> SshTarget:
         await self._require_node(node_id)
         names = M.node_names(node_id)
-        vmi = await self.api.get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
+        _, vmi = await self._vm_and_vmi(node_id)
+        if not vmi_address(vmi):  # not in (or behind in) our cache: ask
+            vmi = await self._get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
         address = vmi_address(vmi)
         if not address:
             raise ClusterUnavailable(f"node {node_id}: VirtualMachineInstance {names.namespace}/{names.vm} "
@@ -324,7 +413,7 @@ class KubeVirtCluster:
 
     async def delete_node(self, node_id: str) -> None:
         # The namespace takes the VM, Secret, policies, Service and DataVolume with it.
-        await self.api.delete(NAMESPACES, None, M.node_names(node_id).namespace)
+        await self._delete(NAMESPACES, None, M.node_names(node_id).namespace)
 
     async def delete_node_if_unclaimed(self, node_id: str) -> bool:
         """Two steps, safe against a concurrent claim: (1) patch the state label to `deleting` with
@@ -332,7 +421,7 @@ class KubeVirtCluster:
         (we lose, nothing is deleted) and a claim coming after sees no `free` label (it only takes
         free nodes); (2) delete the namespace. A retry after (1) finds the mark and finishes (2)."""
         name = M.node_names(node_id).namespace
-        ns = await self._namespace(node_id)
+        ns = await self._namespace(node_id, direct=True)  # its version is the mark's precondition
         if ns is None or is_terminating(ns):
             return True
         state = _labels(ns).get(L.STATE)
@@ -344,15 +433,13 @@ class KubeVirtCluster:
             if not version:
                 raise ClusterUnavailable(f"Namespace {name}: read without a resourceVersion; cannot delete safely")
             try:
-                await self.api.patch(NAMESPACES, None, name, M.deleting_patch(str(version)))
+                self._observe(NAMESPACES, await self.api.patch(NAMESPACES, None, name, M.deleting_patch(str(version))))
             except Conflict:
                 log.info("node %s: changed (claimed) while we meant to delete it; leaving it", node_id)
                 return False
-            except PermanentClusterError:
-                if await self._namespace(node_id) is None:  # 404: deleted between our read and patch
-                    return True
-                raise
-        await self.api.delete(NAMESPACES, None, name)
+            except NotFound:  # deleted between our read and our patch
+                return True
+        await self._delete(NAMESPACES, None, name)
         return True
 
     async def pause_node(self, node_id: str) -> None:
@@ -369,6 +456,8 @@ class KubeVirtCluster:
         action = "pause" if paused else "unpause"
         try:
             await self.api.put_subresource(VMI_SUBRESOURCES, names.namespace, names.vm, action, {})
+            if self.cache is not None:  # the PUT answers no object: read it, so our next status shows it
+                await self._get(VIRTUAL_MACHINE_INSTANCES, names.namespace, names.vm)
             return
         except HttpError as exc:
             if exc.status not in (404, 409):
@@ -398,30 +487,43 @@ class KubeVirtCluster:
             need = want.count - have[want.node_class]
             if need <= 0:
                 continue
+            # Candidates from the cache: it may be a little behind, which the patch's
+            # resourceVersion precondition makes harmless (a node changed since -> 409 -> next).
             candidates = await self._list_managed(NAMESPACES, L.free_nodes_selector(want.node_class))
             for ns in claim_order(candidates, session.session_id):
                 if need <= 0:
                     break
-                if is_terminating(ns):
+                if is_deleting(ns):
                     continue
                 won = await self._try_claim(ns, session)
-                if won is not None:
+                if won is not None and all(won.node_id != c.node_id for c in claimed):
                     claimed.append(won)
                     have[want.node_class] += 1
                     need -= 1
         return ClaimResult(nodes=claimed)
 
     async def _try_claim(self, ns: Obj, session: SessionRef) -> NodeRecord | None:
-        """Claim one free node, or None if another claimer won it first (409 on the precondition)."""
+        """Claim one listed free node. None if it is not to be had: another claimer won it first
+        (409 on the precondition), or it was deleted since it was listed (404): try the next one.
+        After a 409 the node is read again: if it is ours (an earlier attempt of this very claim,
+        which a cache behind it did not show), it counts as claimed."""
         name = _meta(ns)["name"]
         version = _meta(ns).get("resourceVersion")
         if not version:
             raise ClusterUnavailable(f"Namespace {name}: listed without a resourceVersion; cannot claim safely")
         try:
             patched = await self.api.patch(NAMESPACES, None, name, M.claim_patch(str(version), session))
+        except NotFound:
+            log.info("node namespace %s: deleted since it was listed; trying the next", name)
+            return None
         except Conflict:
+            current = await self._get(NAMESPACES, None, name)
+            if (current is not None and not is_deleting(current)
+                    and _labels(current).get(L.SESSION) == session.session_id):
+                return record_from_namespace(current)
             log.info("node namespace %s: claimed by someone else first; trying the next", name)
             return None
+        self._observe(NAMESPACES, patched)
         record = record_from_namespace(patched)
         await self._mirror_state_on_vm(record.node_id, NodeState.CLAIMED, session)
         return record
@@ -431,14 +533,16 @@ class KubeVirtCluster:
         for node_id in [wiring.controlplane, *wiring.workers]:
             await self._require_session_node(session_id, node_id)
         for node_id in [wiring.controlplane, *wiring.workers]:
-            await self.api.create(NETWORK_POLICIES, M.session_policy(node_id, session_id, self.orchestrator_namespace))
+            policy, _ = await self.api.create(NETWORK_POLICIES, M.session_policy(
+                node_id, session_id, self.orchestrator_namespace, lab_dns=self.lab_dns))
+            self._observe(NETWORK_POLICIES, policy)
 
     async def _delete_labelled(self, resource: Any, session_id: str, component: str) -> int:
         selector = L.selector_string(L.session_namespace_selector(session_id) | {L.COMPONENT: component})
         deleted = 0
-        for item in await self._list_managed(resource, selector):
+        for item in await self._list_managed(resource, selector, direct=True):
             meta = _meta(item)
-            deleted += int(await self.api.delete(resource, meta.get("namespace"), meta["name"]))
+            deleted += int(await self._delete(resource, meta.get("namespace"), meta["name"]))
         return deleted
 
     async def unwire(self, session_id: str) -> None:
@@ -447,8 +551,12 @@ class KubeVirtCluster:
     async def expose(self, session_id: str, node_id: str) -> SshEndpoint:
         await self._require_session_node(session_id, node_id)
         names = M.node_names(node_id)
-        await self.api.create(NETWORK_POLICIES, M.ssh_ingress_policy(node_id, session_id))
-        service, _ = await self.api.create(SERVICES, M.ssh_service(node_id, session_id))
+        policy, _ = await self.api.create(NETWORK_POLICIES, M.ssh_ingress_policy(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
+        self._observe(NETWORK_POLICIES, policy)
+        service, _ = await self.api.create(SERVICES, M.ssh_service(
+            node_id, session_id, source_ranges=self.ssh_source_ranges))
+        self._observe(SERVICES, service)
         port = _node_port(service)
         if port is None:
             fresh = await self.api.get(SERVICES, names.namespace, M.ssh_service_name(session_id))
@@ -463,13 +571,16 @@ class KubeVirtCluster:
 
     async def release(self, session_id: str) -> int:
         deleted = 0
-        for ns in await self._session_namespaces(session_id):
+        for ns in await self._session_namespaces(session_id, direct=True):
             if is_terminating(ns):
                 continue
-            deleted += int(await self.api.delete(NAMESPACES, None, _meta(ns)["name"]))
+            deleted += int(await self._delete(NAMESPACES, None, _meta(ns)["name"]))
         return deleted
 
     # --- pool -------------------------------------------------------------------------------
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
+
     async def inventory(self) -> Inventory:
         namespaces, services, policies = await asyncio.gather(
             self._list_managed(NAMESPACES, L.managed_selector()),

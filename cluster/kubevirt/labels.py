@@ -37,7 +37,7 @@ CLONE_PROGRESS_AT = f"{PREFIX}/clone-progress-at"
 CLONE_RETRY_AT = f"{PREFIX}/clone-retry-at"
 CLONE_LAST_ERROR = f"{PREFIX}/clone-last-error"
 
-# The worker's pods (deploy/worker.yaml) carry this label; SSH ingress to lab VMs allows it only.
+# The worker's pods (deploy/worker/worker.yaml) carry this label; SSH ingress to lab VMs allows it only.
 WORKER_POD_LABELS = {"app.kubernetes.io/name": "labrador-worker"}
 KUBE_DNS_NAMESPACE = "kube-system"
 KUBE_DNS_POD_LABELS = {"k8s-app": "kube-dns"}

@@ -7,9 +7,10 @@ Nothing here does I/O; tests validate every function's output against the KubeVi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -27,6 +28,7 @@ CLOUD_INIT_DISK = "cloudinit"
 POD_NETWORK = "default"
 SSH_PORT = 22
 DNS_PORT = 53
+LabDns = Literal["cluster", "none"]
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,11 @@ def _session_peer(session_id: str) -> Manifest:
     }
 
 
-def session_policy(node_id: str, session_id: str, orchestrator_namespace: str) -> Manifest:
-    """Allows this node <-> the other nodes of the session, DNS to kube-dns, and SSH from the
-    orchestrator. Peers are selected by the session label, so the policy is the same whatever
+def session_policy(node_id: str, session_id: str, orchestrator_namespace: str, *,
+                   lab_dns: LabDns = "cluster") -> Manifest:
+    """Allows this node <-> the other nodes of the session, DNS to kube-dns (unless `lab_dns` is
+    "none": images are offline, and kube-dns resolves external names, a channel out), and SSH from
+    the orchestrator. Peers are selected by the session label, so the policy is the same whatever
     the node list, and a node of another session never matches."""
     dns_peer = {
         "namespaceSelector": {"matchLabels": {L.NAMESPACE_NAME: L.KUBE_DNS_NAMESPACE}},
@@ -292,10 +296,10 @@ def session_policy(node_id: str, session_id: str, orchestrator_namespace: str) -
             ],
             "egress": [
                 {"to": [_session_peer(session_id)]},
-                {
+                *([{
                     "to": [dns_peer],
                     "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
-                },
+                }] if lab_dns == "cluster" else []),
             ],
         },
     }
@@ -310,7 +314,11 @@ def _ssh_labels(node_id: str, session_id: str) -> dict[str, str]:
     }
 
 
-def ssh_service(node_id: str, session_id: str) -> Manifest:
+def ssh_service(node_id: str, session_id: str, *, source_ranges: Sequence[str] = ()) -> Manifest:
+    """The NodePort students SSH to. With `source_ranges`, `externalTrafficPolicy: Local` keeps the
+    client's address (no SNAT to a node address) so the ingress policy can filter on it; then only
+    the host node that runs the VM's pod answers on the nodePort."""
+    local = {"externalTrafficPolicy": "Local"} if source_ranges else {}
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -323,14 +331,20 @@ def ssh_service(node_id: str, session_id: str) -> Manifest:
             "type": "NodePort",
             "selector": L.vm_pod_selector(node_id),
             "ports": [{"name": "ssh", "protocol": "TCP", "port": SSH_PORT, "targetPort": SSH_PORT}],
+            **local,
         },
     }
 
 
-def ssh_ingress_policy(node_id: str, session_id: str) -> Manifest:
-    """Lets students reach port 22 of the control plane through the NodePort. No `from`: NodePort
-    traffic is often source-NATed to a node address, so the source cannot be narrowed usefully.
-    The rule names the target port (22), not the nodePort."""
+def ssh_ingress_policy(node_id: str, session_id: str, *, source_ranges: Sequence[str] = ()) -> Manifest:
+    """Lets students reach port 22 of the control plane through the NodePort. Without
+    `source_ranges` there is no `from`: NodePort traffic with externalTrafficPolicy Cluster is
+    source-NATed to a node address, so the source cannot be narrowed. With them (and the Service's
+    externalTrafficPolicy Local) only those CIDRs. The rule names the target port (22), not the
+    nodePort."""
+    rule: Manifest = {"ports": [{"protocol": "TCP", "port": SSH_PORT}]}
+    if source_ranges:
+        rule = {"from": [{"ipBlock": {"cidr": cidr}} for cidr in source_ranges]} | rule
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -342,6 +356,6 @@ def ssh_ingress_policy(node_id: str, session_id: str) -> Manifest:
         "spec": {
             "podSelector": {"matchLabels": L.vm_pod_selector(node_id)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": SSH_PORT}]}],
+            "ingress": [rule],
         },
     }

@@ -28,6 +28,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -37,11 +38,12 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
 from cluster.simulated.faults import ApiErrors, FaultPlan
 from cluster.simulated.scenario import SUCCESS, Answer, Scenario
-from cluster.simulated.sshd import ListenerError, SshServers, generate_host_key
+from cluster.simulated.sshd import ListenerError, PortTaken, SshServers, generate_host_key
 from cluster.simulated.store import CommandRow, NodeRow, SessionRow, Store
 from labs.models import quantity_bytes
 
@@ -54,6 +56,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 STATE_FILE = "simulated-cluster.sqlite"
+FOLLOW_STORE_SECONDS = 1.0
+"""How often every process on a data dir brings its SSH listeners in line with the store."""
 
 
 def node_address(seq: int) -> str:
@@ -96,6 +100,7 @@ class SimulatedCluster:
         self._ssh = SshServers(self._on_command, bind_host=ssh_host, authorized_keys=authorized_keys)
         self._restored: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._closed = False
         self._watched: list[_Watched] = []
         self._next_file_check = 0.0
@@ -247,6 +252,7 @@ class SimulatedCluster:
             self._restored = asyncio.create_task(self._restore_listeners())
             if self.ssh_idle_seconds is not None:
                 self._reaper = asyncio.create_task(self._reap_idle_listeners(self.ssh_idle_seconds))
+            self._follower = asyncio.create_task(self._follow_store())
         await asyncio.shield(self._restored)
 
     async def _restore_listeners(self) -> None:
@@ -255,10 +261,13 @@ class SimulatedCluster:
         nodes, exposures = await self._db(self._store.endpoints_to_restore)
         # One listener that cannot come back must not fail every later call: the next
         # ssh_target/expose of that node tries again and reports the error to its caller.
+        # Strict ports: a port another worker on the same data dir holds is that worker's to serve.
         if self.ssh_idle_seconds is None:
             for node_id, port, key in nodes:
                 try:
-                    await self._serve_node(node_id, key, port)
+                    await self._listen(f"node:{node_id}", node_id, "node", key, port, strict=True)
+                except PortTaken:
+                    pass
                 except ClusterUnavailable as exc:
                     log.warning("simulated cluster: not restoring %s: %s", node_id, exc)
         for session_id, node_id, port, key in exposures:
@@ -266,6 +275,36 @@ class SimulatedCluster:
                 await self._serve_exposure(session_id, node_id, key, port)
             except ClusterUnavailable as exc:
                 log.warning("simulated cluster: not restoring the exposure of %s: %s", session_id, exc)
+
+    async def _follow_store(self) -> None:
+        """SSH listeners follow the store, whichever process owns them (several workers may share one
+        data dir): a listener the store no longer has (a released lab, a deleted or paused node, a port
+        moved by another worker) closes; an exposure nobody serves (its worker died) is served here on
+        its remembered port, so the student's port answers again."""
+        while True:
+            await asyncio.sleep(FOLLOW_STORE_SECONDS)
+            try:
+                await self._follow_once()
+            except Exception as exc:  # a busy database this round: the next one catches up
+                log.warning("simulated cluster: following the store: %s", exc)
+
+    async def _follow_once(self) -> None:
+        nodes, exposures = await self._db(self._store.endpoints_to_restore)
+        wanted = {f"node:{n}": port for n, port, _ in nodes}
+        wanted.update({f"expose:{s}": port for s, _, port, _ in exposures})
+        # Listeners just started may not have their port in the store yet: give them a moment.
+        for name, port in self._ssh.held(older_than=FOLLOW_STORE_SECONDS).items():
+            if wanted.get(name) != port:
+                await self._ssh.stop(name)
+        held = self._ssh.held()
+        for session_id, node_id, port, key in exposures:
+            if f"expose:{session_id}" not in held:
+                try:
+                    await self._listen(f"expose:{session_id}", node_id, "exposed", key, port, strict=True)
+                except PortTaken:
+                    pass  # served by another worker
+                except ClusterUnavailable as exc:
+                    log.warning("simulated cluster: cannot serve the exposure of %s: %s", session_id, exc)
 
     async def _reap_idle_listeners(self, idle: float) -> None:
         """Close orchestrator listeners nobody used for `idle` seconds (ssh_target reopens them on
@@ -397,9 +436,12 @@ class SimulatedCluster:
                 raise NodeNotFound(f"node {node_id}: not found (deleted)")
         return SshTarget(node_id=node_id, host=self.ssh_host, port=port)
 
-    async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None) -> int:
+    async def _listen(self, name: str, node_id: str, via: str, host_key: str, remembered: int | None,
+                      *, strict: bool = False) -> int:
         try:
-            return await self._ssh.ensure(name, node_id, via, host_key, remembered)
+            return await self._ssh.ensure(name, node_id, via, host_key, remembered, strict=strict)
+        except PortTaken:
+            raise
         except ListenerError as exc:
             raise ClusterUnavailable(str(exc)) from exc
 
@@ -410,7 +452,13 @@ class SimulatedCluster:
         return port
 
     async def _serve_exposure(self, session_id: str, node_id: str, host_key: str, remembered: int | None) -> int:
-        port = await self._listen(f"expose:{session_id}", node_id, "exposed", host_key, remembered)
+        # A student's port never moves: when another worker holds it, that worker serves it.
+        try:
+            port = await self._listen(f"expose:{session_id}", node_id, "exposed", host_key, remembered,
+                                      strict=remembered is not None)
+        except PortTaken:
+            assert remembered is not None
+            return remembered
         if port != remembered:
             await self._db(self._store.set_exposure_port, session_id, port)
         return port
@@ -526,6 +574,9 @@ class SimulatedCluster:
         return len(node_ids)
 
     # --- pool -----------------------------------------------------------------------------
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
+
     async def inventory(self) -> Inventory:
         await self._enter("inventory")
         # Read and build on the database thread: with thousands of nodes this is the one call that
@@ -581,9 +632,10 @@ class SimulatedCluster:
             return
         if self._restored is not None:
             await asyncio.gather(self._restored, return_exceptions=True)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for task in (self._reaper, self._follower):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._ssh.close()
         self._closed = True
         await self._db_thread_close()

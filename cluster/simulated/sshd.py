@@ -45,10 +45,15 @@ class _Listener:
     port: int
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
 
 
 class ListenerError(OSError):
     """A listener could not be opened (port exhausted, too many open files)."""
+
+
+class PortTaken(ListenerError):
+    """The remembered port is bound by someone else (another worker on the same data dir serves it)."""
 
 
 class _Server(asyncssh.SSHServer):
@@ -101,20 +106,24 @@ class SshServers:
         listener = self._listeners.get(name)
         return listener.port if listener else None
 
-    async def ensure(self, name: str, node_id: str, via: str, host_key: str, port: int | None) -> int:
-        """Start the listener `name` unless it runs; prefer `port` (the remembered one)."""
+    async def ensure(
+        self, name: str, node_id: str, via: str, host_key: str, port: int | None, *, strict: bool = False
+    ) -> int:
+        """Start the listener `name` unless it runs; prefer `port` (the remembered one). `strict`: that
+        port or PortTaken (never move to a new port: someone else may be serving it)."""
         listener = self._listeners.get(name)
         if listener is not None:
             listener.last_used = time.monotonic()
             return listener.port
         task = self._starting.get(name)
         if task is None:
-            task = asyncio.create_task(self._start(name, node_id, via, host_key, port))
+            task = asyncio.create_task(self._start(name, node_id, via, host_key, port, strict))
             self._starting[name] = task
             task.add_done_callback(lambda _t: self._starting.pop(name, None))
         return await asyncio.shield(task)
 
-    async def _start(self, name: str, node_id: str, via: str, host_key: str, port: int | None) -> int:
+    async def _start(self, name: str, node_id: str, via: str, host_key: str, port: int | None,
+                     strict: bool = False) -> int:
         ref: list[_Listener] = []
         key = asyncssh.import_private_key(host_key)
 
@@ -150,8 +159,12 @@ class SshServers:
             except OSError as exc:
                 if not port or exc.errno in (errno.EMFILE, errno.ENFILE):
                     raise
+                if strict:
+                    raise PortTaken(f"simulated sshd for {name}: port {port} is taken") from exc
                 log.warning("simulated sshd %s: port %s is taken, using a new one", name, port)
                 acceptor = await listen(0)
+        except PortTaken:
+            raise
         except OSError as exc:
             raise ListenerError(
                 f"simulated sshd for {name}: cannot listen on {self._bind_host}: {exc}"
@@ -184,6 +197,11 @@ class SshServers:
         for conn in list(listener.connections):
             conn.close()
         await listener.acceptor.wait_closed()
+
+    def held(self, older_than: float = 0.0) -> dict[str, int]:
+        """The listeners of this process (name -> port) started more than `older_than` seconds ago."""
+        cutoff = time.monotonic() - older_than
+        return {name: listener.port for name, listener in self._listeners.items() if listener.started <= cutoff}
 
     def idle(self, prefix: str, seconds: float) -> list[str]:
         """Listeners named `prefix...` with no connection, unused for `seconds`."""

@@ -9,6 +9,7 @@ interleave with another process's claim.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,11 @@ class CommandRow:
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The store holds the simulated nodes' SSH host private keys: owner only (SQLite gives its
+        # -wal and -shm files the database file's mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves (explicit, short transactions).
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10.0, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from cluster.naming import InvalidName, session_workflow_id, validate_student_id
 from labrador.api import problems
@@ -30,6 +30,11 @@ from labrador.api.guards import BodyLimit, IdempotencyCache, RateLimiter
 from labrador.api.keys import ApiKey, Scope, find_key, keys_from_settings
 from labrador.api.models import (
     MAX_WAIT_SECONDS,
+    AdminEndPreview,
+    AdminEndRequest,
+    AdminEndStarted,
+    AdminEndStatus,
+    AdminEndTarget,
     CheckReportView,
     EndSessionRequest,
     Extended,
@@ -324,6 +329,55 @@ def create_app(settings: Settings, labs: LabClient | None = None) -> FastAPI:
 
         result: dict[str, Any] = await call(lambda labs: pool_status(labs.client, labs.settings))
         return json.loads(json.dumps(result, default=str))
+
+    # --- admin bulk actions --------------------------------------------------------------------------
+
+    @app.post("/v1/admin/end", status_code=202, tags=["admin"],
+              response_model=AdminEndStarted | AdminEndPreview, responses=_ERRORS | {403: _ERRORS[403]})
+    async def admin_end(body: AdminEndRequest, key: Admin, idempotency_key: IdempotencyKey = None) -> Any:
+        """End every running lab of a lab, of a node class, or all (or one student's, with `force` for a stuck
+        session), with a reason the students see: a BulkEnd workflow (202). `dry_run`: 200 with a count and a
+        page of the sessions that would be ended."""
+        from labrador import admin
+
+        async def run(labs: LabClient) -> Any:
+            chosen = admin.selector(labs.catalog, lab=body.lab, node_class=body.node_class, every=body.all,
+                                    student_id=body.student_id)
+            if body.dry_run:
+                page = await admin.preview(labs.client, chosen, page_token=body.page_token)
+                return JSONResponse(AdminEndPreview(
+                    count=page.count, next_page_token=page.next_page_token,
+                    sessions=[AdminEndTarget(**s.model_dump()) for s in page.sessions],
+                ).model_dump(mode="json"), status_code=200)
+            request_id = _hash(f"{key.key_id}:{idempotency_key}")[:24] if idempotency_key else None
+            workflow_id = await admin.start_bulk_end(labs.client, settings, chosen, body.reason, force=body.force,
+                                                     parallelism=body.parallelism, request_id=request_id)
+            return AdminEndStarted(bulk_id=workflow_id.removeprefix(admin.BULK_END_PREFIX), workflow_id=workflow_id,
+                                   selector=chosen.description)
+
+        return await call(run)
+
+    @app.get("/v1/admin/end/{bulk_id}", response_model=AdminEndStatus, tags=["admin"],
+             responses=_SESSION_ERRORS | {403: _ERRORS[403]})
+    async def admin_end_status(bulk_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$")],
+                               key: Admin) -> AdminEndStatus:
+        """A bulk end's progress: running, then its totals."""
+        from labrador import admin
+
+        async def status(labs: LabClient) -> AdminEndStatus:
+            try:
+                found = await admin.bulk_status(labs.client, admin.BULK_END_PREFIX + bulk_id)
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    raise ProblemError(404, "Not found", f"bulk_id: {bulk_id!r} is not a bulk end", field="bulk_id",
+                                       value=bulk_id) from None
+                raise
+            result = found.result
+            return AdminEndStatus(bulk_id=bulk_id, status=found.status, ended=result.ended if result else None,
+                                  failed=result.failed if result else None,
+                                  failures=result.failures if result else [])
+
+        return await call(status)
 
     return app
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from cluster.secret_files import InsecureKeyFile, read_key_text
 from labrador.settings import Settings
 
 
@@ -69,7 +70,9 @@ def keys_from_settings(settings: Settings) -> list[ApiKey]:
     if settings.api_keys_file is not None:
         path = Path(settings.api_keys_file).expanduser()
         try:
-            return parse_keys(path.read_text(), f"api_keys_file {path}")
+            return parse_keys(read_key_text(path, "api_keys_file"), f"api_keys_file {path}")
+        except InsecureKeyFile as exc:
+            raise KeyConfigError(str(exc)) from None
         except OSError as exc:
             raise KeyConfigError(f"setting api_keys_file: cannot read {path}: {exc.strerror}") from None
     return []

@@ -184,3 +184,45 @@ class Problem(BaseModel):
     instance: str | None = None
     field: str | None = None
     value: str | None = None
+
+
+class AdminEndRequest(ApiModel):
+    """Exactly one of `lab`, `node_class`, `all`, or a `student_id` alone (a stuck session, with `force`)."""
+
+    lab: str | None = Field(default=None, max_length=63)
+    node_class: str | None = Field(default=None, max_length=63)
+    all: bool = False
+    student_id: str | None = Field(default=None, max_length=128)
+    reason: str = Field(min_length=1, max_length=200, description="the students see it as their session's reason")
+    force: bool = Field(default=False, description="terminate (stuck sessions); leak collection removes the rest")
+    dry_run: bool = Field(default=False, description="list what would be ended; nothing changes")
+    parallelism: int = Field(default=10, ge=1, le=50)
+    page_token: str | None = Field(default=None, max_length=4096, description="dry run: the next page")
+
+
+class AdminEndTarget(ApiModel):
+    student_id: str | None
+    lab: str | None
+    phase: str | None
+    started_at: datetime | None
+
+
+class AdminEndPreview(ApiModel):
+    dry_run: Literal[True] = True
+    count: int
+    sessions: list[AdminEndTarget]
+    next_page_token: str | None = None
+
+
+class AdminEndStarted(ApiModel):
+    bulk_id: str = Field(description="GET /v1/admin/end/{bulk_id} for its totals; workflow bulk-end/{bulk_id}")
+    workflow_id: str
+    selector: str
+
+
+class AdminEndStatus(ApiModel):
+    bulk_id: str
+    status: str = Field(description="running, completed, failed, ...")
+    ended: int | None = None
+    failed: int | None = None
+    failures: list[str] = Field(default_factory=list)

@@ -22,7 +22,8 @@ from labrador.client import LabError, NoSession, SessionConflict, TemporalUnreac
 PROBLEM_JSON = "application/problem+json"
 _TYPES = "https://labrador.dev/problems/"
 # Message prefixes of LabClient refusals that are about the request itself (API field names).
-_INPUT_FIELDS = {"student": "student_id", "lab": "lab", "phase": "phase", "wait": "wait_seconds"}
+_INPUT_FIELDS = {"student": "student_id", "lab": "lab", "phase": "phase", "wait": "wait_seconds",
+                 "node_class": "node_class", "selector": "selector", "reason": "reason", "page_token": "page_token"}
 _PREFIX = re.compile(r"^(?P<field>[a-z_ ]+): (?:'(?P<value>[^']*)')?")
 
 

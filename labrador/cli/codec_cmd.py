@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, JsonFlag, fail, print_json
+from labrador.cli.common import EXIT_REFUSED, JsonFlag, fail, port_option, print_json
 
 
 def _is_loopback(host: str) -> bool:
@@ -25,7 +25,7 @@ def _is_loopback(host: str) -> bool:
 def codec_server(
     host: Annotated[str, typer.Option(help="address to bind; keep loopback unless behind the operators' auth")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    port: Annotated[int, typer.Option(help="port to listen on", callback=port_option)] = 8081,
     ui_origin: Annotated[
         list[str] | None, typer.Option("--ui-origin", help="Web UI origin allowed by CORS (repeatable)")
     ] = None,
@@ -53,7 +53,7 @@ def codec_server(
         try:
             runner, bound = await start(codec, host, port, origins)
         except OSError as exc:
-            fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_UNREACHABLE)
+            fail(f"--port: cannot listen on {host}:{port}: {exc.strerror}", EXIT_REFUSED)  # in use: refused
         url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
         if json_output:
             print_json({"endpoint": url, "ui_origins": origins})

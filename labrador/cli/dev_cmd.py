@@ -12,7 +12,8 @@ import typer
 
 from labrador.api.keys import KeyConfigError
 from labrador.api.server import AddressError
-from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail
+from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail, non_negative_seconds_option, port_option
+from labrador.codec import CodecError
 from labrador.devstack import DevStack, DevStackConfig, DevStackError
 from labrador.settings import Settings, SettingsError, default_data_dir
 
@@ -21,12 +22,16 @@ def dev(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Temporal's SQLite file, simulated cluster, keys")
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="Temporal gRPC port")] = 7233,
-    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port")] = 8233,
-    api_port: Annotated[int, typer.Option("--api-port", help="HTTP API port")] = 8088,
-    metrics_port: Annotated[int, typer.Option("--metrics-port", help="worker's Prometheus /metrics port")] = 9464,
+    port: Annotated[int, typer.Option("--port", help="Temporal gRPC port", callback=port_option)] = 7233,
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port", callback=port_option)] = 8233,
+    api_port: Annotated[int, typer.Option("--api-port", help="HTTP API port", callback=port_option)] = 8088,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", help="worker's Prometheus /metrics port", callback=port_option)
+    ] = 9464,
     sim_boot_seconds: Annotated[
-        float | None, typer.Option("--sim-boot-seconds", help="simulated boot latency of new nodes")
+        float | None,
+        typer.Option("--sim-boot-seconds", help="simulated boot latency of new nodes",
+                     callback=non_negative_seconds_option),
     ] = None,
 ) -> None:
     """Run Temporal (Web UI included), the worker and the simulated cluster until Ctrl-C or SIGTERM."""
@@ -50,7 +55,7 @@ def dev(
 
     try:
         asyncio.run(main())
-    except SettingsError as exc:
+    except (SettingsError, CodecError) as exc:
         fail(str(exc))
     except (DevStackError, AddressError, KeyConfigError) as exc:
         fail(str(exc), EXIT_UNREACHABLE if "not reachable" in str(exc) or "exited" in str(exc) else EXIT_REFUSED)

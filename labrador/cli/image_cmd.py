@@ -133,7 +133,8 @@ async def _build(settings: Settings, params: Any, as_json: bool) -> Any:
         err_console.print(f"building {params.node_class.name} from {params.source.describe()} "
                           f"(workflow {workflow_id})")
     try:
-        return await _follow(client, handle, show=not as_json)
+        # The bars only on a terminal: under --json or in a log, nothing but the result.
+        return await _follow(client, handle, show=not as_json and err_console.is_terminal)
     except WorkflowFailureError as exc:
         cause: Any = exc.cause
         while getattr(cause, "cause", None) is not None:
@@ -163,7 +164,12 @@ def build(
     if golden and classes[node_class].build is None:
         fail(f"--golden: node class {node_class!r} has no build recipe")
     if golden:
-        source = source.model_copy(update={"namespace": settings.kube_namespace})
+        source = source.model_copy(update={"namespace": settings.image_source_namespaces[0]})
+    if settings.cluster_backend == "kubevirt" and source.namespace not in (None, *settings.image_source_namespaces):
+        # The admission policy (deploy/admission-policy.yaml) would refuse the export there.
+        flag = "--from-vm" if from_vm else "--from-pvc"
+        fail(f"{flag}: namespace {source.namespace!r} is not in image_source_namespaces "
+             f"({', '.join(settings.image_source_namespaces)})")
     try:
         params = build_input(classes[node_class], settings, source)
     except ValidationError as exc:
@@ -202,15 +208,17 @@ def list_images(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(rows)
         return
-    from rich.table import Table
+    from labrador.cli.tables import Col, print_table
 
-    table = Table("class", "base image", "published", "since")
-    for column in table.columns[1:3]:
-        column.overflow = "fold"
-    for row in rows:
-        table.add_row(row["node_class"], row["base_image"], row["published"] or "-",
-                      f"{row['published_at']:%Y-%m-%d %H:%M}" if row["published_at"] else "-")
-    console.print(table)
+    # Images are long: cut from the end with an ellipsis (the full references are in --json).
+    print_table(console, (
+        Col("class"), Col("base image", shrink=True, drop=1), Col("published", shrink=True, min_width=16),
+        Col("since", drop=2),
+    ), [
+        [row["node_class"], row["base_image"], row["published"] or "-",
+         f"{row['published_at']:%Y-%m-%d %H:%M}" if row["published_at"] else "-"]
+        for row in rows
+    ])
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ unreachable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,15 +17,30 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from cluster.naming import InvalidName, validate_student_id
-from labrador.cli.common import EXIT_UNREACHABLE, JsonFlag, console, fail, print_json
-from labrador.client import LabClient, LabError, TemporalUnreachable
-from labrador.settings import Settings, SettingsError, load_settings
-from workflows.models import TERMINAL_PHASES, LabStatus, WaitReadyResult
+from labrador.cli.common import (
+    EXIT_PENDING,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    print_json,
+    seconds_option,
+)
+from labrador.cli.progress import PhaseLine, describe_phase, following
+from labrador.cli.tables import Col, print_table
+from labrador.client import LabClient, LabError, Pending, TemporalUnreachable
+from labrador.settings import Settings, SettingsError, catalog_limits, load_settings
+from labs.models import Catalog
+from workflows.models import TERMINAL_PHASES, CheckReport, LabStatus, Phase, WaitReadyResult
 
 T = TypeVar("T")
+RETRY_PAUSE = 1.0
+START_RETRY_WINDOW = 30.0
+"""Without --wait, `start` retries a transient outage this long (with --wait: until --timeout)."""
 
 lab_app = typer.Typer(
     help="Students' lab sessions: start, status, extend, check, pause, resume, reset, end, list.",
@@ -34,38 +50,75 @@ lab_app = typer.Typer(
 StudentOpt = Annotated[str, typer.Option("--student", "-s", help="student ID")]
 
 
-def _student(student: str) -> str:
-    """Refuse a bad student ID before anything is contacted."""
+def _student(student: str, *, new: bool = False) -> str:
+    """Refuse a bad student ID before anything is contacted (upper case only for labs that may predate
+    the lower-case rule: see cluster.naming.validate_student_id)."""
     try:
-        return validate_student_id(student)
+        return validate_student_id(student, existing=not new)
     except InvalidName as exc:
         fail(str(exc))
 
 
-def _run(action: Callable[[LabClient], Awaitable[T]]) -> T:
+def _run(action: Callable[[LabClient], Awaitable[T]], *, lab: str | None = None) -> T:
+    """Settings, then (with `lab`) the catalog and that lab, all refused before Temporal is contacted."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         fail(str(exc))
+    extra: dict[str, Any] = {}
+    if lab is not None:
+        extra["catalog"] = _catalog_with(settings, lab)
 
     async def go() -> T:
-        client = await LabClient.connect(settings)
+        client = await LabClient.connect(settings, **extra)
         return await action(client)
 
     try:
         return asyncio.run(go())
     except TemporalUnreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
+    except Pending as exc:
+        fail(str(exc), EXIT_PENDING)
     except LabError as exc:
         fail(str(exc))
 
 
+def _catalog_with(settings: Settings, lab: str) -> Catalog:
+    from labs.loader import CatalogError, load_catalog
+
+    try:
+        catalog = load_catalog(settings.catalog_dir, **catalog_limits(settings))
+    except CatalogError as exc:
+        fail(f"catalog {settings.catalog_dir} is invalid ({len(exc.errors)} errors): run `labrador labs validate`")
+    if lab not in catalog.labs:
+        fail(f"--lab: {lab!r} is not in the catalog (known labs: {', '.join(sorted(catalog.labs)) or 'none'})")
+    return catalog
+
+
+async def _retrying(action: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """Run `action` again across a transient Temporal outage until `deadline` (monotonic): the actions
+    retried here are idempotent (start returns the running session, wait_ready is a poll)."""
+    while True:
+        try:
+            return await action()
+        except TemporalUnreachable:
+            if time.monotonic() + RETRY_PAUSE >= deadline:
+                raise
+            await asyncio.sleep(RETRY_PAUSE)
+
+
+def _key_path(settings: Settings, session_id: str) -> Path:
+    return settings.data_dir / "keys" / f"{session_id}.key"
+
+
 def _key_file(settings: Settings, session_id: str, private_key: str) -> Path:
-    """The session's private key in a 0600 file: never printed to a terminal or a log."""
+    """The session's private key in a 0600 file: never printed to a terminal or a log. Removed by
+    `lab end`, or by the first `lab status` that sees the session over (`_forget_key`)."""
     directory = settings.data_dir / "keys"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{session_id}.key"
+    path = _key_path(settings, session_id)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above applies only to a new file; tighten one left by anything else
     with os.fdopen(fd, "w") as handle:
         handle.write(private_key if private_key.endswith("\n") else private_key + "\n")
     return path
@@ -78,8 +131,8 @@ async def _ssh_details(
     the ssh details. `result`: an answer already in hand (start's update-with-start)."""
     deadline = time.monotonic() + seconds
     while not (result and (result.ready or result.phase in TERMINAL_PHASES)) and time.monotonic() < deadline:
-        poll = min(20.0, max(0.0, deadline - time.monotonic()))
-        result = await client.wait_ready(student, timedelta(seconds=poll))
+        poll = timedelta(seconds=min(20.0, max(1.0, deadline - time.monotonic())))
+        result = await _retrying(functools.partial(client.wait_ready, student, poll), deadline)
     if result is None or not result.ready:
         phase = result.phase if result else "unknown"
         reason = f": {result.reason}" if result and result.reason else ""
@@ -97,6 +150,23 @@ def _print_ssh(ready: dict[str, Any]) -> None:
     console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
 
 
+def _forget_key(session_id: str | None) -> None:
+    """Delete the private key file of a session that is over (or ending): the nodes it opened are
+    gone, and a key left on disk is a key left to steal."""
+    if not session_id:
+        return
+    try:
+        _key_path(load_settings(), session_id).unlink(missing_ok=True)
+    except (SettingsError, OSError):
+        pass  # nothing was written where these settings point
+
+
+NODE_COLUMNS = (
+    Col("node"), Col("id", drop=2, shrink=True), Col("role"), Col("warm", drop=1), Col("address", shrink=True),
+    Col("healthy"),
+)
+
+
 def _print_status(status: LabStatus) -> None:
     console.print(f"[bold]{status.student_id}[/bold] · lab {status.lab_name} · phase [bold]{status.phase}[/bold]")
     if status.paused_at and status.pause_expires_at:
@@ -107,13 +177,11 @@ def _print_status(status: LabStatus) -> None:
     if status.reason:
         console.print(f"reason: {status.reason}" + (f" ({status.detail})" if status.detail else ""))
     if status.nodes:
-        table = Table()
-        for column in ("node", "id", "role", "warm", "address", "healthy"):
-            table.add_column(column)
-        for node in status.nodes:
-            table.add_row(node.name, node.node_id, node.role, "yes" if node.warm else "no", node.address or "-",
-                          "yes" if node.healthy else "NO")
-        console.print(table)
+        print_table(console, NODE_COLUMNS, [
+            [node.name, node.node_id, node.role, "yes" if node.warm else "no", node.address or "-",
+             "yes" if node.healthy else "NO"]
+            for node in status.nodes
+        ])
     if status.last_check:
         console.print(f"last check: {status.last_check.score}/{status.last_check.max_score} points")
 
@@ -123,28 +191,43 @@ def start(
     student: StudentOpt,
     lab: Annotated[str, typer.Option("--lab", "-l", help="lab name from the catalog")],
     wait: Annotated[bool, typer.Option("--wait", help="wait until ready and write the SSH key")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 900.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds --wait waits at most", callback=seconds_option)
+    ] = 900.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a lab for a student (one lab per student at a time)."""
-    _student(student)
+    _student(student, new=True)
 
     async def action(client: LabClient) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        started = await client.start(student, lab, wait=timedelta(seconds=min(20.0, timeout)) if wait else None)
-        out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
-        if not wait:
-            return out
-        out["ready"] = await _ssh_details(client, student, started.session_id, max(0.0, deadline - time.monotonic()),
-                                          started.ready)
+        deadline = time.monotonic() + (timeout if wait else min(timeout, START_RETRY_WINDOW))
+        first_wait = timedelta(seconds=min(20.0, timeout)) if wait else None
+
+        async def phase() -> str:
+            return describe_phase(await client.status(student))
+
+        # On a terminal, the phase as it changes (stderr); under --json or without a TTY: nothing.
+        with PhaseLine(err_console, enabled=wait and not as_json) as line:
+            async with following(line, phase):
+                # Retried across a transient outage: start is idempotent for the same lab (reuse_running).
+                started = await _retrying(
+                    lambda: client.start(student, lab, wait=first_wait, reuse_running=True), deadline
+                )
+                out: dict[str, Any] = {"started": started.model_dump(mode="json", exclude={"ready"})}
+                if not wait:
+                    return out
+                out["ready"] = await _ssh_details(
+                    client, student, started.session_id, max(0.0, deadline - time.monotonic()), started.ready
+                )
         return out
 
-    out = _run(action)
+    out = _run(action, lab=lab)
     if as_json:
         print_json(out)
         return
     started = out["started"]
-    console.print(f"started lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
+    verb = "already running:" if started.get("existing") else "started"
+    console.print(f"{verb} lab {started['lab_name']} for {started['student_id']} (session {started['session_id']})")
     if "ready" in out:
         _print_ssh(out["ready"])
 
@@ -154,6 +237,8 @@ def status(student: StudentOpt, as_json: JsonFlag = False) -> None:
     """Phase, deadline, nodes and last check of a student's lab (also of the last one that ended)."""
     _student(student)
     result = _run(lambda client: client.status(student))
+    if result.phase in TERMINAL_PHASES:
+        _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
@@ -181,12 +266,17 @@ def check(student: StudentOpt, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(report)
         return
-    table = Table(title=f"{report.score}/{report.max_score} points")
-    for column in ("check", "node", "passed", "points"):
-        table.add_column(column)
-    for item in report.results:
-        table.add_row(item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}")
-    console.print(table)
+    _print_report(report)
+
+
+CHECK_COLUMNS = (Col("check", shrink=True, min_width=16), Col("node", drop=1), Col("passed"), Col("points"))
+
+
+def _print_report(report: CheckReport) -> None:
+    print_table(console, CHECK_COLUMNS, [
+        [item.name, item.node, "yes" if item.passed else "no", f"{item.points}/{item.max_points}"]
+        for item in report.results
+    ], title=f"{report.score}/{report.max_score} points")
 
 
 @lab_app.command("pause")
@@ -206,7 +296,9 @@ def pause(student: StudentOpt, as_json: JsonFlag = False) -> None:
 @lab_app.command("resume")
 def resume(
     student: StudentOpt,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the SSH details")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for the SSH details", callback=seconds_option)
+    ] = 300.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Resume a paused lab: the VMs run again, their clocks are set, SSH opens (maybe on a new port)."""
@@ -261,6 +353,7 @@ def end(
     """End a student's running lab: final grading, then teardown."""
     _student(student)
     result = _run(lambda client: client.end(student, reason))
+    _forget_key(result.session_id)
     if as_json:
         print_json(result)
     else:
@@ -273,17 +366,27 @@ def list_sessions(
     as_json: JsonFlag = False,
 ) -> None:
     """Sessions by phase (default: every running session)."""
+    if phase is not None and phase not in {p.value for p in Phase}:  # refused before Temporal is contacted
+        fail(f"--phase: {phase!r} is not one of {', '.join(p.value for p in Phase)}", EXIT_USAGE)
     sessions = _run(lambda client: client.list(phase))
     if as_json:
         print_json(sessions)
         return
-    table = Table()
-    for column in ("student", "lab", "phase", "started", "status"):
-        table.add_column(column)
-    for item in sessions:
-        started = f"{item.started_at:%Y-%m-%d %H:%M:%S}" if item.started_at else "-"
-        table.add_row(item.student_id or "?", item.lab_name or "?", item.phase or "?", started, item.status)
-    console.print(table)
+    _print_sessions(sessions)
+
+
+SESSION_COLUMNS = (
+    Col("student", shrink=True), Col("lab", shrink=True, min_width=16), Col("phase"), Col("started", drop=2),
+    Col("status", drop=1),
+)
+
+
+def _print_sessions(sessions: list[Any]) -> None:
+    print_table(console, SESSION_COLUMNS, [
+        [item.student_id or "?", item.lab_name or "?", item.phase or "?",
+         f"{item.started_at:%Y-%m-%d %H:%M:%S}" if item.started_at else "-", item.status]
+        for item in sessions
+    ])
 
 
 def register(app: typer.Typer) -> None:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from labrador.cli.common import EXIT_REFUSED, JsonFlag, console, fail, print_json
-from labrador.settings import Settings, SettingsError, load_settings
+from labrador.cli.tables import Col, print_table
+from labrador.settings import Settings, SettingsError, catalog_limits, load_settings
 from labs.loader import CatalogError, load_catalog
-from labs.models import Catalog, format_duration, parse_duration
+from labs.models import Catalog, format_duration
 from labs.schema import SCHEMAS
 
 labs_app = typer.Typer(
@@ -34,10 +33,10 @@ def _settings() -> Settings:
         fail(str(exc))
 
 
-def _max_duration(settings: Settings) -> timedelta:
-    value = parse_duration(settings.max_lab_duration)
-    assert isinstance(value, timedelta)  # the settings model validates it
-    return value
+LABS_COLUMNS = (
+    Col("name"), Col("kind", drop=1), Col("duration"), Col("nodes"), Col("checks", drop=2),
+    Col("title", shrink=True, min_width=16), Col("classes", drop=3, shrink=True),
+)
 
 
 def _load(path: Path | None, as_json: bool) -> Catalog:
@@ -45,7 +44,7 @@ def _load(path: Path | None, as_json: bool) -> Catalog:
     settings = _settings()
     directory = path if path is not None else settings.catalog_dir
     try:
-        return load_catalog(directory, max_duration=_max_duration(settings))
+        return load_catalog(directory, **catalog_limits(settings))
     except CatalogError as exc:
         for error in exc.errors:
             sys.stderr.write(f"{' '.join(str(error).split())}\n")
@@ -81,12 +80,8 @@ def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
             ]
         )
         return
-    table = Table(title=f"{len(labs)} labs")
-    table.add_column("name", no_wrap=True)
-    for column in ("kind", "duration", "nodes", "checks", "title", "classes"):
-        table.add_column(column)
-    for lab in labs:
-        table.add_row(
+    print_table(console, LABS_COLUMNS, [
+        [
             lab.name,
             lab.kind,
             format_duration(lab.effective_duration),
@@ -94,8 +89,9 @@ def list_labs(path: PathArg = None, as_json: JsonFlag = False) -> None:
             f"{len(lab.checks)} ({lab.total_points} pts)",
             lab.title,
             ", ".join(lab.node_class_names),
-        )
-    console.print(table)
+        ]
+        for lab in labs
+    ], title=f"{len(labs)} labs")
 
 
 @labs_app.command("schema")

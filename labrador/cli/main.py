@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
+from typer._click import ClickException, Context
+from typer.core import TyperGroup
+
+from labrador.cli.common import describe_error
+
+
+class OneLineErrors(TyperGroup):
+    """Every command runs under this: an exception no command handled becomes one line on stderr and
+    the exit code of the README's conventions (never a traceback)."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:
+            message, code = describe_error(exc)
+            sys.stderr.write(f"error: {message}\n")
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
     name="labrador",
     help="Durable orchestration for a Kubernetes learning platform.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 
 
 def _register() -> None:
     # Each area owns its module and adds its commands; `labrador --help` lists them all.
     from labrador.cli import (
+        admin_cmd,
         api_cmd,
         codec_cmd,
         dev_cmd,
@@ -26,9 +49,11 @@ def _register() -> None:
         labs_cmd,
         pool_cmd,
         schedules_cmd,
+        webhooks_cmd,
     )
 
-    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd):
+    for module in (labs_cmd, lab_cmd, dev_cmd, pool_cmd, schedules_cmd, image_cmd, codec_cmd, api_cmd,
+                   webhooks_cmd, admin_cmd):
         module.register(app)
 
 

@@ -155,3 +155,21 @@ async def test_temporal_unreachable_is_503(tmp_path: object, serve_api: Callable
     status, problem, _ = await api.call("GET", "/v1/sessions/alice")
     assert status == 503
     assert (await api.call("GET", "/healthz", key=None))[0] == 200
+
+
+async def test_published_images_from_a_mounted_configmap(tmp_path: object) -> None:
+    """The API reads published images from files (a mounted ConfigMap), never from the Kubernetes API."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from cluster.published_images import PublishedImage
+    from labrador.published_images import published_images_store
+
+    directory = Path(str(tmp_path)) / "published"
+    directory.mkdir()
+    (directory / "..data").mkdir()  # the kubelet's own entries are skipped
+    image = PublishedImage(node_class="cp-1-31", reference="registry.example/labrador@sha256:" + "a" * 64,
+                           digest="sha256:" + "a" * 64, published_at=datetime.now(UTC))
+    (directory / "cp-1-31").write_text(image.model_dump_json())
+    store = published_images_store(Settings(cluster_backend="kubevirt", published_images_dir=directory))
+    assert store.all() == {"cp-1-31": image}

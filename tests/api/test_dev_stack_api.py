@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import free_port
 
@@ -43,9 +44,9 @@ def test_dev_stack_serves_the_api_with_generated_keys(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 90
-        while not state_file.exists() and dev.poll() is None and time.monotonic() < deadline:
+        while not _ready(state_file) and dev.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert state_file.exists(), "the dev stack did not come up"
+        assert _ready(state_file), "the dev stack did not come up"
         state = json.loads(state_file.read_text())
         api = state["api_url"]
         assert api == f"http://127.0.0.1:{ports['api-port']}"
@@ -62,8 +63,34 @@ def test_dev_stack_serves_the_api_with_generated_keys(tmp_path: Path) -> None:
         assert status == 200 and pool["schedule"]["exists"]
         status, _ended = request(f"{api}/v1/sessions/dana/end", keys["app"], {"reason": "done"})
         assert status == 202
+        assert state["settings"]["metrics_address"] == f"127.0.0.1:{ports['metrics-port']}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics-port']}/metrics", timeout=10) as answer:
+            names = {family.name for family in text_string_to_metric_families(answer.read().decode())}
+        assert "labrador_session_start_to_ready_seconds" in names and any(n.startswith("temporal_") for n in names)
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "labrador", *args], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=60)
+
+        dry = cli("admin", "end", "--lab", "sandbox", "--reason", "maintenance", "--dry-run", "--json")
+        assert dry.returncode == 0 and json.loads(dry.stdout)["count"] == 0, dry.stderr
+        unknown = cli("admin", "end", "--lab", "nope", "--reason", "maintenance")
+        assert unknown.returncode == 1 and "lab: 'nope' is not in the catalog" in unknown.stderr
+        bulk = cli("admin", "end", "--all", "--reason", "maintenance", "--json")
+        assert bulk.returncode == 0 and json.loads(bulk.stdout)["status"] == "completed", bulk.stderr
+        dead = cli("webhooks", "dead", "--json")
+        assert dead.returncode == 0 and json.loads(dead.stdout) == [], dead.stderr
     finally:
         dev.send_signal(signal.SIGTERM)
         output, _ = dev.communicate(timeout=30)
     assert dev.returncode == 0, output
     assert f"HTTP API http://127.0.0.1:{ports['api-port']} (keys in {keys_file})" in output
+    assert f"metrics http://127.0.0.1:{ports['metrics-port']}/metrics" in output
+
+
+def _ready(state_file: Path) -> bool:
+    """The state file appears at once with "ready": false; true once the stack serves."""
+    try:
+        return bool(json.loads(state_file.read_text()).get("ready"))
+    except (OSError, ValueError):
+        return False

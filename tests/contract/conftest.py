@@ -5,9 +5,9 @@ test-side hooks the contract needs) and the set of markers the backend cannot ho
 with such a marker is skipped for that backend only, with the reason shown by `-ra`.
 
 Markers:
-- needs_real_concurrency: exclusivity under truly concurrent writers (the Kubernetes API emulator
-  accepts stale resourceVersions, so it cannot prove it).
-- needs_label_selectors: list filtering by label selector (the emulator ignores selectors).
+- needs_real_concurrency: exclusivity under truly concurrent writers (the kubevirt backend passes
+  it on our emulator, which refuses stale resourceVersions on namespaces like the API server).
+- needs_label_selectors: list filtering by label selector (our emulator applies equality selectors).
 - needs_ssh_server: the backend serves a reachable SSH endpoint that records commands.
 """
 
@@ -66,24 +66,30 @@ async def simulated_backend(tmp_path: Path) -> AsyncIterator[Backend]:
 
 @asynccontextmanager
 async def kubevirt_backend(tmp_path: Path) -> AsyncIterator[Backend]:
-    """The kubevirt backend over HTTP against kmock's emulator (completed in tests/kubevirt/emulator.py);
-    `make_ready` plays virt-controller: the VMI runs, is Ready and has a pod IP."""
+    """The kubevirt backend as the worker runs it (reads from its list+watch cache) over HTTP
+    against kmock's emulator (completed in tests/kubevirt/emulator.py); `make_ready` plays
+    virt-controller (the VMI runs, is Ready and has a pod IP) and waits for the cache to see it."""
     import kmock
     from kubernetes import client
 
     from cluster.kubevirt.api import AsyncKubeApi, KubeApi
     from cluster.kubevirt.backend import KubeVirtCluster
+    from cluster.kubevirt.cache import ClusterCache
+    from tests.kubevirt.conftest import caught_up
     from tests.kubevirt.emulator import LabEmulator, VirtController
 
     async with LabEmulator() as emulator, kmock.Server(emulator):
         configuration = client.Configuration()
         configuration.host = str(emulator.url).rstrip("/")
         api_client = client.ApiClient(configuration)
+        sync_api = KubeApi(api_client, timeout=(2.0, 10.0))
+        cache = ClusterCache(sync_api, page_size=3)
         cluster = KubeVirtCluster(
-            AsyncKubeApi(KubeApi(api_client, timeout=(2.0, 10.0))),
+            AsyncKubeApi(sync_api),
             orchestrator_namespace="labrador",
             external_host="127.0.0.1",
             ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIContractTestKeyOnly contract",
+            cache=cache,
         )
         virt = VirtController(emulator)
         addresses: dict[str, str] = {}
@@ -91,21 +97,21 @@ async def kubevirt_backend(tmp_path: Path) -> AsyncIterator[Backend]:
         async def make_ready(node_id: str) -> None:
             addresses.setdefault(node_id, f"10.244.0.{len(addresses) + 10}")
             virt.running(node_id, addresses[node_id])
+            await caught_up(cache, emulator)
 
         try:
             yield Backend("kubevirt", cluster, make_ready, None, {"emulator": emulator, "virt": virt})
         finally:
+            await cluster.close()
+            emulator.end_watches()
             api_client.close()
 
 
 BACKENDS: dict[str, BackendKind] = {
     "simulated": BackendKind(simulated_backend),
-    # The emulator ignores label selectors and kmock itself ignores resourceVersions (our completion
-    # honours them for namespaces, but the contract's concurrency proof belongs to a real API server).
-    "kubevirt": BackendKind(
-        kubevirt_backend,
-        unsupported=frozenset({"needs_real_concurrency", "needs_label_selectors", "needs_ssh_server"}),
-    ),
+    # Our emulator applies label selectors and honours resourceVersion preconditions on namespaces
+    # (where claims happen); it serves no SSH.
+    "kubevirt": BackendKind(kubevirt_backend, unsupported=frozenset({"needs_ssh_server"})),
 }
 
 

@@ -249,6 +249,19 @@ async def test_claim_returns_fewer_when_the_pool_runs_short(port: ClusterPort) -
     assert (await port.claim(want("s2", cp=1))).nodes == []
 
 
+async def test_a_free_node_deleted_while_claiming_means_the_next_node(port: ClusterPort) -> None:
+    """A listed free node deleted before it is claimed is passed by, not an error (kubevirt: the
+    claim patch answers 404; tests/kubevirt/test_cache.py injects it; simulated: the claim and
+    the delete are each one transaction, so the claim simply never sees the node)."""
+    import asyncio
+
+    await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
+    await port.delete_node("pool-cp-1")
+    _, result = await asyncio.gather(port.delete_node("pool-cp-2"), port.claim(want("s1", cp=2)))
+    claimed = {n.node_id for n in result.nodes}
+    assert "pool-cp-1" not in claimed and "pool-cp-3" in claimed and 1 <= len(claimed) <= 2
+
+
 async def test_claim_is_idempotent_for_the_same_session(port: ClusterPort) -> None:
     await free_nodes(port, "pool-cp-1", "pool-cp-2", "pool-cp-3")
     first = await port.claim(want("s1", cp=1))
@@ -367,3 +380,19 @@ async def test_inventory_counts_nodes_per_state_and_names_session_runs(port: Clu
     for session_id, found in leftovers.items():
         assert (found.workflow_id, found.run_id) == (ref(session_id).workflow_id, ref(session_id).run_id)
         assert "node" in found.kinds
+
+
+async def test_inventory_summary_counts_per_class_image_and_state_including_what_was_just_provisioned(
+    port: ClusterPort,
+) -> None:
+    assert (await port.inventory_summary()).vms == 0
+    await free_nodes(port, "pool-cp-1", "pool-cp-2")
+    await port.provision(spec("pool-w-1", WORKER))
+    await port.claim(want("s1", cp=1))
+    await port.provision(spec("cold-w", WORKER, session=ref("s1")))  # read-your-writes: counted at once
+    summary = await port.inventory_summary()
+    assert summary.vms == 4
+    assert summary.memory_bytes == 2 * 1536 * 2**20 + 2 * 1126 * 2**20
+    assert (summary.count(CP, NodeState.FREE), summary.count(CP, NodeState.CLAIMED)) == (1, 1)
+    assert (summary.count(WORKER, NodeState.PROVISIONING), summary.count(WORKER, NodeState.CLAIMED)) == (1, 1)
+    assert summary.count(image="127.0.0.1:5000/labrador/node:v1.31.2") == 4

@@ -139,10 +139,13 @@ def run_moto(root: Path) -> Iterator[str]:
 
 
 def make_raw_disk(path: Path, size: int, random_bytes: int) -> Path:
-    """A raw disk: `random_bytes` of incompressible data, then zeros (sparse)."""
+    """A raw disk: `random_bytes` of incompressible data, then zeros (sparse), with a boot signature
+    (0x55AA at offset 510) so that it passes the pipeline's input inspection like a real disk."""
     with path.open("wb") as handle:
         handle.write(os.urandom(random_bytes))
         handle.truncate(size)
+        handle.seek(510)
+        handle.write(b"\x55\xaa")
     return path
 
 

@@ -57,6 +57,7 @@ async def test_daemonless_push_with_basic_auth_from_a_docker_config(
     config = tmp_path / "config.json"
     token = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
     config.write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    config.chmod(0o600)  # registry passwords: refused when others may read them
     credentials = docker_config_credentials(auth_registry.host, config)
     assert credentials is not None and credentials.username == "builder"
 

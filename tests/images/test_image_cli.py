@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from typer.testing import CliRunner
 
 from activities.image_activities import ImageActivities
+from labrador.cli import image_cmd
 from labrador.cli.main import app
 from labrador.settings import load_settings
 from tests.images.servers import Registry, free_port, make_qcow2_disk
@@ -42,7 +45,7 @@ def invoke(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     (["--class", "cp-v1-31", "--from-disk", "/no/such/disk.img"], "--from-disk"),
     (["--class", "worker-v1-31-pvc", "--golden"], "has no build recipe"),
     (["--class", "cp-v1-31", "--from-vm", "a/b", "--registry", "https://reg.example/x"],
-     "--registry: 'https://reg.example/x' is not a registry host[:port]"),
+     "(from --registry): 'https://reg.example/x' is not a registry host[:port]"),
 ])
 def test_bad_input_is_refused_with_the_flag_named(tmp_path: Path, registry: Registry, args: list[str],
                                                   message: str) -> None:
@@ -60,7 +63,7 @@ def test_unreachable_temporal_exits_3(tmp_path: Path, registry: Registry) -> Non
 
 @pytest.mark.timeout(90)
 async def test_build_json_names_reference_and_digest_and_list_shows_it(
-        dev_env: WorkflowEnvironment, registry: Registry, tmp_path: Path) -> None:
+        dev_env: WorkflowEnvironment, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     queue = f"cli-{uuid.uuid4().hex[:8]}"
     env = env_for(tmp_path, registry, dev_env.client.service_client.config.target_host, queue)
     settings = load_settings(environ=env, use_dev_stack=False)
@@ -73,7 +76,18 @@ async def test_build_json_names_reference_and_digest_and_list_shows_it(
         # Again for a person: progress on stderr, the outcome on stdout (same tag today, same digest).
         code_h, out_h, err_h = await asyncio.to_thread(
             invoke, ["image", "build", "--class", "cp-v1-31", "--from-disk", str(disk)], env)
+        # On a terminal: the steps as they change (live bars on stderr); stdout the same outcome.
+        screen = io.StringIO()
+        terminal = Console(file=screen, force_terminal=True, width=100, color_system=None)
+        monkeypatch.setattr(image_cmd, "err_console", terminal)
+        code_t, out_t, err_t = await asyncio.to_thread(
+            invoke, ["image", "build", "--class", "cp-v1-31", "--from-disk", str(disk)], env)
+    assert code_t == 0, err_t
+    assert "digest sha256:" in out_t and "━" not in out_t
+    shown = screen.getvalue()
+    assert "building cp-v1-31 from disk" in shown and "picking a worker" in shown and "━" in shown, shown
     assert code == 0, err
+    assert err == ""  # --json: nothing but the answer, on stdout
     result = json.loads(out)
     assert code_h == 0, err_h
     assert f"digest {result['digest']}" in out_h and "building cp-v1-31 from disk" in err_h

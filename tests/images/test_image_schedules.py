@@ -26,7 +26,8 @@ def classes() -> dict[str, NodeClass]:
 
 
 def test_one_schedule_per_class_with_a_recipe(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, registry="registry.example:5000", kube_namespace="labrador-images")
+    settings = Settings(data_dir=tmp_path, registry="registry.example:5000",
+                        image_source_namespaces=["labrador-images"])
     specs = {spec.node_class: spec for spec in rebuild_schedule_specs(classes(), settings)}
     assert set(specs) == {"weekly", "nightly"}
     assert specs["weekly"].cron == "0 3 * * 0" and specs["nightly"].cron == "0 2 * * *"

@@ -18,7 +18,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 def documents() -> list[dict[str, Any]]:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
-    for name in kustomization["resources"]:
+    # The worker Deployment is one per build (deploy/builds/<build ID>/ over deploy/worker/).
+    for name in [*kustomization["resources"], "worker/worker.yaml"]:
         docs += [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
     return docs
 
@@ -61,18 +62,23 @@ def test_rbac_has_no_wildcards_and_secrets_are_write_only() -> None:
     assert {v for g, r, v in granted(of_kind("ClusterRole")[0]["rules"]) if r == "secrets"} == {"create", "delete"}
 
 
+def named(kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in of_kind(kind) if d["metadata"]["name"] == name]
+    return found
+
+
 def test_bindings_name_the_worker_service_account() -> None:
-    (account,) = of_kind("ServiceAccount")
+    account = named("ServiceAccount", "labrador-worker")
     for binding in of_kind("ClusterRoleBinding") + of_kind("RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                         "namespace": account["metadata"]["namespace"]}]
 
 
 def test_worker_pods_carry_the_label_lab_vms_accept_ssh_from() -> None:
-    (deployment,) = of_kind("Deployment")
+    deployment = named("Deployment", "labrador-worker")
     pod = deployment["spec"]["template"]
     assert L.WORKER_POD_LABELS.items() <= pod["metadata"]["labels"].items()
-    assert pod["spec"]["serviceAccountName"] == of_kind("ServiceAccount")[0]["metadata"]["name"]
+    assert pod["spec"]["serviceAccountName"] == "labrador-worker"
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
     assert env["LABRADOR_CLUSTER_BACKEND"]["value"] == "kubevirt"
     assert env["LABRADOR_TEMPORAL_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "labrador-temporal"

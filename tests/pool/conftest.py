@@ -23,8 +23,8 @@ from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.clock import ManualClock
 from labs.models import NodeClass, Role
-from workflows.capacity import CapacityGate, CapacityRefused
-from workflows.capacity_broker import CapacityBrokerWorkflow
+from workflows.capacity.broker import CapacityBrokerWorkflow
+from workflows.capacity.gate import CapacityGate, CapacityRefused
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import (
     ActivityName,

@@ -8,6 +8,7 @@ activities/script_activities.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from cluster.models import (
     ClaimRequest,
     ClaimResult,
     Inventory,
+    InventorySummary,
     NodePhase,
     NodeRecord,
     NodeSpec,
@@ -27,6 +29,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound
 from labs.models import Check, Lab, LabNode, NodeClass, Role, Script, Scripts
@@ -56,12 +59,15 @@ class MemoryCluster:
         self.fail_reason: str | None = None
         self.provision_calls: list[str] = []
         self.unavailable_calls = 0  # the next N calls raise ClusterUnavailable
+        self.unavailable_method: str | None = None  # ... only calls of this port method (None: any)
         self.not_ready_calls: dict[str, int] = {}  # node ID -> how many status calls answer not-ready
         self.paused: set[str] = set()
         self.pause_calls: list[str] = []  # "pause <id>" / "unpause <id>", in order
         self.fail_unpause = False  # unpausing leaves the node FAILED (it never comes back)
 
-    def _maybe_unavailable(self) -> None:
+    def _maybe_unavailable(self, method: str) -> None:
+        if self.unavailable_method not in (None, method):
+            return
         if self.unavailable_calls > 0:
             self.unavailable_calls -= 1
             raise ClusterUnavailable("simulated API outage")
@@ -74,7 +80,7 @@ class MemoryCluster:
         self.statuses[node_id] = NodePhase.READY
 
     async def provision(self, spec: NodeSpec) -> NodeRecord:
-        self._maybe_unavailable()
+        self._maybe_unavailable("provision")
         self.provision_calls.append(spec.node_id)
         if spec.node_id not in self.nodes:
             self.nodes[spec.node_id] = NodeRecord(
@@ -89,7 +95,7 @@ class MemoryCluster:
         return self.nodes[spec.node_id]
 
     async def node_status(self, node_id: str) -> NodeStatus:
-        self._maybe_unavailable()
+        self._maybe_unavailable("node_status")
         if node_id not in self.nodes:
             return NodeStatus(node_id=node_id, phase=NodePhase.MISSING)
         phase = self.statuses[node_id]
@@ -137,7 +143,7 @@ class MemoryCluster:
         return True
 
     async def claim(self, request: ClaimRequest) -> ClaimResult:
-        self._maybe_unavailable()
+        self._maybe_unavailable("claim")
         mine = [n for n in self.nodes.values() if n.session and n.session.session_id == request.session.session_id]
         claimed: list[NodeRecord] = []
         for want in request.wants:
@@ -166,6 +172,7 @@ class MemoryCluster:
         self.exposed.pop(session_id, None)
 
     async def release(self, session_id: str) -> int:
+        self._maybe_unavailable("release")
         doomed = [n.node_id for n in self.nodes.values() if n.session and n.session.session_id == session_id]
         for node_id in doomed:
             await self.delete_node(node_id)
@@ -173,6 +180,9 @@ class MemoryCluster:
 
     async def inventory(self) -> Inventory:
         return Inventory(nodes=list(self.nodes.values()))
+
+    async def inventory_summary(self) -> InventorySummary:
+        return summarize(await self.inventory())
 
     def session_objects(self) -> list[str]:
         """Anything a session still holds (must be empty after teardown)."""
@@ -188,6 +198,7 @@ class ScriptStandIns:
         self.check_runs = 0
         self.teardowns = 0
         self.checks_pass = True
+        self.check_seconds = 0.0  # how long one check run takes (real time)
         self.clock_steps: list[list[str]] = []  # lab node names per step_guest_clocks call
 
     def all(self) -> list[Callable[..., Any]]:
@@ -213,6 +224,8 @@ class ScriptStandIns:
     @activity.defn(name=ActivityName.RUN_CHECKS)
     async def run_checks(self, request: ChecksInput) -> CheckReport:
         self.check_runs += 1
+        if self.check_seconds:
+            await asyncio.sleep(self.check_seconds)
         results = [
             CheckResult(name=c.name, node=c.node, passed=self.checks_pass, points=c.points if self.checks_pass else 0,
                         max_points=c.points, duration_seconds=0.01)

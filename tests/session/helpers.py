@@ -66,10 +66,13 @@ HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     """With LABRADOR_RECORD_HISTORIES=1, keep this finished session's history for the replay test.
 
-    Only sessions run with the script stand-ins are recorded: their credentials are fake strings.
+    Only sessions run with the script stand-ins are recorded: their credentials are fake strings. An
+    existing history is never overwritten: it stands for runs that took that path with older code
+    (a new path gets a new name).
     """
-    if os.environ.get("LABRADOR_RECORD_HISTORIES") != "1":
+    path = HISTORIES / f"{name}.json"
+    if os.environ.get("LABRADOR_RECORD_HISTORIES") != "1" or path.exists():
         return
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
-    (HISTORIES / f"{name}.json").write_text(history.to_json())
+    path.write_text(history.to_json())

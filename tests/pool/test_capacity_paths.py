@@ -1,0 +1,154 @@
+"""Every path of a lab session through the capacity cap, with the real session workflow and broker.
+
+granted at once, queued then granted, queued then ended, gave its warm nodes up (no hold-and-wait),
+no capacity within the maximum wait, refused (bigger than the cap). Each finished session's history
+is what tests/session/test_replay.py replays: record with
+
+    LABRADOR_RECORD_HISTORIES=1 python -m pytest tests/pool/test_capacity_paths.py
+
+(`LABRADOR_HISTORY_PREFIX` picks the file names: `capacity-v1-` was recorded on the broker before
+ticket numbers, `capacity-` (the default) on today's code; never re-record an existing history.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+
+from labrador.settings import PACKAGE_LABS_DIR
+from labs.loader import load_catalog
+from labs.models import Lab
+from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
+from tests.pool.test_claims_under_load import fill_pool
+from tests.session.helpers import SLOW_HEALTH, record_history
+from workflows.lab_session import LabSessionWorkflow
+from workflows.models import EndRequest, LabSessionInput, LabSessionResult, Phase, SessionTimings, WaitReadyRequest
+from workflows.pool_models import CapacityLimits
+
+pytestmark = pytest.mark.timeout(60)
+PREFIX = os.environ.get("LABRADOR_HISTORY_PREFIX", "capacity-")
+
+
+def lab(name: str) -> Lab:
+    base = load_catalog(PACKAGE_LABS_DIR).labs[name]
+    return base.model_copy(update={"nodes": [
+        n.model_copy(update={"node_class": CP.name if n.role.value == "controlplane" else WORKER.name})
+        for n in base.nodes
+    ]})
+
+
+ONE_NODE = "apiserver-manifest-typo"
+TWO_NODES = "kubelet-broken-worker"
+
+
+async def start(
+    bed: PoolBed, lab_name: str, max_vms: int, max_wait: timedelta = timedelta(minutes=5),
+    overdue: timedelta = timedelta(minutes=15),
+) -> WorkflowHandle[Any, Any]:
+    who = f"st-{uuid.uuid4().hex[:6]}"
+    return await bed.client.start_workflow(
+        LabSessionWorkflow.run,
+        LabSessionInput(
+            student_id=who, lab=lab(lab_name), node_classes=dict(CLASSES),
+            timings=SessionTimings(health_interval=SLOW_HEALTH, max_queue_wait=max_wait, provisioning_overdue=overdue),
+            capacity=CapacityLimits(max_vms=max_vms, max_memory_bytes=2**40),
+        ),
+        id=f"lab-session/{who}", task_queue=bed.task_queue,
+    )
+
+
+async def until(handle: WorkflowHandle[Any, Any], phase: Phase, position: int | None = None) -> None:
+    seen = None
+    async with asyncio.timeout(20):
+        while True:
+            status = await handle.query(LabSessionWorkflow.status)
+            seen = (status.phase, status.queue_position)
+            if seen == (phase, position):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def ready(handle: WorkflowHandle[Any, Any]) -> None:
+    answer = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=20)))
+    assert answer.ready, answer
+
+
+async def end(handle: WorkflowHandle[Any, Any], name: str | None = None) -> LabSessionResult:
+    await handle.signal(LabSessionWorkflow.end, EndRequest())
+    result: LabSessionResult = await handle.result()
+    if name:
+        await record_history(handle, PREFIX + name)
+    return result
+
+
+async def test_granted_at_once(pool_bed: PoolBed) -> None:
+    session = await start(pool_bed, ONE_NODE, max_vms=10)
+    await ready(session)
+    assert (await end(session, "granted-at-once")).outcome == Phase.ENDED
+    assert (await pool_bed.sim.inventory()).nodes == []
+
+
+async def test_queued_then_granted(pool_bed: PoolBed) -> None:
+    holder = await start(pool_bed, ONE_NODE, max_vms=1)
+    await ready(holder)
+    waiting = await start(pool_bed, ONE_NODE, max_vms=1)
+    await until(waiting, Phase.QUEUED, 1)
+    assert len((await pool_bed.sim.inventory()).nodes) == 1
+    await end(holder)
+    await ready(waiting)
+    assert (await end(waiting, "queued-then-granted")).outcome == Phase.ENDED
+
+
+async def test_queued_then_ended(pool_bed: PoolBed) -> None:
+    holder = await start(pool_bed, ONE_NODE, max_vms=1)
+    await ready(holder)
+    waiting = await start(pool_bed, ONE_NODE, max_vms=1)
+    await until(waiting, Phase.QUEUED, 1)
+    result = await end(waiting, "queued-then-ended")
+    assert (result.outcome, result.reason) == (Phase.ENDED, "ended by student")
+    await end(holder)
+    assert (await pool_bed.sim.inventory()).nodes == []
+
+
+async def test_gave_warm_nodes_up(pool_bed: PoolBed) -> None:
+    """Cap 2: a running 1-node lab and one warm node fill it; a 2-node lab claims the warm node, must
+    queue for its worker, gives the warm node up, and is granted both nodes once the holder ends."""
+    holder = await start(pool_bed, ONE_NODE, max_vms=2)
+    await ready(holder)
+    await fill_pool(pool_bed, 1)
+    waiting = await start(pool_bed, TWO_NODES, max_vms=2)
+    await until(waiting, Phase.QUEUED, 1)
+    nodes = (await pool_bed.sim.inventory()).nodes
+    assert len(nodes) == 1 and nodes[0].session is not None  # only the holder's: the warm one was given up
+    await end(holder)
+    await ready(waiting)
+    status = await waiting.query(LabSessionWorkflow.status)
+    assert [n.warm for n in status.nodes] == [False, False]
+    assert (await end(waiting, "gave-warm-nodes-up")).outcome == Phase.ENDED
+
+
+async def test_no_capacity_within_the_maximum_wait(pool_bed: PoolBed) -> None:
+    holder = await start(pool_bed, ONE_NODE, max_vms=1)
+    await ready(holder)
+    late = await start(pool_bed, ONE_NODE, max_vms=1, max_wait=timedelta(seconds=1))
+    result: LabSessionResult = await late.result()
+    await record_history(late, PREFIX + "no-capacity")
+    assert (result.outcome, result.reason) == (Phase.FAILED, "no capacity")
+    assert "maximum queue wait" in result.detail
+    await end(holder)
+
+
+async def test_refused_when_bigger_than_the_cap(pool_bed: PoolBed) -> None:
+    session = await start(pool_bed, TWO_NODES, max_vms=1)
+    result: LabSessionResult = await session.result()
+    await record_history(session, PREFIX + "refused")
+    assert (result.outcome, result.reason) == (Phase.FAILED, "no capacity")
+    assert "more than the platform's cap of 1 VMs" in result.detail
+    assert (await pool_bed.sim.inventory()).nodes == []
+

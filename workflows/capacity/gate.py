@@ -1,0 +1,160 @@
+"""The session's side of the capacity broker: ask for room, wait in the FIFO queue, release.
+
+Used by LabSessionWorkflow when it must cold-provision nodes (warm claims need no new capacity):
+
+    gate = CapacityGate()                       # in __init__: registers the notice signal
+    await gate.admit(session, vms, memory, new_vms, new_memory, limits, max_wait, budget, on_queued=..., stop=...)
+    ...
+    await gate.release(session)                  # in teardown (idempotent, no-op if never asked)
+
+`admit` asks by update (`ADMIT_CAPACITY`, a local activity: one round trip, the answer is the grant
+in the common case). `acquire` is the path of sessions started before ticket numbers (signal
+`request`, then notices); it stays for their replay (workflow.patched in lab_session.py).
+
+`gate.position` is the queue position the session was last told (LabStatus.queue_position; the
+client asks the broker for the live one while a lab is queued), `gate.ticket` its FIFO ticket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from cluster.models import SessionRef
+    from workflows.capacity.models import (
+        CAPACITY_NOTICE_SIGNAL,
+        CapacityActivityName,
+        CapacityLimits,
+        CapacityNotice,
+        CapacityRelease,
+        CapacityRequest,
+    )
+
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10)
+# Ticket-number path: retried until the workflow's budget (schedule-to-close) runs out, not forever.
+ADMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+
+
+class CapacityRefused(Exception):
+    """The session cannot get capacity: waited longer than the maximum, or asks more than the cap."""
+
+
+class CapacityGate:
+    def __init__(self) -> None:
+        self.granted = False
+        self.position: int | None = None
+        self.ticket: int | None = None
+        self.refused: str | None = None
+        self._asked = False
+        self._local = False
+        self._on_queued: Callable[[int], None] | None = None
+        workflow.set_signal_handler(CAPACITY_NOTICE_SIGNAL, self._on_notice)
+
+    def _on_notice(self, notice: CapacityNotice) -> None:
+        if notice.granted:
+            self.granted = True
+            self.position = None
+        elif notice.refused:
+            self.refused = notice.refused
+        elif notice.position is not None and not self.granted:
+            self.position = notice.position
+            self.ticket = notice.ticket if notice.ticket is not None else self.ticket
+            if self._on_queued is not None:
+                self._on_queued(notice.position)
+
+    async def admit(
+        self,
+        session: SessionRef,
+        vms: int,
+        memory_bytes: int,
+        new_vms: int,
+        new_memory_bytes: int,
+        limits: CapacityLimits,
+        max_wait: timedelta,
+        budget: timedelta,
+        on_queued: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Return once the broker granted room; raise CapacityRefused otherwise. `budget` bounds the
+        call to the broker (not the wait in the queue, which `max_wait` bounds); `stop()` true (the
+        student ended the lab, or the caller wants out) leaves the queue and returns without a grant."""
+        self._asked, self._local = True, True
+        self._on_queued = on_queued
+        self.granted, self.refused = False, None
+        request = CapacityRequest(
+            session=session, vms=vms, memory_bytes=memory_bytes, limits=limits, requested_at=workflow.now(),
+            new_vms=new_vms, new_memory_bytes=new_memory_bytes,
+        )
+        answer: CapacityNotice = await workflow.execute_local_activity(
+            CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+            start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget, retry_policy=ADMIT_RETRY,
+        )
+        self._on_notice(answer)
+        if answer.position is not None and self.position is None:
+            self.position = answer.position
+        await self._wait(session, limits, max_wait, stop)
+
+    async def _wait(
+        self, session: SessionRef, limits: CapacityLimits, max_wait: timedelta, stop: Callable[[], bool]
+    ) -> None:
+        try:
+            await workflow.wait_condition(
+                lambda: self.granted or self.refused is not None or stop(), timeout=max_wait
+            )
+        except TimeoutError:
+            position = self.position
+            await self.release(session, reason="gave up waiting")
+            raise CapacityRefused(
+                f"no capacity within the maximum queue wait of {max_wait} (still at position {position}): "
+                f"the platform is at its cap of {limits.max_vms} VMs"
+            ) from None
+        if self.refused is not None:
+            await self.release(session, reason="refused")
+            raise CapacityRefused(self.refused)
+        if not self.granted:
+            await self.release(session, reason="ended while queued")
+
+    async def acquire(
+        self,
+        session: SessionRef,
+        vms: int,
+        memory_bytes: int,
+        limits: CapacityLimits,
+        max_wait: timedelta,
+        on_queued: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """The path before ticket numbers (kept for the replay of sessions that took it): signal
+        `request` through an activity, then wait for the broker's notices."""
+        self._asked = True
+        self._on_queued = on_queued
+        request = CapacityRequest(
+            session=session, vms=vms, memory_bytes=memory_bytes, limits=limits, requested_at=workflow.now()
+        )
+        await workflow.execute_activity(
+            CapacityActivityName.REQUEST_CAPACITY, request, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RETRY,
+        )
+        await self._wait(session, limits, max_wait, stop)
+
+    async def release(self, session: SessionRef, reason: str = "session ended") -> None:
+        """Give the grant (or the queue place) back. A no-op when the session never asked."""
+        if not self._asked:
+            return
+        self._asked = False
+        self.granted = False
+        self.position = None
+        if self._local:
+            await workflow.execute_local_activity(
+                CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
+            )
+            return
+        await workflow.execute_activity(
+            CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
+        )
