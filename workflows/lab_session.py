@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         WaitReadyRequest,
         WaitReadyResult,
     )
+    from workflows.webhooks import EventType, WebhookEvent, emit
 
 WORKFLOW_NAME = "LabSession"
 
@@ -100,10 +102,7 @@ WORKFLOW_BUGS: tuple[type[Exception], ...] = (
 class CallOptions:
     start_to_close: timedelta
     retry: RetryPolicy
-    schedule_to_close: timedelta | None = None  # a time budget over all attempts
-
-    def within(self, budget: timedelta) -> CallOptions:
-        return CallOptions(self.start_to_close, self.retry, budget)
+    schedule_to_close: timedelta | None = None  # only the replay of CAPACITY_TICKETS_PATCH runs without the next
 
 
 # Short, idempotent cluster calls run as local activities: no task-queue round trip per call.
@@ -113,13 +112,17 @@ CLUSTER_CALL = CallOptions(
         initial_interval=timedelta(milliseconds=200),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=10),
-        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation (or `within`)
+        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation
     ),
 )
 # workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
 # deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
 # before it replay the old path (tests/histories/capacity-v1-*.json).
 CAPACITY_TICKETS_PATCH = "capacity-tickets"
+# ... and then: the claim, deletes and broker calls as quick local attempts + a regular activity with a
+# schedule-to-close (the local activities' schedule-to-close of the first version held the workflow
+# task while they retried, so `end` waited; tests/histories/capacity-tickets-v1-*.json replay it).
+CAPACITY_BOUNDED_PATCH = "capacity-bounded-calls"
 # Teardown must finish: retry transient errors forever (visible as phase tearing-down in the UI).
 TEARDOWN_CALL = CallOptions(
     timedelta(seconds=60),
@@ -182,6 +185,8 @@ PAUSE_PATCH = "pause-resume-reset"
 # The node-health watch waits through a pause instead of being cancelled and restarted (cancelling it
 # while its node_health call runs, next to an update's commands, was refused by the test server).
 HEALTH_WAITS_PATCH = "pause-health-waits"
+# workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
+WEBHOOK_PATCH = "webhook-events"
 PAUSE_EXPIRED = "pause expired"
 ENDED_DURING_RESET = "the lab ended before its new nodes were ready"
 
@@ -258,6 +263,8 @@ class LabSessionWorkflow:
         # While a reset runs, the generation that is not `self._session` (the old nodes while the new
         # ones are prepared); teardown releases it too, so an end mid-reset leaks nothing.
         self._other_generation: SessionRef | None = None
+        self._event_starts: list[asyncio.Task[None]] = []  # webhook deliveries being started (never delivered here)
+        self._expiring_sent_for: datetime | None = None
 
     # --- the story --------------------------------------------------------------------------------
 
@@ -288,6 +295,9 @@ class LabSessionWorkflow:
         await self._abandon_preparation()
         await self._teardown()
         self._enter(outcome)
+        self._emit(EventType.LAB_ENDED, outcome=str(outcome), reason=self._reason or str(outcome),
+                   detail=self._detail or "")
+        await self._events_started()
         if reraise is not None:
             raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -322,6 +332,10 @@ class LabSessionWorkflow:
         if self._paused_at is not None and (grade or self._lab.scripts.teardown):
             await self._wake_up()  # checks and teardown scripts need running nodes
         checks = await self._final_grading() if grade else None
+        if checks is not None:
+            self._emit(EventType.LAB_GRADED, score=checks.score, max_score=checks.max_score,
+                       results=[{"name": r.name, "node": r.node, "passed": r.passed, "points": r.points,
+                                 "max_points": r.max_points} for r in checks.results])
         return outcome, checks
 
     async def _prepare_within_limit(self) -> str | None:
@@ -349,6 +363,7 @@ class LabSessionWorkflow:
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
         metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
+        self._emit(EventType.LAB_READY, deadline=self._deadline.isoformat())
         return None
 
     async def _prepare(self) -> None:
@@ -414,6 +429,14 @@ class LabSessionWorkflow:
                     self._detail = f"the lab's time ran out at {self._deadline:%H:%M:%S} UTC"
                     return Phase.EXPIRED, "expired"
                 wake_at = self._deadline
+                expiring_at = self._expiring_at()
+                if expiring_at is not None and now >= expiring_at:
+                    self._expiring_sent_for = self._deadline
+                    self._emit(EventType.LAB_EXPIRING, deadline=self._deadline.isoformat(),
+                               seconds_left=int((self._deadline - now).total_seconds()),
+                               suffix=f"{self._deadline:%Y%m%dT%H%M%S}")
+                elif expiring_at is not None:
+                    wake_at = min(wake_at, expiring_at)
                 if not self._picked_up:
                     if now >= unclaimed_at:
                         self._detail = (
@@ -463,10 +486,14 @@ class LabSessionWorkflow:
 
     async def _claim_and_admit(self) -> str | None:
         budget = self._input.timings.provisioning_overdue
-        bounded = CLUSTER_CALL.within(budget)
+        bounded = workflow.patched(CAPACITY_BOUNDED_PATCH)
+        self._capacity.first_version = not bounded
         try:
-            await self._claim_warm_nodes(bounded)
-        except ActivityError as error:
+            await self._claim_warm_nodes(
+                self._bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
+                else _options_call(replace(CLUSTER_CALL, schedule_to_close=budget))
+            )
+        except CALL_FAILED as error:
             raise SessionFailed(
                 "overdue", f"could not claim nodes within {format_duration(budget)}: {_cause(error)}"
             ) from None
@@ -500,11 +527,13 @@ class LabSessionWorkflow:
             )
             if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
                 try:
-                    await self._give_up_warm_nodes(bounded)
-                except ActivityError as error:
-                    raise SessionFailed(
-                        "overdue", f"could not give warm nodes up within {format_duration(budget)}: {_cause(error)}"
-                    ) from None
+                    await self._give_up_warm_nodes(
+                        self._bounded_call(workflow.now() + budget, "give warm nodes up") if bounded
+                        else _options_call(replace(CLUSTER_CALL, schedule_to_close=budget))
+                    )
+                except CALL_FAILED as error:
+                    raise SessionFailed("overdue", f"could not give warm nodes up within "
+                                        f"{format_duration(budget)}: {_cause(error)}") from None
                 left = max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1))
                 await self._capacity.admit(
                     self._session, *need(), limits, left, budget, on_queued=queued,
@@ -512,11 +541,35 @@ class LabSessionWorkflow:
                 )
         except CapacityRefused as refused:
             raise SessionFailed("no capacity", str(refused)) from None
-        except ActivityError as error:
+        except ActivityError as error:  # only the first version (its broker call had a schedule-to-close)
             raise SessionFailed(
                 "overdue", f"the capacity broker did not answer within {format_duration(budget)}: {_cause(error)}"
             ) from None
         return self._end_reason
+
+    @staticmethod
+    def _bounded_call(deadline: datetime, summary: str) -> Call:
+        """Quick local attempts (~1.5 s), then a regular activity retried until `deadline` (the
+        server's schedule-to-close). Not a local activity retried for long in the worker: that holds
+        the workflow task open, so `end` and queries would wait; a regular activity is cancelled at
+        once when the student ends the lab."""
+
+        async def call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+            try:
+                return await _local(name, arg, result_type, QUICK_CLUSTER_CALL)
+            except CALL_FAILED as error:
+                cause = error.cause if isinstance(error, ActivityError) and error.cause is not None else error
+                if isinstance(cause, CancelledError) or (isinstance(cause, ApplicationError) and cause.non_retryable):
+                    raise
+            left = deadline - workflow.now()
+            if left <= timedelta(0):
+                raise ApplicationError(f"{summary}: the cluster API did not answer", non_retryable=True)
+            return await workflow.execute_activity(
+                name, arg, result_type=result_type, start_to_close_timeout=CLUSTER_CALL.start_to_close,
+                schedule_to_close_timeout=left, retry_policy=CLUSTER_RETRY, summary=f"{summary} (cluster API retry)",
+            )
+
+        return call
 
     async def _claim_and_queue_v1(self) -> str | None:
         """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
@@ -532,6 +585,7 @@ class LabSessionWorkflow:
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
+                self._emit(EventType.LAB_QUEUED, position=position)
 
         def holds_warm_nodes() -> bool:
             return any(node.warm for node in self._nodes)
@@ -563,20 +617,27 @@ class LabSessionWorkflow:
 
     # --- steps ------------------------------------------------------------------------------------
 
-    async def _claim_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+    async def _claim_warm_nodes(self, call: Call | None = None) -> None:
         """The one claiming step (the pool's capacity queue goes right after it)."""
+        call = call or _plain_call
         wants: dict[str, int] = {}
         for node in self._lab.nodes:
             wants[node.node_class] = wants.get(node.node_class, 0) + 1
-        claim: ClaimResult = await _local(
+        claim: ClaimResult = await call(
             ActivityName.CLAIM_NODES,
             ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
             ClaimResult,
-            options,
         )
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
             free.setdefault(record.node_class, []).append(record)
+        for node_class, wanted in sorted(wants.items()):
+            if len(free.get(node_class, [])) < wanted:  # the warm pool had too few: cold nodes follow
+                bucket = workflow.now().replace(second=0, microsecond=0)
+                bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
+                self._emit(EventType.POOL_LOW, node_class=node_class, wanted=wanted,
+                           claimed=len(free.get(node_class, [])),
+                           event_id=f"pool.low.{node_class}.{bucket:%Y%m%dT%H%M}")
         for lab_node in self._lab.nodes:
             candidates = free.get(lab_node.node_class) or []
             if candidates:
@@ -591,11 +652,12 @@ class LabSessionWorkflow:
                     )
                 )
 
-    async def _give_up_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+    async def _give_up_warm_nodes(self, call: Call | None = None) -> None:
         """Delete the warm nodes this session claimed and plan cold ones in their place."""
+        call = call or _plain_call
         lab_nodes = {n.name: n for n in self._lab.nodes}
         warm = [node for node in self._nodes if node.warm]
-        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, options)
+        await self._all(call(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None)
                         for node in warm)
         self._nodes = [
             node.model_copy(update={"warm": False, "node_id": self._cold_node_id(lab_nodes[node.name])})
@@ -1138,7 +1200,9 @@ class LabSessionWorkflow:
         """The preparation of a lab for `self._session` (a reset's new generation), with the key pair
         the student already has: warm nodes first; the cold rest only once the capacity broker grants
         room for them under the global cap (the old nodes still count until they are released)."""
-        await self._claim_warm_nodes(CLUSTER_CALL.within(self._input.timings.provisioning_overdue))
+        await self._claim_warm_nodes(
+            self._bounded_call(workflow.now() + self._input.timings.provisioning_overdue, "claim warm nodes")
+        )
         limits = self._input.capacity
         cold = [n for n in self._nodes if not n.warm]
         if limits is not None and cold:
@@ -1233,6 +1297,35 @@ class LabSessionWorkflow:
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
+    def _emit(self, kind: EventType, *, suffix: str = "", event_id: str | None = None, **data: Any) -> None:
+        """A webhook event: its delivery workflow is started detached (workflows/webhooks.py); the story
+        never waits for a receiver. Only with events configured, and behind WEBHOOK_PATCH."""
+        if self._input.events is None or not workflow.patched(WEBHOOK_PATCH):
+            return
+        if kind != EventType.POOL_LOW:
+            data = {"student_id": self._input.student_id, "session_id": self._session.session_id,
+                    "lab": self._lab.name, "phase": str(self._phase), **data}
+        event = WebhookEvent(
+            id=event_id or f"{self._session.session_id}.{kind.value}" + (f".{suffix}" if suffix else ""),
+            type=kind, timestamp=workflow.now(), data=data,
+        )
+        self._event_starts.append(asyncio.create_task(emit(event)))
+
+    def _expiring_at(self) -> datetime | None:
+        """When lab.expiring is due for the current deadline (None: events off or already sent)."""
+        events = self._input.events
+        if events is None or self._deadline is None or self._expiring_sent_for == self._deadline:
+            return None
+        if not workflow.patched(WEBHOOK_PATCH):
+            return None
+        return self._deadline - events.expiring_before
+
+    async def _events_started(self) -> None:
+        """Before the run completes: the deliveries it emitted have started (they then outlive it)."""
+        if self._event_starts:
+            await asyncio.gather(*self._event_starts)
+            self._event_starts.clear()
+
     def _enter(self, phase: Phase, *, first: bool = False) -> None:
         now = workflow.now()
         if not first:
@@ -1298,6 +1391,20 @@ class PinnedLabSessionWorkflow(LabSessionWorkflow):
 def _minutes(duration: timedelta) -> str:
     """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
     return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
+
+
+Call = Callable[[ActivityName, Any, "type | None"], Awaitable[Any]]
+
+
+async def _plain_call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+    return await _local(name, arg, result_type, CLUSTER_CALL)
+
+
+def _options_call(options: CallOptions) -> Call:
+    async def call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+        return await _local(name, arg, result_type, options)
+
+    return call
 
 
 async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
