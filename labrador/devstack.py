@@ -26,11 +26,11 @@ from typing import IO, Any
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 
-from labrador.api.keys import ensure_dev_api_keys
+from labrador.api.keys import ensure_dev_api_keys, keys_from_settings
 from labrador.api.server import build_server, serve, wait_started
 from labrador.binaries import temporal_cli
 from labrador.client import LabClient
-from labrador.codec import ensure_dev_codec_keys
+from labrador.codec import codec_from_settings, ensure_dev_codec_keys
 from labrador.metrics import Collector, metrics_runtime
 from labrador.schedules import apply_schedules
 from labrador.settings import DevStackNotReady, Settings, dev_state_file, load_settings, running_dev_stack
@@ -175,6 +175,10 @@ class DevStack:
         settings = ensure_dev_codec_keys(settings)
         # The HTTP API needs keys: one per scope in the data dir unless configured (printed in the banner).
         settings = ensure_dev_api_keys(settings)
+        # Configured keys are read now: a key file others can read (or a bad key) is refused at once,
+        # not retried as "temporal server not reachable" for a minute.
+        codec_from_settings(settings)
+        keys_from_settings(settings)
         state_file = dev_state_file()
         # Published before the server starts: a command run meanwhile waits for "ready" instead of
         # reaching the server without the codec key (and starting a lab in plaintext).

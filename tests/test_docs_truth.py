@@ -119,6 +119,8 @@ def path_problem(doc: Path, raw: str) -> str | None:
     path = re.sub(r":\d+(-\d+)?$", "", path)
     if not path or "*" in path or "<" in path or "{" in path or path.endswith("_"):
         return None  # a pattern, not one file
+    if any(part.isupper() for part in path.split("/")):
+        return None  # a placeholder (`deploy/builds/VERSION/`), as in commands (`NS/NAME`)
     last = path.rstrip("/").rsplit("/", 1)[-1]
     if not path.endswith("/") and "." not in last and path not in TOP_FILES:
         return None  # `labrador/node-images` is a repository name: only files (x.y) and dirs (x/) are paths
@@ -198,6 +200,8 @@ def test_the_checks_catch_what_went_stale() -> None:
     assert dotted_problem("workflows.pool_models.PoolRefillInput.drained") is None
     assert path_problem(ROOT / "README.md", "labrador/ssh.py") is not None
     assert path_problem(ROOT / "README.md", "docs/pool.md#sizing") is None
+    assert path_problem(ROOT / "README.md", "deploy/builds/VERSION/") is None  # a placeholder
+    assert path_problem(ROOT / "README.md", "deploy/builds/9.9.9/") is not None
     assert list(problems_in(ROOT / "docs" / "x.md", "`LABRADOR_NO_SUCH_THING` and `settings.max_vms`")) == [
         "docs/x.md:1: setting 'no_such_thing' does not exist (Settings in cluster/settings.py)"
     ]

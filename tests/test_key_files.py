@@ -196,3 +196,26 @@ def test_a_world_readable_docker_config_is_refused(tmp_path: Path) -> None:
     path.chmod(0o640)
     found = docker_config_credentials("registry.example.test", path)
     assert found is not None and found.password == "s3cret"
+
+
+@pytest.mark.timeout(60)
+def test_labrador_dev_refuses_a_world_readable_codec_key_file_at_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from tests.session.test_dev_stack import free_port
+
+    path = _file(tmp_path / "codec.keys", (new_key_entry("k1") + "\n").encode(), 0o644)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LABRADOR_")}
+    env.update({"LABRADOR_CODEC_KEYS_FILE": str(path), "XDG_STATE_HOME": str(tmp_path / "state"),
+                "HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    flags = ("--port", "--ui-port", "--api-port", "--metrics-port")
+    ports = [arg for flag in flags for arg in (flag, str(free_port()))]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "labrador", "dev", "--data-dir", str(tmp_path / "data"), *ports],
+                          env=env, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: setting codec_keys_file: {path} has mode 0644"), done.stderr
+    assert "not reachable" not in done.stderr and time.monotonic() - started < 20
+    assert not (tmp_path / "data" / "temporal.log").exists()  # no Temporal server was spawned

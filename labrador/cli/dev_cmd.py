@@ -13,6 +13,7 @@ import typer
 from labrador.api.keys import KeyConfigError
 from labrador.api.server import AddressError
 from labrador.cli.common import EXIT_REFUSED, EXIT_UNREACHABLE, fail, non_negative_seconds_option, port_option
+from labrador.codec import CodecError
 from labrador.devstack import DevStack, DevStackConfig, DevStackError
 from labrador.settings import Settings, SettingsError, default_data_dir
 
@@ -54,7 +55,7 @@ def dev(
 
     try:
         asyncio.run(main())
-    except SettingsError as exc:
+    except (SettingsError, CodecError) as exc:
         fail(str(exc))
     except (DevStackError, AddressError, KeyConfigError) as exc:
         fail(str(exc), EXIT_UNREACHABLE if "not reachable" in str(exc) or "exited" in str(exc) else EXIT_REFUSED)
