@@ -20,6 +20,8 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.client import (
     WorkflowExecutionStatus as Status,
@@ -100,7 +102,12 @@ class EndPending(Pending):
     pass
 
 
+class UpdatePending(Pending):
+    """extend/check/pause/resume not taken by any worker in time (nothing confirmed, maybe applied later)."""
+
+
 STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+UPDATE_ACCEPT_TIMEOUT = timedelta(seconds=30)
 MAX_REASON_CHARS = 200
 
 
@@ -308,9 +315,19 @@ class LabClient:
         update_id = f"wait-ready-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
-                return await handle.execute_update(
-                    LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id
-                )
+                try:
+                    async with asyncio.timeout(UPDATE_ACCEPT_TIMEOUT.total_seconds()):
+                        accepted = await handle.start_update(
+                            LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=wait), id=update_id,
+                            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                        )
+                except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                    raise WorkerUnavailable(
+                        f"no worker answered for {student_id!r}'s lab within "
+                        f"{UPDATE_ACCEPT_TIMEOUT.total_seconds():g} s (is a worker polling task queue "
+                        f"{self.settings.task_queue!r}?)"
+                    ) from None
+                return await accepted.result()
             except CodecError as exc:
                 raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:
@@ -460,12 +477,25 @@ class LabClient:
             raise NoSession(f"student: {student_id!r} has no lab running (the last one has ended)")
 
     async def _update(self, student_id: str, update: Any, request: BaseModel) -> Any:
+        """An update, accepted by a worker within UPDATE_ACCEPT_TIMEOUT or UpdatePending (no worker took
+        it: it may still apply when one picks the lab up), then its result however long it runs."""
         handle = self._handle(student_id)
         await self._require_decodable()
         update_id = f"{update.__name__}-{uuid.uuid4()}"
         for attempt in range(_UPDATE_ATTEMPTS):
             try:
-                return await handle.execute_update(update, request, id=update_id)
+                try:
+                    async with asyncio.timeout(UPDATE_ACCEPT_TIMEOUT.total_seconds()):
+                        accepted = await handle.start_update(
+                            update, request, id=update_id, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+                        )
+                except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                    raise UpdatePending(
+                        f"{update.__name__} requested for {student_id!r}, but no worker took it within "
+                        f"{UPDATE_ACCEPT_TIMEOUT.total_seconds():g} s; it may still apply when a worker picks the "
+                        "lab up (see labrador lab status)"
+                    ) from None
+                return await accepted.result()
             except CodecError as exc:
                 raise PayloadsUndecodable(str(exc)) from None
             except WorkflowUpdateFailedError as exc:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cluster.simulated.faults import FaultPlan
 from labrador.cli.main import app
-from labrador.client import EndPending, SessionConflict
+from labrador.client import EndPending, SessionConflict, UpdatePending
 from workflows.models import TERMINAL_PHASES, Phase
 
 from .conftest import Stack
@@ -79,4 +79,18 @@ async def test_start_is_idempotent_for_the_same_student_and_lab(stack: Stack) ->
     assert code == 0 and "already running" in output, output
     code, output = await asyncio.to_thread(cli, stack, "lab", "start", "--student", who, "--lab", "scheduler-down")
     assert code == 1 and "already has lab" in output, output
+    await stack.labs.end(who)
+
+
+async def test_extend_with_no_worker_says_so_instead_of_hanging(stack: Stack) -> None:
+    await stack.start_worker()
+    who = student()
+    await stack.labs.start(who, "sandbox")
+    assert await until_ready(stack, who) in (Phase.READY, Phase.RUNNING)
+    await stack.kill_worker()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpdatePending, match="no worker took it"):
+        await stack.labs.extend(who)
+    assert asyncio.get_running_loop().time() - started < 45
+    await stack.start_worker()
     await stack.labs.end(who)
