@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -98,10 +99,7 @@ WORKFLOW_BUGS: tuple[type[Exception], ...] = (
 class CallOptions:
     start_to_close: timedelta
     retry: RetryPolicy
-    schedule_to_close: timedelta | None = None  # a time budget over all attempts
-
-    def within(self, budget: timedelta) -> CallOptions:
-        return CallOptions(self.start_to_close, self.retry, budget)
+    schedule_to_close: timedelta | None = None  # only the replay of CAPACITY_TICKETS_PATCH runs without the next
 
 
 # Short, idempotent cluster calls run as local activities: no task-queue round trip per call.
@@ -111,13 +109,17 @@ CLUSTER_CALL = CallOptions(
         initial_interval=timedelta(milliseconds=200),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(seconds=10),
-        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation (or `within`)
+        maximum_attempts=0,  # bounded by the provisioning_overdue limit around the preparation
     ),
 )
 # workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
 # deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
 # before it replay the old path (tests/histories/capacity-v1-*.json).
 CAPACITY_TICKETS_PATCH = "capacity-tickets"
+# ... and then: the claim, deletes and broker calls as quick local attempts + a regular activity with a
+# schedule-to-close (the local activities' schedule-to-close of the first version held the workflow
+# task while they retried, so `end` waited; tests/histories/capacity-tickets-v1-*.json replay it).
+CAPACITY_BOUNDED_PATCH = "capacity-bounded-calls"
 # Teardown must finish: retry transient errors forever (visible as phase tearing-down in the UI).
 TEARDOWN_CALL = CallOptions(
     timedelta(seconds=60),
@@ -447,10 +449,14 @@ class LabSessionWorkflow:
 
     async def _claim_and_admit(self) -> str | None:
         budget = self._input.timings.provisioning_overdue
-        bounded = CLUSTER_CALL.within(budget)
+        bounded = workflow.patched(CAPACITY_BOUNDED_PATCH)
+        self._capacity.first_version = not bounded
         try:
-            await self._claim_warm_nodes(bounded)
-        except ActivityError as error:
+            await self._claim_warm_nodes(
+                self._bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
+                else _options_call(replace(CLUSTER_CALL, schedule_to_close=budget))
+            )
+        except CALL_FAILED as error:
             raise SessionFailed(
                 "overdue", f"could not claim nodes within {format_duration(budget)}: {_cause(error)}"
             ) from None
@@ -484,11 +490,13 @@ class LabSessionWorkflow:
             )
             if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
                 try:
-                    await self._give_up_warm_nodes(bounded)
-                except ActivityError as error:
-                    raise SessionFailed(
-                        "overdue", f"could not give warm nodes up within {format_duration(budget)}: {_cause(error)}"
-                    ) from None
+                    await self._give_up_warm_nodes(
+                        self._bounded_call(workflow.now() + budget, "give warm nodes up") if bounded
+                        else _options_call(replace(CLUSTER_CALL, schedule_to_close=budget))
+                    )
+                except CALL_FAILED as error:
+                    raise SessionFailed("overdue", f"could not give warm nodes up within "
+                                        f"{format_duration(budget)}: {_cause(error)}") from None
                 left = max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1))
                 await self._capacity.admit(
                     self._session, *need(), limits, left, budget, on_queued=queued,
@@ -496,11 +504,35 @@ class LabSessionWorkflow:
                 )
         except CapacityRefused as refused:
             raise SessionFailed("no capacity", str(refused)) from None
-        except ActivityError as error:
+        except ActivityError as error:  # only the first version (its broker call had a schedule-to-close)
             raise SessionFailed(
                 "overdue", f"the capacity broker did not answer within {format_duration(budget)}: {_cause(error)}"
             ) from None
         return self._end_reason
+
+    @staticmethod
+    def _bounded_call(deadline: datetime, summary: str) -> Call:
+        """Quick local attempts (~1.5 s), then a regular activity retried until `deadline` (the
+        server's schedule-to-close). Not a local activity retried for long in the worker: that holds
+        the workflow task open, so `end` and queries would wait; a regular activity is cancelled at
+        once when the student ends the lab."""
+
+        async def call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+            try:
+                return await _local(name, arg, result_type, QUICK_CLUSTER_CALL)
+            except CALL_FAILED as error:
+                cause = error.cause if isinstance(error, ActivityError) and error.cause is not None else error
+                if isinstance(cause, CancelledError) or (isinstance(cause, ApplicationError) and cause.non_retryable):
+                    raise
+            left = deadline - workflow.now()
+            if left <= timedelta(0):
+                raise ApplicationError(f"{summary}: the cluster API did not answer", non_retryable=True)
+            return await workflow.execute_activity(
+                name, arg, result_type=result_type, start_to_close_timeout=CLUSTER_CALL.start_to_close,
+                schedule_to_close_timeout=left, retry_policy=CLUSTER_RETRY, summary=f"{summary} (cluster API retry)",
+            )
+
+        return call
 
     async def _claim_and_queue_v1(self) -> str | None:
         """Warm nodes first; when some must be cold-provisioned and a global cap is set, wait for room
@@ -547,16 +579,16 @@ class LabSessionWorkflow:
 
     # --- steps ------------------------------------------------------------------------------------
 
-    async def _claim_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+    async def _claim_warm_nodes(self, call: Call | None = None) -> None:
         """The one claiming step (the pool's capacity queue goes right after it)."""
+        call = call or _plain_call
         wants: dict[str, int] = {}
         for node in self._lab.nodes:
             wants[node.node_class] = wants.get(node.node_class, 0) + 1
-        claim: ClaimResult = await _local(
+        claim: ClaimResult = await call(
             ActivityName.CLAIM_NODES,
             ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
             ClaimResult,
-            options,
         )
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
@@ -575,11 +607,12 @@ class LabSessionWorkflow:
                     )
                 )
 
-    async def _give_up_warm_nodes(self, options: CallOptions = CLUSTER_CALL) -> None:
+    async def _give_up_warm_nodes(self, call: Call | None = None) -> None:
         """Delete the warm nodes this session claimed and plan cold ones in their place."""
+        call = call or _plain_call
         lab_nodes = {n.name: n for n in self._lab.nodes}
         warm = [node for node in self._nodes if node.warm]
-        await self._all(_local(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None, options)
+        await self._all(call(ActivityName.DELETE_NODE, NodeRef(node_id=node.node_id), None)
                         for node in warm)
         self._nodes = [
             node.model_copy(update={"warm": False, "node_id": self._cold_node_id(lab_nodes[node.name])})
@@ -1143,6 +1176,20 @@ class PinnedLabSessionWorkflow(LabSessionWorkflow):
 def _minutes(duration: timedelta) -> str:
     """A duration for a refusal, rounded to the minute ("17m", "4h15m")."""
     return format_duration(timedelta(minutes=max(1, round(duration.total_seconds() / 60))))
+
+
+Call = Callable[[ActivityName, Any, "type | None"], Awaitable[Any]]
+
+
+async def _plain_call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+    return await _local(name, arg, result_type, CLUSTER_CALL)
+
+
+def _options_call(options: CallOptions) -> Call:
+    async def call(name: ActivityName, arg: Any, result_type: type | None) -> Any:
+        return await _local(name, arg, result_type, options)
+
+    return call
 
 
 async def _local(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:

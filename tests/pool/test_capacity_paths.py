@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 
+from cluster.simulated.faults import FaultPlan
 from labrador.settings import PACKAGE_LABS_DIR
 from labs.loader import load_catalog
 from labs.models import Lab
@@ -152,3 +154,38 @@ async def test_refused_when_bigger_than_the_cap(pool_bed: PoolBed) -> None:
     assert "more than the platform's cap of 1 VMs" in result.detail
     assert (await pool_bed.sim.inventory()).nodes == []
 
+
+
+async def test_an_api_outage_during_the_claim_fails_the_lab_overdue_on_time(pool_bed: PoolBed) -> None:
+    pool_bed.sim.faults = FaultPlan(api_error_rate=1.0, api_error_methods=["claim"])
+    session = await start(pool_bed, ONE_NODE, max_vms=10, overdue=timedelta(seconds=2))
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(10):
+            result: LabSessionResult = await session.result()
+    except TimeoutError:
+        raise AssertionError(f"still {await session.query(LabSessionWorkflow.status)}") from None
+    finally:
+        pool_bed.sim.faults = FaultPlan()
+    assert (result.outcome, result.reason) == (Phase.FAILED, "overdue")
+    assert "could not claim nodes within 2s" in result.detail
+    assert time.monotonic() - began < 8
+    assert (await pool_bed.sim.inventory()).nodes == []
+
+
+async def test_end_during_an_api_outage_in_the_claim_ends_the_lab_at_once(pool_bed: PoolBed) -> None:
+    pool_bed.sim.faults = FaultPlan(api_error_rate=1.0, api_error_methods=["claim"])
+    session = await start(pool_bed, ONE_NODE, max_vms=10)  # overdue 15 min: only `end` can stop it soon
+    await asyncio.sleep(0.5)
+    assert (await session.query(LabSessionWorkflow.status)).phase == Phase.CLAIMING
+    began = time.monotonic()
+    await session.signal(LabSessionWorkflow.end, EndRequest())
+    try:
+        async with asyncio.timeout(10):
+            result: LabSessionResult = await session.result()
+    except TimeoutError:
+        raise AssertionError(f"still {await session.query(LabSessionWorkflow.status)}") from None
+    finally:
+        pool_bed.sim.faults = FaultPlan()
+    assert (result.outcome, result.reason) == (Phase.ENDED, "ended by student")
+    assert time.monotonic() - began < 3

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cluster.models import SessionRef
@@ -35,7 +36,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10)
-# Ticket-number path: retried until the workflow's budget (schedule-to-close) runs out, not forever.
+# Ticket-number path: retried until the workflow's budget (a timer around the call) runs out.
+QUICK_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3)
 ADMIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 
 
@@ -50,7 +52,9 @@ class CapacityGate:
         self.ticket: int | None = None
         self.refused: str | None = None
         self._asked = False
-        self._local = False
+        # The first ticket-number version (replayed only): broker calls as local activities with a
+        # schedule-to-close, release as a local activity.
+        self.first_version = False
         self._on_queued: Callable[[int], None] | None = None
         workflow.set_signal_handler(CAPACITY_NOTICE_SIGNAL, self._on_notice)
 
@@ -82,21 +86,49 @@ class CapacityGate:
         """Return once the broker granted room; raise CapacityRefused otherwise. `budget` bounds the
         call to the broker (not the wait in the queue, which `max_wait` bounds); `stop()` true (the
         student ended the lab, or the caller wants out) leaves the queue and returns without a grant."""
-        self._asked, self._local = True, True
+        self._asked = True
         self._on_queued = on_queued
         self.granted, self.refused = False, None
         request = CapacityRequest(
             session=session, vms=vms, memory_bytes=memory_bytes, limits=limits, requested_at=workflow.now(),
             new_vms=new_vms, new_memory_bytes=new_memory_bytes,
         )
-        answer: CapacityNotice = await workflow.execute_local_activity(
-            CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
-            start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget, retry_policy=ADMIT_RETRY,
-        )
+        if self.first_version:
+            answer: CapacityNotice = await workflow.execute_local_activity(
+                CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+                start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget,
+                retry_policy=ADMIT_RETRY,
+            )
+        else:
+            answer = await self._ask(request, budget)
         self._on_notice(answer)
         if answer.position is not None and self.position is None:
             self.position = answer.position
         await self._wait(session, limits, max_wait, stop)
+
+    @staticmethod
+    async def _ask(request: CapacityRequest, budget: timedelta) -> CapacityNotice:
+        """A quick local attempt or three (the common case: one round trip to the broker), then a
+        regular activity until `budget` runs out (a local activity retrying in the worker would hold
+        the session's workflow task: `end` and queries would wait)."""
+        try:
+            answer: CapacityNotice = await workflow.execute_local_activity(
+                CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY,
+            )
+            return answer
+        except (ActivityError, ApplicationError):
+            pass
+        try:
+            answer = await workflow.execute_activity(
+                CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+                start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget,
+                retry_policy=ADMIT_RETRY, summary="ask the capacity broker (retry)",
+            )
+        except ActivityError as error:
+            cause = error.cause or error
+            raise CapacityRefused(f"the capacity broker did not answer within {budget}: {cause}") from None
+        return answer
 
     async def _wait(
         self, session: SessionRef, limits: CapacityLimits, max_wait: timedelta, stop: Callable[[], bool]
@@ -148,7 +180,7 @@ class CapacityGate:
         self._asked = False
         self.granted = False
         self.position = None
-        if self._local:
+        if self.first_version:
             await workflow.execute_local_activity(
                 CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
