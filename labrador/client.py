@@ -60,6 +60,7 @@ from workflows.models import (
     ResetLimits,
     ResumeRequest,
     ResumeResult,
+    SessionEvents,
     SessionTimings,
     WaitReadyRequest,
     WaitReadyResult,
@@ -257,6 +258,9 @@ class LabClient:
         request = LabSessionInput(
             student_id=student_id, lab=lab, node_classes=classes, timings=self.timings,
             # The global cap: cold provisions wait in the pool's capacity queue (workflows/capacity.py).
+            # Webhook events (workflows/webhooks.py) only when somebody receives them.
+            events=SessionEvents(expiring_before=_duration(self.settings.webhook_expiring_before))
+            if self.settings.webhook_urls.strip() else None,
             capacity=CapacityLimits(
                 max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
             ),

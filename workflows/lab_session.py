@@ -76,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
         WaitReadyRequest,
         WaitReadyResult,
     )
+    from workflows.webhooks import EventType, WebhookEvent, emit
 
 WORKFLOW_NAME = "LabSession"
 
@@ -179,6 +180,8 @@ CLOCK_STEP_TIMEOUT = timedelta(minutes=2)
 # Marks the runs that used pause/resume/reset (recorded the first time one of them runs). Runs that
 # never did take exactly the commands they took before these messages existed.
 PAUSE_PATCH = "pause-resume-reset"
+# workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
+WEBHOOK_PATCH = "webhook-events"
 PAUSE_EXPIRED = "pause expired"
 
 
@@ -250,6 +253,8 @@ class LabSessionWorkflow:
         self._pauses_used = 0
         self._paused_total = timedelta(0)
         self._resets_used = 0
+        self._event_starts: list[asyncio.Task[None]] = []  # webhook deliveries being started (never delivered here)
+        self._expiring_sent_for: datetime | None = None
 
     # --- the story --------------------------------------------------------------------------------
 
@@ -280,6 +285,9 @@ class LabSessionWorkflow:
         await self._abandon_preparation()
         await self._teardown()
         self._enter(outcome)
+        self._emit(EventType.LAB_ENDED, outcome=str(outcome), reason=self._reason or str(outcome),
+                   detail=self._detail or "")
+        await self._events_started()
         if reraise is not None:
             raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -314,6 +322,10 @@ class LabSessionWorkflow:
         if self._paused_at is not None and (grade or self._lab.scripts.teardown):
             await self._wake_up()  # checks and teardown scripts need running nodes
         checks = await self._final_grading() if grade else None
+        if checks is not None:
+            self._emit(EventType.LAB_GRADED, score=checks.score, max_score=checks.max_score,
+                       results=[{"name": r.name, "node": r.node, "passed": r.passed, "points": r.points,
+                                 "max_points": r.max_points} for r in checks.results])
         return outcome, checks
 
     async def _prepare_within_limit(self) -> str | None:
@@ -341,6 +353,7 @@ class LabSessionWorkflow:
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
         metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
+        self._emit(EventType.LAB_READY, deadline=self._deadline.isoformat())
         return None
 
     async def _prepare(self) -> None:
@@ -404,6 +417,14 @@ class LabSessionWorkflow:
                     self._detail = f"the lab's time ran out at {self._deadline:%H:%M:%S} UTC"
                     return Phase.EXPIRED, "expired"
                 wake_at = self._deadline
+                expiring_at = self._expiring_at()
+                if expiring_at is not None and now >= expiring_at:
+                    self._expiring_sent_for = self._deadline
+                    self._emit(EventType.LAB_EXPIRING, deadline=self._deadline.isoformat(),
+                               seconds_left=int((self._deadline - now).total_seconds()),
+                               suffix=f"{self._deadline:%Y%m%dT%H%M%S}")
+                elif expiring_at is not None:
+                    wake_at = min(wake_at, expiring_at)
                 if not self._picked_up:
                     if now >= unclaimed_at:
                         self._detail = (
@@ -548,6 +569,7 @@ class LabSessionWorkflow:
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
+                self._emit(EventType.LAB_QUEUED, position=position)
 
         def holds_warm_nodes() -> bool:
             return any(node.warm for node in self._nodes)
@@ -593,6 +615,13 @@ class LabSessionWorkflow:
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
             free.setdefault(record.node_class, []).append(record)
+        for node_class, wanted in sorted(wants.items()):
+            if len(free.get(node_class, [])) < wanted:  # the warm pool had too few: cold nodes follow
+                bucket = workflow.now().replace(second=0, microsecond=0)
+                bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
+                self._emit(EventType.POOL_LOW, node_class=node_class, wanted=wanted,
+                           claimed=len(free.get(node_class, [])),
+                           event_id=f"pool.low.{node_class}.{bucket:%Y%m%dT%H%M}")
         for lab_node in self._lab.nodes:
             candidates = free.get(lab_node.node_class) or []
             if candidates:
@@ -1110,6 +1139,35 @@ class LabSessionWorkflow:
         )
 
     # --- bookkeeping ------------------------------------------------------------------------------
+
+    def _emit(self, kind: EventType, *, suffix: str = "", event_id: str | None = None, **data: Any) -> None:
+        """A webhook event: its delivery workflow is started detached (workflows/webhooks.py); the story
+        never waits for a receiver. Only with events configured, and behind WEBHOOK_PATCH."""
+        if self._input.events is None or not workflow.patched(WEBHOOK_PATCH):
+            return
+        if kind != EventType.POOL_LOW:
+            data = {"student_id": self._input.student_id, "session_id": self._session.session_id,
+                    "lab": self._lab.name, "phase": str(self._phase), **data}
+        event = WebhookEvent(
+            id=event_id or f"{self._session.session_id}.{kind.value}" + (f".{suffix}" if suffix else ""),
+            type=kind, timestamp=workflow.now(), data=data,
+        )
+        self._event_starts.append(asyncio.create_task(emit(event)))
+
+    def _expiring_at(self) -> datetime | None:
+        """When lab.expiring is due for the current deadline (None: events off or already sent)."""
+        events = self._input.events
+        if events is None or self._deadline is None or self._expiring_sent_for == self._deadline:
+            return None
+        if not workflow.patched(WEBHOOK_PATCH):
+            return None
+        return self._deadline - events.expiring_before
+
+    async def _events_started(self) -> None:
+        """Before the run completes: the deliveries it emitted have started (they then outlive it)."""
+        if self._event_starts:
+            await asyncio.gather(*self._event_starts)
+            self._event_starts.clear()
 
     def _enter(self, phase: Phase, *, first: bool = False) -> None:
         now = workflow.now()
