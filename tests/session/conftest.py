@@ -75,9 +75,7 @@ async def stack(dev_env: WorkflowEnvironment, tmp_path: Path, catalog: Catalog) 
         data_dir=tmp_path,
         cluster_backend="simulated",
     )
-    # Extend at any time (the last-15-minutes rule has its time-skipping tests; these labs last an hour).
-    timings = SessionTimings(health_interval=timedelta(seconds=1), health_grace=timedelta(seconds=2),
-                             extend_window=timedelta(hours=4))
+    timings = SessionTimings(health_interval=timedelta(seconds=1), health_grace=timedelta(seconds=2))
     labs = LabClient(dev_env.client, settings, catalog=catalog,
                      published=JsonFilePublishedImages.in_data_dir(tmp_path), timings=timings)
     built = Stack(dev_env, settings, labs)
