@@ -58,6 +58,8 @@ from workflows.models import (
     PauseResult,
     Phase,
     ResetLimits,
+    ResetRequest,
+    ResetResult,
     ResumeRequest,
     ResumeResult,
     SessionEvents,
@@ -364,6 +366,13 @@ class LabClient:
         """Run a paused lab again; the answer has the (maybe new) SSH endpoint and the moved deadline.
         `wait_ready` answers with the same endpoint and the student's key."""
         result: ResumeResult = await self._update(student_id, LabSessionWorkflow.resume, ResumeRequest())
+        return result
+
+    async def reset(self, student_id: str) -> ResetResult:
+        """Fresh nodes of the same lab in the same session; returns once they are ready and the
+        student is switched over (new SSH endpoint, same key). Refused unless running and within the
+        lab's reset limit; if the new nodes fail, the lab goes on with the old ones (LabError)."""
+        result: ResetResult = await self._update(student_id, LabSessionWorkflow.reset, ResetRequest())
         return result
 
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:
