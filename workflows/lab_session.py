@@ -511,6 +511,7 @@ class LabSessionWorkflow:
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
+                self._emit(EventType.LAB_QUEUED, position=position)
 
         def holds_warm_nodes() -> bool:
             return any(node.warm for node in self._nodes)

@@ -118,3 +118,23 @@ async def test_expiring_follows_the_deadline_and_the_history_is_recorded(dev_env
     (expiring_time,) = [when for when, start in starts if "lab.expiring" in start.workflow_id]
     assert status.deadline is not None
     assert abs((status.deadline.replace(tzinfo=None) - expiring_time).total_seconds() - 4) < 1.5
+
+
+async def test_a_session_over_the_capacity_cap_sends_lab_queued(stack: Stack, receiver: Receiver) -> None:
+    settings = stack.settings.model_copy(update={
+        "webhook_urls": receiver.url, "webhook_secret": SecretStr(SECRET), "max_vms": 1,
+    })
+    stack.settings = stack.labs.settings = settings
+    await stack.start_worker()
+    first, second = (f"queued-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    await stack.labs.start(first, "apiserver-manifest-typo")  # one node: takes the whole cap
+    assert (await stack.labs.wait_ready(first, timedelta(seconds=30))).ready
+    await stack.labs.start(second, "apiserver-manifest-typo")
+    try:
+        queued = await receiver.wait_for("lab.queued")
+    except TimeoutError:
+        raise AssertionError(f"{await stack.labs.status(second)} {receiver.types()}") from None
+    assert queued["data"]["student_id"] == second and queued["data"]["position"] == 1
+    await stack.labs.end(first)
+    await stack.labs.end(second)
+    await stack.labs.result(second)
