@@ -1,6 +1,6 @@
 """No hold-and-wait: sessions that hold warm nodes while they queue for cold ones could fill the cap
 together, and then none of them would ever be granted. A session that must queue gives its warm nodes
-up first (workflows/lab_session.py, `_give_up_warm_nodes`).
+up first (workflows/session/steps.py, `_give_up_warm_nodes`).
 
 Two 2-node labs, cap 2 VMs, 2 warm control planes: each session claims one warm node and needs a cold
 worker; the two warm nodes are the whole cap, so without the rule both would wait until `max_queue_wait`.

@@ -93,6 +93,9 @@ def test_the_scan_follows_the_imports_of_the_unsandboxed_workflows() -> None:
     assert {"workflows.lab_session", "workflows.models", "workflows.capacity", "labs.models"} <= set(modules)
     assert any(name.endswith("naming") for name in modules)
     assert not any(name.startswith(("activities", "labrador.cli")) for name in modules)
+    # The parts the session workflow is composed of (workflows/session/) are all scanned.
+    parts = {f"workflows.session.{p.stem}" for p in (ROOT / "workflows" / "session").glob("[!_]*.py")}
+    assert parts and parts <= set(modules), sorted(parts - set(modules))
 
 
 def test_the_unsandboxed_workflows_use_no_clock_randomness_or_threads() -> None:

@@ -9,7 +9,7 @@ Used by LabSessionWorkflow when it must cold-provision nodes (warm claims need n
 
 `admit` asks by update (`ADMIT_CAPACITY`, a local activity: one round trip, the answer is the grant
 in the common case). `acquire` is the path of sessions started before ticket numbers (signal
-`request`, then notices); it stays for their replay (workflow.patched in lab_session.py).
+`request`, then notices); it stays for their replay (workflow.patched in workflows/session/capacity_path.py).
 
 `gate.position` is the queue position the session was last told (LabStatus.queue_position; the
 client asks the broker for the live one while a lab is queued), `gate.ticket` its FIFO ticket.

@@ -1,0 +1,1 @@
+"""The parts of the LabSession workflow, composed by `workflows.lab_session.LabSessionWorkflow`."""

@@ -1,0 +1,26 @@
+"""The `workflow.patched` IDs of the session workflow (docs/session.md "Replay safety").
+
+Runs that took the old path keep it on replay; each ID says which change it guards. Never rename one.
+"""
+
+# workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
+# deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
+# before it replay the old path (tests/histories/capacity-v1-*.json).
+CAPACITY_TICKETS_PATCH = "capacity-tickets"
+# ... and then: the claim, deletes and broker calls as quick local attempts + a regular activity with a
+# schedule-to-close (the local activities' schedule-to-close of the first version held the workflow
+# task while they retried, so `end` waited; tests/histories/capacity-tickets-v1-*.json replay it).
+CAPACITY_BOUNDED_PATCH = "capacity-bounded-calls"
+# Patches (docs/session.md "Replay safety"): runs that took the old path keep it on replay.
+PATCH_TEARDOWN_ACTIVITIES = "teardown-as-regular-activities"
+PATCH_BOUNDED_LOCAL_RETRIES = "bounded-local-retries"
+PATCH_ONE_CHECK_AT_A_TIME = "one-check-at-a-time"
+PATCH_LOCAL_FAILURES_CAUGHT = "local-activity-failures-caught"
+# Marks the runs that used pause/resume/reset (recorded the first time one of them runs). Runs that
+# never did take exactly the commands they took before these messages existed.
+PAUSE_PATCH = "pause-resume-reset"
+# The node-health watch waits through a pause instead of being cancelled and restarted (cancelling it
+# while its node_health call runs, next to an update's commands, was refused by the test server).
+HEALTH_WAITS_PATCH = "pause-health-waits"
+# workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
+WEBHOOK_PATCH = "webhook-events"
