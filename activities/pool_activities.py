@@ -220,8 +220,11 @@ class PoolActivities:
 
     @activity.defn(name=CapacityActivityName.ADMIT_CAPACITY)
     async def admit_capacity(self, request: CapacityRequest) -> CapacityNotice:
-        """Ask the broker by update-with-start: one round trip, the broker's answer is the result."""
-        return await self._update_with_start("admit", request, request.limits, CapacityNotice)
+        """Ask the broker by signal-with-start; its answer (grant, place, refusal) comes as a
+        `capacity_notice` signal. Not an update: Temporal admits 10 updates in flight per workflow,
+        and a class of 300 starting at once is 300 requests to one broker."""
+        await self._signal_with_start("request", request, request.limits)
+        return CapacityNotice()
 
     @activity.defn(name=CapacityActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:
