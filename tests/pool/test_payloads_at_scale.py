@@ -42,7 +42,7 @@ async def largest_event(client: Client, workflow_id: str, run_id: str | None = N
 
 async def test_two_thousand_running_labs_keep_every_payload_small(pool_bed: PoolBed) -> None:
     client = pool_bed.client
-    base = load_catalog(PACKAGE_LABS_DIR).labs["sandbox"]
+    base = load_catalog(PACKAGE_LABS_DIR).labs["apiserver-manifest-typo"]  # one node: 2,000 labs, 2,000 VMs
     lab = base.model_copy(update={"nodes": [n.model_copy(update={"node_class": CP.name}) for n in base.nodes]})
     timings = SessionTimings(health_interval=timedelta(hours=1), unclaimed_timeout=timedelta(hours=2))
     limits = CapacityLimits(max_vms=100_000, max_memory_bytes=2**50)
