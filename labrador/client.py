@@ -58,8 +58,11 @@ from workflows.models import (
     PauseResult,
     Phase,
     ResetLimits,
+    ResetRequest,
+    ResetResult,
     ResumeRequest,
     ResumeResult,
+    SessionEvents,
     SessionTimings,
     WaitReadyRequest,
     WaitReadyResult,
@@ -257,6 +260,9 @@ class LabClient:
         request = LabSessionInput(
             student_id=student_id, lab=lab, node_classes=classes, timings=self.timings,
             # The global cap: cold provisions wait in the pool's capacity queue (workflows/capacity.py).
+            # Webhook events (workflows/webhooks.py) only when somebody receives them.
+            events=SessionEvents(expiring_before=_duration(self.settings.webhook_expiring_before))
+            if self.settings.webhook_urls.strip() else None,
             capacity=CapacityLimits(
                 max_vms=self.settings.max_vms, max_memory_bytes=quantity_bytes(self.settings.max_memory)
             ),
@@ -360,6 +366,13 @@ class LabClient:
         """Run a paused lab again; the answer has the (maybe new) SSH endpoint and the moved deadline.
         `wait_ready` answers with the same endpoint and the student's key."""
         result: ResumeResult = await self._update(student_id, LabSessionWorkflow.resume, ResumeRequest())
+        return result
+
+    async def reset(self, student_id: str) -> ResetResult:
+        """Fresh nodes of the same lab in the same session; returns once they are ready and the
+        student is switched over (new SSH endpoint, same key). Refused unless running and within the
+        lab's reset limit; if the new nodes fail, the lab goes on with the old ones (LabError)."""
+        result: ResetResult = await self._update(student_id, LabSessionWorkflow.reset, ResetRequest())
         return result
 
     async def end(self, student_id: str, reason: str = "ended by student") -> LabStatus:

@@ -17,6 +17,14 @@ from workflows import search_attributes
 @pytest.fixture(scope="session")
 async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     """The Java time-skipping test server, search attributes registered (else tasks retry forever)."""
+    env = await start_time_skipping_env()
+    yield env
+    await env.shutdown()
+
+
+async def start_time_skipping_env() -> WorkflowEnvironment:
+    """A time-skipping server of one's own: for a test that leaves an activity running past its
+    workflow's end (the server keeps its clock still until that activity times out)."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(temporal_test_server()),
         data_converter=pydantic_data_converter,
@@ -29,8 +37,7 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
             },
         )
     )
-    yield env
-    await env.shutdown()
+    return env
 
 
 @pytest.fixture(scope="session")

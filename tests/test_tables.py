@@ -192,3 +192,16 @@ def test_every_table_of_the_cli_is_fitted() -> None:
     printing = {path.name for path in cli.glob("*.py") if "print_table(console" in path.read_text()}
     assert printing == {"admin_cmd.py", "image_cmd.py", "lab_cmd.py", "labs_cmd.py", "pool_cmd.py",
                         "webhooks_cmd.py"}, "a new table command: add it to RENDERERS (or a CLI test) here"
+
+
+def test_image_references_keep_the_end_that_tells_them_apart() -> None:
+    prefix = "registry.lab.internal/labrador/a-long-repository-name/k8s-node"
+    rows = [["cp", f"{prefix}:v1.31.4-r3"], ["wk", f"{prefix}:v1.32.0-r1"]]
+    columns = (Col("class"), Col("image", shrink=True, keep_end=True))
+    narrow = Console(file=io.StringIO(), width=40)
+    narrow.print(fitted_table(columns, rows, width=40))
+    lines = body_lines(narrow.file.getvalue(), 40)  # type: ignore[attr-defined]
+    assert "v1.31.4-r3" in lines[0] and "v1.32.0-r1" in lines[1] and "…" in lines[0], lines
+    wide = Console(file=io.StringIO(), width=200)
+    wide.print(fitted_table(columns, rows, width=200))
+    assert f"{prefix}:v1.31.4-r3" in wide.file.getvalue()  # type: ignore[attr-defined]

@@ -65,6 +65,8 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         ProvisionInput,
         ReleaseResult,
+        ResetRequest,
+        ResetResult,
         ResumeRequest,
         ResumeResult,
         SessionCredentials,
@@ -76,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         WaitReadyRequest,
         WaitReadyResult,
     )
+    from workflows.webhooks import EventType, WebhookEvent, emit
 
 WORKFLOW_NAME = "LabSession"
 
@@ -179,7 +182,13 @@ CLOCK_STEP_TIMEOUT = timedelta(minutes=2)
 # Marks the runs that used pause/resume/reset (recorded the first time one of them runs). Runs that
 # never did take exactly the commands they took before these messages existed.
 PAUSE_PATCH = "pause-resume-reset"
+# The node-health watch waits through a pause instead of being cancelled and restarted (cancelling it
+# while its node_health call runs, next to an update's commands, was refused by the test server).
+HEALTH_WAITS_PATCH = "pause-health-waits"
+# workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
+WEBHOOK_PATCH = "webhook-events"
 PAUSE_EXPIRED = "pause expired"
+ENDED_DURING_RESET = "the lab ended before its new nodes were ready"
 
 
 class SessionFailed(Exception):
@@ -250,6 +259,12 @@ class LabSessionWorkflow:
         self._pauses_used = 0
         self._paused_total = timedelta(0)
         self._resets_used = 0
+        self._reset_task: asyncio.Task[None] | None = None
+        # While a reset runs, the generation that is not `self._session` (the old nodes while the new
+        # ones are prepared); teardown releases it too, so an end mid-reset leaks nothing.
+        self._other_generation: SessionRef | None = None
+        self._event_starts: list[asyncio.Task[None]] = []  # webhook deliveries being started (never delivered here)
+        self._expiring_sent_for: datetime | None = None
 
     # --- the story --------------------------------------------------------------------------------
 
@@ -280,6 +295,9 @@ class LabSessionWorkflow:
         await self._abandon_preparation()
         await self._teardown()
         self._enter(outcome)
+        self._emit(EventType.LAB_ENDED, outcome=str(outcome), reason=self._reason or str(outcome),
+                   detail=self._detail or "")
+        await self._events_started()
         if reraise is not None:
             raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -314,6 +332,10 @@ class LabSessionWorkflow:
         if self._paused_at is not None and (grade or self._lab.scripts.teardown):
             await self._wake_up()  # checks and teardown scripts need running nodes
         checks = await self._final_grading() if grade else None
+        if checks is not None:
+            self._emit(EventType.LAB_GRADED, score=checks.score, max_score=checks.max_score,
+                       results=[{"name": r.name, "node": r.node, "passed": r.passed, "points": r.points,
+                                 "max_points": r.max_points} for r in checks.results])
         return outcome, checks
 
     async def _prepare_within_limit(self) -> str | None:
@@ -341,6 +363,7 @@ class LabSessionWorkflow:
         self._deadline = self._ready_at + self._lab.effective_duration
         self._enter(Phase.READY)
         metrics.session_ready(self._lab.name, self._started_at, self._ready_at, self._nodes)  # not a command
+        self._emit(EventType.LAB_READY, deadline=self._deadline.isoformat())
         return None
 
     async def _prepare(self) -> None:
@@ -367,16 +390,18 @@ class LabSessionWorkflow:
             while True:
                 now = workflow.now()
                 if self._end_reason is not None:
+                    if self._reset_task is not None and not self._reset_task.done():
+                        self._reset_task.cancel()  # the old nodes stay; the new ones go
                     if self._busy is not None:  # a pause/resume under way finishes first
                         await workflow.wait_condition(lambda: self._busy is None)
                     return Phase.ENDED, self._end_reason
                 if self._health_failure is not None:
                     raise self._health_failure
-                if self._busy is not None or self._phase == Phase.PAUSED:
-                    # Paused: the lab's timers and the node-health watch stand still (a paused guest
-                    # fails every probe); only the pause's own limit runs.
-                    if health is not None:
-                        health.cancel()
+                if self._suspended():
+                    # Paused (or a pause/resume/reset under way): the lab's timers stand still, the
+                    # node-health watch waits (`_suspended`); only the pause's own limit runs.
+                    if health is not None and not workflow.patched(HEALTH_WAITS_PATCH):
+                        health.cancel()  # runs paused before the watch learnt to wait: restarted below
                         health = None
                     wake_at = None
                     if self._busy is None and self._paused_at is not None:
@@ -404,6 +429,14 @@ class LabSessionWorkflow:
                     self._detail = f"the lab's time ran out at {self._deadline:%H:%M:%S} UTC"
                     return Phase.EXPIRED, "expired"
                 wake_at = self._deadline
+                expiring_at = self._expiring_at()
+                if expiring_at is not None and now >= expiring_at:
+                    self._expiring_sent_for = self._deadline
+                    self._emit(EventType.LAB_EXPIRING, deadline=self._deadline.isoformat(),
+                               seconds_left=int((self._deadline - now).total_seconds()),
+                               suffix=f"{self._deadline:%Y%m%dT%H%M%S}")
+                elif expiring_at is not None:
+                    wake_at = min(wake_at, expiring_at)
                 if not self._picked_up:
                     if now >= unclaimed_at:
                         self._detail = (
@@ -422,6 +455,10 @@ class LabSessionWorkflow:
         finally:
             if health is not None:
                 health.cancel()
+
+    def _suspended(self) -> bool:
+        """Paused, or a pause/resume/reset under way: no timers of the lab, no health verdicts."""
+        return self._busy is not None or self._phase == Phase.PAUSED
 
     def _pause_expires_at(self) -> datetime:
         assert self._paused_at is not None
@@ -474,6 +511,7 @@ class LabSessionWorkflow:
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
+                self._emit(EventType.LAB_QUEUED, position=position)
 
         def holds_warm_nodes() -> bool:
             return any(node.warm for node in self._nodes)
@@ -548,6 +586,7 @@ class LabSessionWorkflow:
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
                 self._enter(Phase.QUEUED)
+                self._emit(EventType.LAB_QUEUED, position=position)
 
         def holds_warm_nodes() -> bool:
             return any(node.warm for node in self._nodes)
@@ -593,6 +632,13 @@ class LabSessionWorkflow:
         free: dict[str, list[NodeRecord]] = {}
         for record in sorted(claim.nodes, key=lambda r: r.node_id):
             free.setdefault(record.node_class, []).append(record)
+        for node_class, wanted in sorted(wants.items()):
+            if len(free.get(node_class, [])) < wanted:  # the warm pool had too few: cold nodes follow
+                bucket = workflow.now().replace(second=0, microsecond=0)
+                bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
+                self._emit(EventType.POOL_LOW, node_class=node_class, wanted=wanted,
+                           claimed=len(free.get(node_class, [])),
+                           event_id=f"pool.low.{node_class}.{bucket:%Y%m%dT%H%M}")
         for lab_node in self._lab.nodes:
             candidates = free.get(lab_node.node_class) or []
             if candidates:
@@ -746,6 +792,11 @@ class LabSessionWorkflow:
         down_since: dict[str, datetime] = {}
         while True:
             await workflow.sleep(timings.health_interval, summary="node health")
+            if self._suspended():  # a paused guest fails every probe: wait until it runs again
+                await workflow.wait_condition(lambda: not self._suspended())
+                down_since.clear()
+                continue
+            generation = self._session.session_id
             try:
                 statuses = await self._all(self._node_status(node, HEALTH_CALL) for node in self._nodes)
             except ActivityError:
@@ -754,6 +805,8 @@ class LabSessionWorkflow:
                 if not workflow.patched(PATCH_LOCAL_FAILURES_CAUGHT):
                     raise  # runs from before: this ended the health watch
                 continue
+            if self._suspended() or generation != self._session.session_id:
+                continue  # paused or reset while we looked: the answers are about other nodes now
             now = workflow.now()
             problems: list[str] = []
             nodes: list[BoundNode] = []
@@ -841,6 +894,8 @@ class LabSessionWorkflow:
                     await _local(name, session, result_type, TEARDOWN_CALL)
             except ActivityError as error:  # a permanent error: leave it to the leak collector, say so
                 self._teardown_problems.append(f"{name}: {_cause(error)}")
+        if self._other_generation is not None:  # ended in the middle of a reset
+            await self._release_generation(self._other_generation)
         try:
             await self._capacity.release(self._session)  # no-op unless the session asked for capacity
         except ActivityError as error:  # the broker drops leases of ended runs by itself
@@ -972,7 +1027,7 @@ class LabSessionWorkflow:
             self._endpoint = None
             await self._all(_local(ActivityName.PAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
                             for node in self._nodes)
-        except ActivityError as error:
+        except FailureError as error:
             await self._undo_pause(_cause(error))
             raise ApplicationError(f"pause failed, the lab goes on: {_cause(error)}", type="PauseFailed") from None
         finally:
@@ -990,7 +1045,7 @@ class LabSessionWorkflow:
             await self._all(_local(ActivityName.UNPAUSE_NODE, NodeRef(node_id=node.node_id), None, PAUSE_CALL)
                             for node in self._nodes)
             await self._expose()
-        except ActivityError as error:
+        except FailureError as error:
             self._health_failure = SessionFailed(
                 "pause failed", f"pausing failed ({cause}) and the lab could not be restored: {_cause(error)}"
             )
@@ -1029,7 +1084,7 @@ class LabSessionWorkflow:
             await self._wait_until_nodes_ready()
             clocks = await self._step_clocks()
             await self._expose()  # before the student is told: the clocks are right by now
-        except (ActivityError, SessionFailed) as error:
+        except (FailureError, SessionFailed) as error:
             cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
             self._health_failure = SessionFailed("resume failed", f"the lab could not be resumed: {cause}")
             self._busy = None
@@ -1072,9 +1127,141 @@ class LabSessionWorkflow:
                             for node in self._nodes)
             await self._wait_until_nodes_ready()
             await self._step_clocks()
-        except (ActivityError, SessionFailed) as error:
+        except (FailureError, SessionFailed) as error:
             cause = error.detail if isinstance(error, SessionFailed) else _cause(error)
             self._detail = (self._detail + "; " if self._detail else "") + f"nodes not woken up: {cause}"
+
+    # --- reset -------------------------------------------------------------------------------------
+
+    @workflow.update
+    async def reset(self, request: ResetRequest) -> ResetResult:
+        """Fresh nodes of the same lab in the same session: claimed (warm first) and set up next to the
+        old ones, then the student is switched over and the old nodes are deleted. The time left is
+        kept (the reset's own time is given back) or restarted (lab file `reset.restart_time`). If the
+        new nodes fail, they go, and the lab goes on with the old ones."""
+        workflow.patched(PAUSE_PATCH)
+        assert self._deadline is not None and self._credentials is not None
+        self._busy = "resetting"
+        self._resets_used += 1
+        since, before = workflow.now(), self._phase
+        old = (self._session, self._nodes, self._endpoint)
+        self._enter(Phase.RESETTING)
+        self._version += 1
+        base = session_id(self._input.student_id, self._session.run_id)
+        self._other_generation = self._session
+        self._session = SessionRef(session_id=f"{base}-r{self._resets_used}", workflow_id=self._session.workflow_id,
+                                   run_id=self._session.run_id)
+        self._nodes = []
+        task = self._reset_task = asyncio.create_task(self._prepare_generation())
+        failure: str | None = None
+        try:
+            await workflow.wait_condition(task.done, timeout=self._input.timings.provisioning_overdue,
+                                          timeout_summary="reset overdue")
+            task.result()
+        except TimeoutError:
+            failure = f"the new nodes were not ready within {format_duration(self._input.timings.provisioning_overdue)}"
+        except asyncio.CancelledError:
+            failure = ENDED_DURING_RESET
+        except SessionFailed as error:
+            failure = error.detail
+        except FailureError as error:
+            failure = _cause(error)
+        if failure is not None:
+            if not task.done():
+                task.cancel()
+                await workflow.wait([task])
+            await self._release_generation(self._session)  # the new nodes go, the old ones stay
+            self._session, self._nodes, self._endpoint = old
+            self._other_generation = None
+            self._reset_task = None
+            self._resets_used -= 1
+            self._enter(before)
+            self._busy = None
+            self._version += 1
+            if failure == ENDED_DURING_RESET:
+                raise ApplicationError(f"reset: {failure}", type="ResetStopped")
+            raise ApplicationError(f"reset failed, the lab goes on with its nodes: {failure}", type="ResetFailed")
+        retired, self._other_generation = self._other_generation, None
+        await self._release_generation(retired)
+        self._reset_task = None
+        done = workflow.now()
+        if self._input.reset.restart_time:
+            self._deadline = done + self._lab.effective_duration
+        else:
+            self._deadline += done - since
+        self._health_problem = None
+        self._enter(before)
+        self._busy = None
+        self._version += 1
+        assert self._endpoint is not None
+        return ResetResult(endpoint=self._endpoint, deadline=self._deadline, nodes=self._nodes,
+                           resets_left=self._input.reset.max_resets - self._resets_used)
+
+    async def _prepare_generation(self) -> None:
+        """The preparation of a lab for `self._session` (a reset's new generation), with the key pair
+        the student already has: warm nodes first; the cold rest only once the capacity broker grants
+        room for them under the global cap (the old nodes still count until they are released)."""
+        await self._claim_warm_nodes(
+            self._bounded_call(workflow.now() + self._input.timings.provisioning_overdue, "claim warm nodes")
+        )
+        limits = self._input.capacity
+        cold = [n for n in self._nodes if not n.warm]
+        if limits is not None and cold:
+            classes = self._input.node_classes
+            lab_nodes = {n.name: n for n in self._lab.nodes}
+            memory = [classes[lab_nodes[n.name].node_class].memory_bytes for n in self._nodes]
+            cold_memory = sum(classes[lab_nodes[n.name].node_class].memory_bytes for n in cold)
+            try:
+                await self._capacity.admit(
+                    self._session, len(self._nodes), sum(memory), len(cold), cold_memory, limits,
+                    self._input.timings.max_queue_wait, self._input.timings.provisioning_overdue,
+                    stop=lambda: self._end_reason is not None,
+                )
+            except CapacityRefused as refused:
+                raise SessionFailed("no capacity", f"no capacity for the new nodes: {refused}") from None
+            if not self._capacity.granted:
+                raise asyncio.CancelledError()  # the lab ended while the reset waited for room
+        await self._provision_missing_nodes()
+        # One quick look first: a node that failed already fails the reset at once (no waits to cancel).
+        looks = await self._all(
+            _cluster_call(ActivityName.NODE_HEALTH, NodeRef(node_id=n.node_id), NodeStatus, f"status of {n.name}")
+            for n in self._nodes
+        )
+        for node, status in zip(self._nodes, looks, strict=True):
+            if status.phase in (NodePhase.FAILED, NodePhase.MISSING):
+                raise SessionFailed(f"node {node.name} failed", f"node {node.name} is {status.phase}: {status.reason}")
+        await self._wait_until_nodes_ready()
+        await self._wire()
+        await self._set_up_session()
+        await self._expose()
+
+    async def _release_generation(self, generation: SessionRef) -> None:
+        """Delete one generation's exposure, wiring and nodes (teardown scripts are for the lab's end)."""
+        target = SessionIdInput(session_id=generation.session_id)
+        for name, result_type in (
+            (ActivityName.UNEXPOSE_SSH, None),
+            (ActivityName.UNWIRE_SESSION, None),
+            (ActivityName.RELEASE_SESSION, ReleaseResult),
+        ):
+            try:  # regular activities: they retry until the API answers, the workflow stays free meanwhile
+                await workflow.execute_activity(
+                    name, target, result_type=result_type, start_to_close_timeout=TEARDOWN_CALL.start_to_close,
+                    retry_policy=TEARDOWN_CALL.retry, summary=f"reset: {name}",
+                )
+            except FailureError as error:
+                self._teardown_problems.append(f"reset, {name}: {_cause(error)}")
+
+    @reset.validator
+    def _validate_reset(self, request: ResetRequest) -> None:
+        limits = self._input.reset
+        if self._phase != Phase.RUNNING or self._busy or self._end_reason is not None:
+            raise ApplicationError(f"reset: the lab is not running (phase {self._phase_shown()})", type="NotRunning")
+        if limits.max_resets == 0:
+            raise ApplicationError(f"reset: lab {self._lab.name!r} cannot be reset", type="NoResetsLeft")
+        if self._resets_used >= limits.max_resets:
+            raise ApplicationError(
+                f"reset: no resets left ({self._resets_used} of {limits.max_resets} used)", type="NoResetsLeft"
+            )
 
     def _phase_shown(self) -> str:
         return f"{self._phase}, {self._busy}" if self._busy else str(self._phase)
@@ -1110,6 +1297,35 @@ class LabSessionWorkflow:
         )
 
     # --- bookkeeping ------------------------------------------------------------------------------
+
+    def _emit(self, kind: EventType, *, suffix: str = "", event_id: str | None = None, **data: Any) -> None:
+        """A webhook event: its delivery workflow is started detached (workflows/webhooks.py); the story
+        never waits for a receiver. Only with events configured, and behind WEBHOOK_PATCH."""
+        if self._input.events is None or not workflow.patched(WEBHOOK_PATCH):
+            return
+        if kind != EventType.POOL_LOW:
+            data = {"student_id": self._input.student_id, "session_id": self._session.session_id,
+                    "lab": self._lab.name, "phase": str(self._phase), **data}
+        event = WebhookEvent(
+            id=event_id or f"{self._session.session_id}.{kind.value}" + (f".{suffix}" if suffix else ""),
+            type=kind, timestamp=workflow.now(), data=data,
+        )
+        self._event_starts.append(asyncio.create_task(emit(event)))
+
+    def _expiring_at(self) -> datetime | None:
+        """When lab.expiring is due for the current deadline (None: events off or already sent)."""
+        events = self._input.events
+        if events is None or self._deadline is None or self._expiring_sent_for == self._deadline:
+            return None
+        if not workflow.patched(WEBHOOK_PATCH):
+            return None
+        return self._deadline - events.expiring_before
+
+    async def _events_started(self) -> None:
+        """Before the run completes: the deliveries it emitted have started (they then outlive it)."""
+        if self._event_starts:
+            await asyncio.gather(*self._event_starts)
+            self._event_starts.clear()
 
     def _enter(self, phase: Phase, *, first: bool = False) -> None:
         now = workflow.now()

@@ -102,6 +102,12 @@ class ResetLimits(Model):
     restart_time: bool = False
 
 
+class SessionEvents(Model):
+    """Webhook events of the session (workflows/webhooks.py); set at start when webhook_urls is set."""
+
+    expiring_before: timedelta = Field(default=timedelta(minutes=5), description="lab.expiring this long before")
+
+
 class LabSessionInput(Model):
     student_id: str
     lab: Lab
@@ -115,6 +121,7 @@ class LabSessionInput(Model):
     )
     pause: PauseLimits = Field(default_factory=PauseLimits)
     reset: ResetLimits = Field(default_factory=ResetLimits)
+    events: SessionEvents | None = Field(default=None, description="webhook events; None: none are emitted")
 
 
 # --- node bindings ------------------------------------------------------------------------------

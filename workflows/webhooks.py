@@ -137,3 +137,5 @@ async def emit(event: WebhookEvent) -> None:
         )
     except WorkflowAlreadyStartedError:  # the same event emitted twice: delivered once
         pass
+    except Exception as error:  # never the lab's problem: the event is lost, the lab goes on (logged)
+        workflow.logger.warning("webhook %s %s not started: %s", event.type, event.id, error)

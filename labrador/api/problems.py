@@ -7,6 +7,7 @@ not allow the request is 409, no lab is 404, Temporal unreachable is 503 (with R
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from labrador.api.models import Problem
 from labrador.client import LabError, NoSession, SessionConflict, TemporalUnreachable
 
+log = logging.getLogger("labrador.api")
 PROBLEM_JSON = "application/problem+json"
 _TYPES = "https://labrador.dev/problems/"
 # Message prefixes of LabClient refusals that are about the request itself (API field names).
@@ -98,6 +100,7 @@ async def http_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def internal_handler(request: Request, exc: Exception) -> JSONResponse:
     # No traceback (nor anything the exception holds) reaches the caller; the log has the type only.
+    log.error("internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     problem = Problem(title="Internal error", status=500, detail=f"internal error ({type(exc).__name__})",
                       instance=request.url.path)
     return problem_response(problem)

@@ -210,9 +210,11 @@ def list_images(as_json: JsonFlag = False) -> None:
         return
     from labrador.cli.tables import Col, print_table
 
-    # Images are long: cut from the end with an ellipsis (the full references are in --json).
+    # Images are long and share their registry prefix: cut from the start, so the tag or digest that
+    # tells them apart stays (the full references are in --json).
     print_table(console, (
-        Col("class"), Col("base image", shrink=True, drop=1), Col("published", shrink=True, min_width=16),
+        Col("class"), Col("base image", shrink=True, drop=1, keep_end=True),
+        Col("published", shrink=True, min_width=16, keep_end=True),
         Col("since", drop=2),
     ), [
         [row["node_class"], row["base_image"], row["published"] or "-",

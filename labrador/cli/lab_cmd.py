@@ -319,6 +319,31 @@ def resume(
     _print_ssh(out["ready"])
 
 
+@lab_app.command("reset")
+def reset(
+    student: StudentOpt,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the SSH details")] = 300.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Give a running lab fresh nodes (same lab, same session); waits until they are ready, like
+    `start --wait`, and prints the new SSH details. The old nodes are deleted."""
+    _student(student)
+
+    async def action(client: LabClient) -> dict[str, Any]:
+        done = await client.reset(student)
+        status = await client.status(student)
+        out: dict[str, Any] = {"reset": done.model_dump(mode="json", exclude={"nodes"})}
+        out["ready"] = await _ssh_details(client, student, status.session_id or student, timeout)
+        return out
+
+    out = _run(action)
+    if as_json:
+        print_json(out)
+        return
+    console.print(f"reset: fresh nodes ({out['reset']['resets_left']} resets left)")
+    _print_ssh(out["ready"])
+
+
 @lab_app.command("end")
 def end(
     student: StudentOpt,

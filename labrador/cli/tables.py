@@ -21,6 +21,7 @@ class Col:
     drop: int = 0  # 0: always shown; otherwise left out when too narrow, highest number first
     shrink: bool = False  # free text: may be cut with an ellipsis down to `min_width`
     min_width: int = 12
+    keep_end: bool = False  # cut from the start ("…k8s-node:v1.31.4-r3"): image references differ at their end
 
 
 def _overhead(count: int) -> int:
@@ -75,8 +76,18 @@ def fitted_table(
     for i in shown:
         table.add_column(columns[i].header, no_wrap=True, overflow="ellipsis", max_width=cut.get(i))
     for row in rows:
-        table.add_row(*(Text(row[i]) for i in shown))  # Text: a '[' in a title is not rich markup
+        table.add_row(*(Text(_cut_start(row[i], cut[i]) if columns[i].keep_end and i in cut else row[i])
+                        for i in shown))  # Text: a '[' in a title is not rich markup
     return table
+
+
+def _cut_start(text: str, width: int) -> str:
+    if _cell_width(text) <= width:
+        return text
+    tail = text
+    while tail and _cell_width("…" + tail) > width:
+        tail = tail[1:]
+    return "…" + tail
 
 
 def print_table(

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
+from openapi_spec_validator import validate
 
 from labrador.settings import Settings
 
@@ -25,6 +26,7 @@ async def test_health_and_the_openapi_document_need_no_key(api: Api) -> None:
     assert (await api.call("GET", "/readyz", key=None))[:2] == (200, {"status": "ok"})
     status, spec, _ = await api.call("GET", "/openapi.json", key=None)
     assert status == 200 and spec["openapi"].startswith("3.1")
+    validate(spec)  # a valid OpenAPI 3.1 document (openapi-spec-validator)
     start = spec["components"]["schemas"]["StartSessionRequest"]["properties"]["wait_seconds"]
     assert any(option.get("maximum") == 300 for option in start["anyOf"])
     for path in ("/v1/sessions", "/v1/sessions/{student_id}", "/v1/sessions/{student_id}/extend",
@@ -111,8 +113,8 @@ async def test_a_lab_through_the_api(api: Api, caplog: pytest.LogCaptureFixture)
         seen |= {item["student_id"] for item in page["items"]}
     assert who in seen
 
-    status, extended, _ = await api.call("POST", f"/v1/sessions/{who}/extend")
-    assert status == 200 and extended["extensions_used"] == 1
+    status, extended, _ = await api.call("POST", f"/v1/sessions/{who}/extend")  # too early: a state refusal
+    assert status == 409 and extended["detail"].startswith("extend: allowed only in the lab's last"), extended
     status, report, _ = await api.call("POST", f"/v1/sessions/{who}/check")
     assert status == 200 and report["max_score"] > 0 and report["results"]
 
@@ -173,3 +175,21 @@ async def test_published_images_from_a_mounted_configmap(tmp_path: object) -> No
     (directory / "cp-1-31").write_text(image.model_dump_json())
     store = published_images_store(Settings(cluster_backend="kubevirt", published_images_dir=directory))
     assert store.all() == {"cp-1-31": image}
+
+
+def test_labrador_api_refuses_to_start_without_keys(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABRADOR_")}
+    env.update(HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path), PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-m", "labrador", "api"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "setting api_keys: no API key configured" in run.stderr
+    env["LABRADOR_API_KEYS"] = "app:tiny7key"
+    run = subprocess.run([sys.executable, "-m", "labrador", "api"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "entry 1 has a key shorter than 16" in run.stderr and "tiny7key" not in run.stderr

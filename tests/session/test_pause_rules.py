@@ -68,7 +68,7 @@ async def test_a_paused_lab_gets_its_paused_time_back(time_env: WorkflowEnvironm
         assert status.phase == Phase.RUNNING and status.pauses_used == 1 and status.paused_at is None
 
         result: LabSessionResult = await handle.result()
-        await record_history(handle, "paused-resumed")
+        await record_history(handle, "paused-resumed-health-waits")
 
     assert (result.outcome, result.reason) == (Phase.EXPIRED, "expired")
     assert close_to(result.phase_seconds["running"], timedelta(minutes=45))
@@ -85,7 +85,7 @@ async def test_a_pause_past_its_limit_ends_the_lab_ungraded(time_env: WorkflowEn
         await handle.execute_update(LabSessionWorkflow.wait_ready, WAIT)
         await handle.execute_update(LabSessionWorkflow.pause, PauseRequest())
         result: LabSessionResult = await handle.result()
-        await record_history(handle, "pause-expired")
+        await record_history(handle, "pause-expired-health-waits")
 
     assert (result.outcome, result.reason) == (Phase.EXPIRED, "pause expired")
     assert "stayed paused past" in result.detail

@@ -275,6 +275,29 @@ async def test_a_node_that_stays_down_past_the_grace_fails_the_session(time_env:
     assert port.session_objects() == []
 
 
+async def test_an_unanswered_health_look_does_not_stop_the_health_watch(time_env: WorkflowEnvironment) -> None:
+    """A health look the cluster API does not answer is no evidence against the node, and the watch goes
+    on: a node that goes down afterwards still fails the lab. (A local activity's failure arrives as a
+    bare ApplicationError; it used to end the watch silently.)"""
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=0), timings=timings)
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        controlplane = (await handle.query(LabSessionWorkflow.status)).nodes[0].node_id
+        port.unavailable_method, port.unavailable_calls = "node_status", 3  # one look's every attempt fails
+        await time_env.sleep(timedelta(minutes=2))
+        assert (await handle.query(LabSessionWorkflow.status)).phase == Phase.RUNNING
+        port.not_ready_calls[controlplane] = 1000
+        result: LabSessionResult = await handle.result()
+        await record_history(handle, "health-look-unanswered")
+
+    assert result.outcome == Phase.FAILED
+    assert result.reason.startswith("node controlplane is not-ready") and "not recovered" in result.reason
+    assert port.session_objects() == []
+
+
 async def test_a_node_that_recovers_within_the_grace_does_not_end_the_lab(time_env: WorkflowEnvironment) -> None:
     port, scripts = MemoryCluster(), ScriptStandIns()
     timings = SessionTimings(health_interval=timedelta(minutes=1), health_grace=timedelta(minutes=3))
