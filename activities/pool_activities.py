@@ -40,6 +40,7 @@ from workflows.capacity.models import (
     capacity_broker_id,
 )
 from workflows.models import NodeRef
+from workflows.pool_leftovers import sessions_in
 from workflows.pool_models import (
     CollectedSession,
     CollectSessionInput,
@@ -157,22 +158,7 @@ class PoolActivities:
         )
 
     async def _ended_leftovers(self, inventory: Inventory, limit: int) -> list[EndedLeftover]:
-        refs: dict[str, SessionRunRef] = {}
-        kinds: dict[str, set[str]] = {}
-        for node in inventory.nodes:
-            if node.state == NodeState.CLAIMED and node.session is not None:
-                refs[node.session.session_id] = SessionRunRef(
-                    session_id=node.session.session_id, workflow_id=node.session.workflow_id,
-                    run_id=node.session.run_id,
-                )
-                kinds.setdefault(node.session.session_id, set()).add("node")
-        for leftover in inventory.sessions:
-            known = refs.get(leftover.session_id)
-            if known is None or known.run_id is None:
-                refs[leftover.session_id] = SessionRunRef(
-                    session_id=leftover.session_id, workflow_id=leftover.workflow_id, run_id=leftover.run_id
-                )
-            kinds.setdefault(leftover.session_id, set()).update(leftover.kinds)
+        refs, kinds = sessions_in(inventory)
         ended = sorted(await self._ended(list(refs.values())))[:limit]
         return [EndedLeftover(session_id=sid, kinds=sorted(kinds.get(sid, set()))) for sid in ended]
 

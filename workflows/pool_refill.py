@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
+    from workflows.pool_leftovers import sessions_in
     from workflows.pool_models import (
         CapacityActivityName,
         CapacityLimits,
@@ -54,7 +55,6 @@ with workflow.unsafe.imports_passed_through():
         PoolReservationResult,
         PoolView,
         PoolViewInput,
-        SessionRunRef,
         UnclaimedNodeDeletion,
     )
     from workflows.pool_policy import ClassDemand
@@ -328,22 +328,7 @@ class PoolRefillWorkflow:
         )
 
     async def _collect_leaks(self, inventory: Inventory) -> LeakReport:
-        refs: dict[str, SessionRunRef] = {}
-        kinds: dict[str, set[str]] = {}
-        for node in inventory.nodes:
-            if node.state == NodeState.CLAIMED and node.session is not None:
-                refs[node.session.session_id] = SessionRunRef(
-                    session_id=node.session.session_id, workflow_id=node.session.workflow_id,
-                    run_id=node.session.run_id,
-                )
-                kinds.setdefault(node.session.session_id, set()).add("node")
-        for leftover in inventory.sessions:
-            known = refs.get(leftover.session_id)
-            if known is None or known.run_id is None:
-                refs[leftover.session_id] = SessionRunRef(
-                    session_id=leftover.session_id, workflow_id=leftover.workflow_id, run_id=leftover.run_id
-                )
-            kinds.setdefault(leftover.session_id, set()).update(leftover.kinds)
+        refs, kinds = sessions_in(inventory)
         if not refs:
             return LeakReport()
         ended: EndedSessions = await workflow.execute_activity(
