@@ -94,7 +94,8 @@ async def test_two_thousand_running_labs_keep_every_payload_small(pool_bed: Pool
             PoolStatusWorkflow.run, PoolStatusInput(), id=status, task_queue=pool_bed.task_queue,
             result_type=PoolStatus,
         )
-        assert result.total_vms == LABS + GRANTED - 100
+        # 100 VMs were freed: the queued sessions may be getting them meanwhile.
+        assert LABS + GRANTED - 100 <= result.total_vms <= LABS + SESSIONS - 100
 
         checked: dict[str, tuple[int, str]] = {}
         async for execution in client.list_workflows(f"WorkflowId = '{broker}'"):
