@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cluster_activities import map_port_errors
+from cluster.models import Inventory, NodeState, summarize
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from cluster.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
@@ -39,14 +40,19 @@ from workflows.capacity.models import (
     capacity_broker_id,
 )
 from workflows.models import NodeRef
+from workflows.pool_leftovers import sessions_in
 from workflows.pool_models import (
     CollectedSession,
     CollectSessionInput,
+    EndedLeftover,
     EndedSessions,
     EndedSessionsInput,
     PoolActivityName,
     PoolPlan,
     PoolPlanInput,
+    PoolRefillMemory,
+    PoolView,
+    PoolViewInput,
     SessionRunRef,
     UnclaimedNodeDeletion,
 )
@@ -73,6 +79,31 @@ async def run_is_running(client: Client, ref: SessionRunRef) -> bool:
         latest = await client.get_workflow_handle(ref.workflow_id).describe()
         return latest.status == Status.RUNNING
     return False
+
+
+def new_claims(inventory: Inventory, previous: PoolRefillMemory | None) -> dict[str, int]:
+    """Claims per class since the previous refill, from what it left: its pool nodes now claimed or
+    gone (claimed and released in between), plus nodes created claimed (cold) since it looked.
+    Without a previous look: nothing (the estimate starts afresh)."""
+    claims: dict[str, int] = {}
+    if previous is None:
+        return claims
+    if previous.observed_at is None:  # a refill before the pool view: it remembered claimed node IDs
+        for node in inventory.nodes:
+            seen = previous.claimed_node_ids.get(node.node_class)
+            if node.state == NodeState.CLAIMED and seen is not None and node.node_id not in seen:
+                claims[node.node_class] = claims.get(node.node_class, 0) + 1
+        return claims
+    left = {node_id: cls for cls, ids in previous.pool_node_ids.items() for node_id in ids}
+    present = set()
+    for node in inventory.nodes:
+        present.add(node.node_id)
+        if node.state == NodeState.CLAIMED and (node.node_id in left or node.created_at > previous.observed_at):
+            claims[node.node_class] = claims.get(node.node_class, 0) + 1
+    for node_id, cls in left.items():
+        if node_id not in present:
+            claims[cls] = claims.get(cls, 0) + 1
+    return claims
 
 
 class PoolActivities:
@@ -111,11 +142,34 @@ class PoolActivities:
             classes = {name: classes[name] for name in request.classes}
         return PoolPlan(node_classes=with_effective_images(classes, self.published.all()))
 
+    @activity.defn(name=PoolActivityName.POOL_VIEW)
+    @map_port_errors
+    async def pool_view(self, request: PoolViewInput) -> PoolView:
+        """The refill's look at the cluster: the node list stays here (it grows with the cluster)."""
+        inventory = await self.port.inventory()
+        observed_at = datetime.now(UTC)
+        ended: list[EndedLeftover] = []
+        if request.collect_leaks:
+            ended = await self._ended_leftovers(inventory, request.leak_limit)
+        return PoolView(
+            pool_nodes=[n for n in inventory.nodes if n.state != NodeState.CLAIMED],
+            summary=summarize(inventory), new_claims=new_claims(inventory, request.previous), ended=ended,
+            observed_at=observed_at,
+        )
+
+    async def _ended_leftovers(self, inventory: Inventory, limit: int) -> list[EndedLeftover]:
+        refs, kinds = sessions_in(inventory)
+        ended = sorted(await self._ended(list(refs.values())))[:limit]
+        return [EndedLeftover(session_id=sid, kinds=sorted(kinds.get(sid, set()))) for sid in ended]
+
     @activity.defn(name=PoolActivityName.ENDED_SESSIONS)
     async def ended_sessions(self, request: EndedSessionsInput) -> EndedSessions:
         """One visibility query for the running lab sessions (heartbeating per page) instead of one
         describe() per claimed session. Visibility lags: a run it does not list yet (just started) is
         confirmed with describe() before it counts as ended, so only the candidates are described."""
+        return EndedSessions(session_ids=await self._ended(request.sessions))
+
+    async def _ended(self, refs: list[SessionRunRef]) -> list[str]:
         client = self.client()
         running: set[tuple[str, str]] = set()
         listed = 0
@@ -126,10 +180,8 @@ class PoolActivities:
             listed += 1
             if listed % 1000 == 0:
                 activity.heartbeat(listed)
-        candidates = [ref for ref in request.sessions
-                      if (ref.workflow_id or "", ref.run_id or "") not in running]
-        ended = [ref.session_id for ref in candidates if not await run_is_running(client, ref)]
-        return EndedSessions(session_ids=ended)
+        candidates = [ref for ref in refs if (ref.workflow_id or "", ref.run_id or "") not in running]
+        return [ref.session_id for ref in candidates if not await run_is_running(client, ref)]
 
     @activity.defn(name=PoolActivityName.COLLECT_SESSION)
     async def collect_session(self, request: CollectSessionInput) -> CollectedSession:
@@ -154,8 +206,11 @@ class PoolActivities:
 
     @activity.defn(name=CapacityActivityName.ADMIT_CAPACITY)
     async def admit_capacity(self, request: CapacityRequest) -> CapacityNotice:
-        """Ask the broker by update-with-start: one round trip, the broker's answer is the result."""
-        return await self._update_with_start("admit", request, request.limits, CapacityNotice)
+        """Ask the broker by signal-with-start; its answer (grant, place, refusal) comes as a
+        `capacity_notice` signal. Not an update: Temporal admits 10 updates in flight per workflow,
+        and a class of 300 starting at once is 300 requests to one broker."""
+        await self._signal_with_start("request", request, request.limits)
+        return CapacityNotice()
 
     @activity.defn(name=CapacityActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:
@@ -222,7 +277,7 @@ class PoolActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [
-            self.pool_plan, self.ended_sessions, self.collect_session, self.delete_unclaimed_node,
+            self.pool_plan, self.pool_view, self.ended_sessions, self.collect_session, self.delete_unclaimed_node,
             self.request_capacity, self.release_capacity, self.reserve_pool_capacity, self.admit_capacity,
             self.capacity_usage,
         ]

@@ -26,6 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import node_commands as commands
+from cluster.background import running_beside
 from cluster.models import SessionRef, SshTarget
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from cluster.settings import Settings
@@ -125,13 +126,8 @@ async def heartbeating(details: Callable[[], Any], every: float = HEARTBEAT_EVER
             activity.heartbeat(details())
             await asyncio.sleep(every)
 
-    task = asyncio.create_task(beat())
-    try:
+    async with running_beside(beat):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _infra_deadline() -> float:

@@ -2,6 +2,7 @@
 
     python -m bench.session_overhead [--rounds 20] [--concurrency 1 10 50] [--ssh]
     python -m bench.session_overhead --hold 5000
+    python -m bench.session_overhead --burst 300
 
 Overhead mode: an in-memory dev server, the production worker wiring (`worker.build_worker`), the
 simulated cluster at zero boot latency and a 3-node lab (`networkpolicy-db`). Measures, per start,
@@ -10,6 +11,9 @@ pre-filled pool) and cold (provisioned) nodes, at 1, 10 and 50 concurrent starts
 bare workflow running 8 sequential no-op regular activities (the engine's floor for the same number of
 steps), and the same with local activities. The script activities are no-op stand-ins unless --ssh
 (then the real ones run over SSH against the simulated nodes' in-process sshd).
+
+Burst mode: N starts at the same moment (a class pressing "start") against a warm pool holding free
+nodes for all N labs; prints p50/p99 start -> ready and whether all became ready.
 
 Hold mode: one worker holding N running labs (credentials fetched, waiting for expiry); prints the
 process RSS (worker + simulated cluster + client in one process) and the time to get there.
@@ -57,9 +61,12 @@ from workflows.models import (
 )
 
 LAB = "networkpolicy-db"
+HOLD_LAB = "sandbox"
 # The same server options `labrador dev` uses (eager activity dispatch: see docs/session.md).
 DEV_SERVER_ARGS: list[str] = []
 STEPS = 8
+# The worker's limits for many labs at once (the production worker uses the same: worker.WORKER_TUNING).
+WORKER_TUNING: dict[str, Any] = {}
 
 
 # --- the engine's floor -----------------------------------------------------------------------------
@@ -151,11 +158,15 @@ async def fill_pool(port: Any, catalog: Catalog, count: int) -> None:
 
 
 class Bench:
-    def __init__(self, client: Client, data_dir: Path, ssh: bool, timings: SessionTimings) -> None:
+    def __init__(
+        self, client: Client, data_dir: Path, ssh: bool, timings: SessionTimings, max_vms: int | None = None
+    ) -> None:
         self.client = client
         self.catalog = load_catalog(PACKAGE_LABS_DIR)
+        # The global cap, set as an operator would for the load to come (settings max_vms / max_memory).
+        cap: dict[str, Any] = {} if max_vms is None else {"max_vms": max_vms, "max_memory": f"{max_vms * 2}Gi"}
         self.settings = Settings(task_queue=f"bench-{uuid.uuid4().hex[:6]}", data_dir=data_dir,
-                                 cluster_backend="simulated", sim_boot_seconds=0.0)
+                                 cluster_backend="simulated", sim_boot_seconds=0.0, **cap)
         self.port = build_port(self.settings)
         self.labs = LabClient(client, self.settings, catalog=self.catalog,
                               published=JsonFilePublishedImages.in_data_dir(data_dir), timings=timings)
@@ -167,7 +178,7 @@ class Bench:
             activities = [a for a in activities if activity_name(a) not in names]
             activities += STUB_SCRIPTS
         self.worker = Worker(client, task_queue=self.settings.task_queue, workflows=[*workflow_classes(), BareSteps],
-                             activities=[*activities, noop], max_concurrent_activities=200)
+                             activities=[*activities, noop], **WORKER_TUNING)
 
     async def session(self) -> float:
         student = f"b-{uuid.uuid4().hex[:10]}"
@@ -218,6 +229,48 @@ async def run_overhead(args: argparse.Namespace) -> None:
         await env.shutdown()
 
 
+async def run_burst(args: argparse.Namespace) -> None:
+    """N starts at the same moment against a warm pool holding free nodes for all N labs."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
+        search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
+        dev_server_extra_args=DEV_SERVER_ARGS,
+    )
+    nodes = len(load_catalog(PACKAGE_LABS_DIR).labs[LAB].nodes)
+    bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), False,
+                  SessionTimings(health_interval=timedelta(hours=1), unclaimed_timeout=timedelta(hours=2)),
+                  max_vms=2 * nodes * args.burst)
+    try:
+        await fill_pool(bench.port, bench.catalog, args.burst)
+        async with bench.worker:
+            students = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.burst)]
+            go = asyncio.Event()
+
+            async def start(student: str) -> tuple[float, bool]:
+                await go.wait()
+                began = time.perf_counter()
+                try:
+                    started = await bench.labs.start(student, LAB, wait=timedelta(seconds=120))
+                except Exception as error:
+                    print(f"  {student}: {error}", flush=True)
+                    return time.perf_counter() - began, False
+                ready = started.ready is not None and started.ready.ready
+                return time.perf_counter() - began, ready
+
+            tasks = [asyncio.create_task(start(s)) for s in students]
+            await asyncio.sleep(0.1)
+            go.set()
+            results = await asyncio.gather(*tasks)
+            p50, p99 = percentiles([seconds for seconds, _ in results])
+            warm = sum(1 for n in (await bench.port.inventory()).nodes if n.session is not None)
+            print(f"  {warm} warm nodes claimed for {args.burst} labs of {nodes} nodes", flush=True)
+            print(f"burst of {args.burst} starts: p50 {p50:.0f} ms p99 {p99:.0f} ms, "
+                  f"all ready: {'yes' if all(ok for _, ok in results) else 'no'}")
+    finally:
+        await bench.port.aclose()
+        await env.shutdown()
+
+
 async def run_hold(args: argparse.Namespace) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
@@ -226,29 +279,35 @@ async def run_hold(args: argparse.Namespace) -> None:
     )
     # Health checks every --hold-health (default 1 h): at 30 s, 5,000 labs x 3 nodes would be 500 checks a
     # second, and with 1,000 cached workflows every check of an evicted lab is a replay (see docs/session.md).
+    # The cap an operator sets for this many labs: room for all of their nodes, and some.
+    nodes = len(load_catalog(PACKAGE_LABS_DIR).labs[HOLD_LAB].nodes)
     bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), False,
-                  SessionTimings(health_interval=args.hold_health, unclaimed_timeout=timedelta(hours=2)))
+                  SessionTimings(health_interval=args.hold_health, unclaimed_timeout=timedelta(hours=2)),
+                  max_vms=2 * nodes * args.hold)
     try:
         async with bench.worker:
             before = rss_mib()
             began = time.perf_counter()
             students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
-            semaphore = asyncio.Semaphore(20)
-
-            async def hold(student: str) -> None:
-                async with semaphore:
-                    started = await bench.labs.start(student, "sandbox", wait=timedelta(seconds=120))
-                    assert started.ready is not None and started.ready.ready, started
+            semaphore = asyncio.Semaphore(args.hold_concurrency)
 
             done = 0
-            for chunk in range(0, len(students), 250):
-                await asyncio.gather(*(hold(s) for s in students[chunk:chunk + 250]))
-                done += len(students[chunk:chunk + 250])
-                print(f"  {done} labs running, RSS {rss_mib():.0f} MiB, {time.perf_counter() - began:.0f} s",
-                      flush=True)
-            await asyncio.sleep(5)
+
+            async def hold(student: str) -> None:
+                nonlocal done
+                async with semaphore:
+                    started = await bench.labs.start(student, HOLD_LAB, wait=timedelta(seconds=120))
+                    assert started.ready is not None and started.ready.ready, started
+                done += 1
+                if done % 250 == 0:
+                    print(f"  {done} labs running, RSS {rss_mib():.0f} MiB, {time.perf_counter() - began:.0f} s",
+                          flush=True)
+
+            await asyncio.gather(*(hold(s) for s in students))
+            reached = time.perf_counter() - began
+            await asyncio.sleep(5)  # settle: timers set, nothing in flight
             print(f"worker holding {args.hold} running labs: RSS {rss_mib():.0f} MiB (before: {before:.0f} MiB), "
-                  f"reached in {time.perf_counter() - began:.0f} s")
+                  f"reached in {reached:.0f} s")
     finally:
         await bench.port.aclose()
         await env.shutdown()
@@ -262,9 +321,11 @@ def main() -> None:
     parser.add_argument("--hold-health", type=lambda v: timedelta(seconds=float(v)), default=timedelta(hours=1),
                         help="hold mode: node-health interval in seconds")
     parser.add_argument("--hold", type=int, default=0, help="hold mode: RSS of one worker with N running labs")
+    parser.add_argument("--hold-concurrency", type=int, default=100, help="hold mode: starts in flight at once")
+    parser.add_argument("--burst", type=int, default=0, help="burst mode: N starts at once against a warm pool")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops its dev server (finally blocks)
-    asyncio.run(run_hold(args) if args.hold else run_overhead(args))
+    asyncio.run(run_hold(args) if args.hold else run_burst(args) if args.burst else run_overhead(args))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -34,6 +34,18 @@ _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa
 _REPOSITORY_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
 
+# No dots in a deployment name: the CLI addresses a version as "<deployment>.<build ID>".
+_DEPLOYMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+_BUILD_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _matching(value: str, pattern: re.Pattern[str], refusal: str) -> str:
+    """`value` when the whole of it matches `pattern`, else ValueError "'value' <refusal>"."""
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} {refusal}")
+    return value
+
+
 def _host_port(value: str, what: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not _HOST_RE.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -224,17 +236,14 @@ class Settings(BaseModel):
     @field_validator("worker_deployment_name")
     @classmethod
     def _is_deployment_name(cls, value: str | None) -> str | None:
-        # No dots: the CLI addresses a version as "<deployment>.<build ID>".
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
-            raise ValueError(f"{value!r} is not a deployment name like 'labrador' (letters, digits, - and _)")
-        return value
+        return None if value is None else _matching(
+            value, _DEPLOYMENT_RE, "is not a deployment name like 'labrador' (letters, digits, - and _)")
 
     @field_validator("worker_build_id")
     @classmethod
     def _is_build_id(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
-            raise ValueError(f"{value!r} is not a build ID like '1.4.0' or '2026-12-01-a1b2c3'")
-        return value
+        return None if value is None else _matching(
+            value, _BUILD_ID_RE, "is not a build ID like '1.4.0' or '2026-12-01-a1b2c3'")
 
     @model_validator(mode="after")
     def _versioning_is_complete(self) -> Settings:
@@ -274,23 +283,17 @@ class Settings(BaseModel):
         _, sep, port = value.rpartition(":")
         if sep and port.isdigit():
             return _host_port(value, "a registry")
-        if not _HOST_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a registry host[:port]")
-        return value
+        return _matching(value, _HOST_RE, "is not a registry host[:port]")
 
     @field_validator("external_host")
     @classmethod
     def _is_host(cls, value: str) -> str:
-        if not _HOST_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a host name or address")
-        return value
+        return _matching(value, _HOST_RE, "is not a host name or address")
 
     @field_validator("temporal_namespace", "task_queue")
     @classmethod
     def _is_name(cls, value: str) -> str:
-        if not _NAME_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a name (letters, digits and . _ / -, no spaces)")
-        return value
+        return _matching(value, _NAME_RE, "is not a name (letters, digits and . _ / -, no spaces)")
 
     @field_validator("kube_namespace")
     @classmethod
@@ -302,9 +305,7 @@ class Settings(BaseModel):
     @field_validator("image_repository")
     @classmethod
     def _is_repository(cls, value: str) -> str:
-        if not _REPOSITORY_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a repository path like labrador/node-images")
-        return value
+        return _matching(value, _REPOSITORY_RE, "is not a repository path like labrador/node-images")
 
     @field_validator("kube_nodeport_range")
     @classmethod

@@ -20,13 +20,12 @@ import binascii
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from cluster.secret_files import InsecureKeyFile, read_key_text
+from cluster.secret_files import secret_setting_text, write_private_file_once
 from labrador.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -168,17 +167,7 @@ def undecodable_message(exc: BaseException) -> str | None:
 
 def keys_text(settings: Settings) -> tuple[str, str] | None:
     """(text, where it came from) of the configured keys, or None."""
-    if settings.codec_keys is not None:
-        return settings.codec_keys.get_secret_value(), "codec_keys"
-    if settings.codec_keys_file is not None:
-        path = Path(settings.codec_keys_file).expanduser()
-        try:
-            return read_key_text(path, "codec_keys_file"), f"codec_keys_file {path}"
-        except InsecureKeyFile as exc:
-            raise CodecError(str(exc)) from None
-        except OSError as exc:
-            raise CodecError(f"setting codec_keys_file: cannot read {path}: {exc.strerror}") from None
-    return None
+    return secret_setting_text(settings.codec_keys, settings.codec_keys_file, "codec_keys", CodecError)
 
 
 def codec_from_settings(settings: Settings) -> PayloadCodec | None:
@@ -197,16 +186,5 @@ def ensure_dev_codec_keys(settings: Settings) -> Settings:
     if settings.codec_keys is not None or settings.codec_keys_file is not None:
         return settings
     path = settings.data_dir.expanduser() / DEV_KEYS_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{DEV_KEYS_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new_key_entry("dev1") + "\n")
-        try:
-            os.link(tmp, path)  # exclusive: a concurrent start keeps the first key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+    write_private_file_once(path, lambda: new_key_entry("dev1") + "\n")
     return settings.model_copy(update={"codec_keys_file": path})

@@ -30,6 +30,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
+from cluster.background import running_beside
 from labrador.settings import Settings
 from workflows import search_attributes
 from workflows.lab_session import WORKFLOW_NAME
@@ -183,10 +184,5 @@ async def collecting(client: Client, settings: Settings, port: Any, runtime: Run
         yield None
         return
     collector = Collector(client, settings, port, runtime.metric_meter)
-    task = asyncio.create_task(collector.run())
-    try:
+    async with running_beside(collector.run):
         yield collector
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -136,6 +136,15 @@ def _inside(path: Path, directory: Path) -> str | None:
     return None
 
 
+def _yaml_error(file: str, exc: yaml.YAMLError) -> LocatedError:
+    """A YAML parse or construct error at its mark (1:1 when PyYAML gives none)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        return LocatedError(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "(yaml)", message)
+    return LocatedError(file, 1, 1, "(yaml)", str(exc))
+
+
 def _read(path: Path, file: str, errors: list[LocatedError], directory: Path | None = None) -> _Document | None:
     """Parse one YAML file; syntax errors and duplicate keys go to `errors`."""
     refused = _inside(path, directory if directory is not None else path.parent)
@@ -162,15 +171,8 @@ def _read(path: Path, file: str, errors: list[LocatedError], directory: Path | N
     except YamlRefused as exc:
         errors.append(LocatedError(file, exc.line, exc.column, "(yaml)", exc.reason))
         return None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        errors.append(
-            LocatedError(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "(yaml)", message)
-        )
-        return None
     except yaml.YAMLError as exc:
-        errors.append(LocatedError(file, 1, 1, "(yaml)", str(exc)))
+        errors.append(_yaml_error(file, exc))
         return None
     try:
         if root is None:
@@ -178,15 +180,8 @@ def _read(path: Path, file: str, errors: list[LocatedError], directory: Path | N
             return None
         duplicates = list(_duplicate_keys(root, ()))
         data = loader.construct_document(root)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        errors.append(
-            LocatedError(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "(yaml)", message)
-        )
-        return None
     except yaml.YAMLError as exc:
-        errors.append(LocatedError(file, 1, 1, "(yaml)", str(exc)))
+        errors.append(_yaml_error(file, exc))
         return None
     finally:
         loader.dispose()

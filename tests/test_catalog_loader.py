@@ -10,18 +10,10 @@ from pydantic import ValidationError
 
 from labs.loader import CatalogError, load_catalog
 from labs.models import Check, Lab, LabNode, NodeClass, Role, quantity_bytes
+from tests.catalog_texts import node_class
 
-CLASSES = """\
-node_classes:
-  - name: cp
-    role: controlplane
-    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3
-    kubernetes_version: 1.31.4
-  - name: wk
-    role: worker
-    image: registry.lab.internal:5000/labrador/k8s-node@sha256:{digest}
-    kubernetes_version: 1.31.4
-""".format(digest="a" * 64)
+CLASSES = "node_classes:\n" + node_class("cp", "controlplane") + node_class(
+    "wk", "worker", image=f"registry.lab.internal:5000/labrador/k8s-node@sha256:{'a' * 64}")
 
 GOOD_LAB = """\
 name: good

@@ -5,6 +5,7 @@ the Temporal TLS key; one line naming the setting, the file and its mode."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import asyncssh
@@ -94,6 +95,27 @@ def test_dev_generated_keys_are_private(tmp_path: Path) -> None:
         assert settings.codec_keys_file is not None
         check_key_file(settings.codec_keys_file, "codec_keys_file")
         check_key_file(platform_key_path(Settings(data_dir=tmp_path)), "ssh_private_key")
+    finally:
+        os.umask(old)
+
+
+def test_dev_generated_api_keys_are_private_and_kept(tmp_path: Path) -> None:
+    from labrador.api.keys import DEV_KEYS_FILE, ensure_dev_api_keys
+
+    # A leftover world-readable temporary file from an older run must not lend its mode to the keys.
+    stale = tmp_path / f".{DEV_KEYS_FILE}.tmp"
+    stale.write_text("")
+    stale.chmod(0o644)
+    old = os.umask(0o022)
+    try:
+        first = ensure_dev_api_keys(Settings(data_dir=tmp_path))
+        assert first.api_keys_file is not None
+        check_key_file(first.api_keys_file, "api_keys_file")
+        assert stat.S_IMODE(first.api_keys_file.stat().st_mode) == 0o600
+        text = first.api_keys_file.read_text()
+        again = ensure_dev_api_keys(Settings(data_dir=tmp_path))
+        assert again.api_keys_file == first.api_keys_file
+        assert first.api_keys_file.read_text() == text  # a second start keeps the first keys
     finally:
         os.umask(old)
 

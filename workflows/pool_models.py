@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cluster.models import InventorySummary, NodeRecord
 from labs.models import NodeClass
 from workflows.capacity.models import (  # noqa: F401  (re-exported for their readers)
     CAPACITY_BROKER_WORKFLOW_PREFIX,
@@ -47,6 +48,7 @@ class PoolActivityName(StrEnum):
     ENDED_SESSIONS = CapacityActivityName.ENDED_SESSIONS.value
     COLLECT_SESSION = "pool_collect_session"
     DELETE_UNCLAIMED_NODE = "pool_delete_unclaimed_node"
+    POOL_VIEW = "pool_view"
 
 
 # --- refill ---------------------------------------------------------------------------------------
@@ -65,10 +67,13 @@ class ClassSizing(Model):
 
 
 class PoolRefillMemory(Model):
-    """What one refill hands the next: the demand estimate and the claimed nodes it saw."""
+    """What one refill hands the next: the demand estimate and the pool nodes it left (bounded by the
+    pool's size, not by the running labs). `claimed_node_ids`: refills before the pool view (read once)."""
 
     demand: dict[str, ClassDemand] = Field(default_factory=dict)
     claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+    pool_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+    observed_at: datetime | None = None
 
 
 class PoolRefillInput(Model):
@@ -158,7 +163,31 @@ class PoolRefillResult(Model):
     capped_reason: str | None = None
     # Carried to the next scheduled run (workflow.get_last_completion_result) for demand estimation.
     demand: dict[str, ClassDemand] = Field(default_factory=dict)
-    claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict)
+    claimed_node_ids: dict[str, list[str]] = Field(default_factory=dict, description="refills before the pool view")
+    pool_node_ids: dict[str, list[str]] = Field(default_factory=dict, description="free nodes left, per class")
+    observed_at: datetime | None = None
+
+
+class PoolViewInput(Model):
+    previous: PoolRefillMemory | None = None
+    collect_leaks: bool = True
+    leak_limit: int = Field(100, ge=0, description="ended sessions returned per run (the next run takes the rest)")
+
+
+class EndedLeftover(Model):
+    session_id: str
+    kinds: list[str] = Field(default_factory=list)
+
+
+class PoolView(Model):
+    """What the refill needs of the cluster, bounded by the pool (not by the running labs): the
+    unclaimed nodes, the counts of everything, claims since the last refill, ended sessions (a page)."""
+
+    pool_nodes: list[NodeRecord] = Field(default_factory=list, description="free and provisioning nodes")
+    summary: InventorySummary
+    new_claims: dict[str, int] = Field(default_factory=dict)
+    ended: list[EndedLeftover] = Field(default_factory=list)
+    observed_at: datetime
 
 
 # --- leak collection ------------------------------------------------------------------------------

@@ -28,10 +28,11 @@ with workflow.unsafe.imports_passed_through():
     # module (its ClassDemand would not be the one PoolRefillResult validates against).
     import workflows.pool_policy as pool_policy
     import workflows.pool_sizing as pool_sizing
-    from cluster.models import Inventory, NodeRecord, NodeSpec, NodeState, SessionRef
+    from cluster.models import Inventory, InventorySummary, NodeRecord, NodeSpec, NodeState, SessionRef, summarize
     from cluster.naming import dns_label
     from labs.models import NodeClass
     from workflows.models import ActivityName, NodeRef, ProvisionInput, WaitReadyInput
+    from workflows.pool_leftovers import sessions_in
     from workflows.pool_models import (
         CapacityActivityName,
         CapacityLimits,
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ClassReport,
         CollectedSession,
         CollectSessionInput,
+        EndedLeftover,
         EndedSessions,
         EndedSessionsInput,
         LeakReport,
@@ -51,7 +53,8 @@ with workflow.unsafe.imports_passed_through():
         PoolRefillResult,
         PoolReservation,
         PoolReservationResult,
-        SessionRunRef,
+        PoolView,
+        PoolViewInput,
         UnclaimedNodeDeletion,
     )
     from workflows.pool_policy import ClassDemand
@@ -59,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
 SHORT = timedelta(seconds=30)
 # workflow.patched ID: runs started before delete-if-unclaimed replay with the plain DELETE_NODE.
 DELETE_IF_UNCLAIMED_PATCH = "pool-delete-if-unclaimed"
+# workflow.patched ID: one `pool_view` activity instead of the whole inventory (which grows with the labs).
+POOL_VIEW_PATCH = "pool-view"
 # workflow.patched ID: the refill releases its capacity reservation when its nodes exist (no expiry).
 RESERVATION_HOLDER_PATCH = "pool-reservation-holder"
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=5)
@@ -88,6 +93,7 @@ def allocate(wants: dict[str, int], memory: dict[str, int], room_vms: int, room_
 class PoolRefillWorkflow:
     def __init__(self) -> None:
         self._semaphore = asyncio.Semaphore(5)
+        self._left: dict[str, list[str]] = {}  # pool nodes left free, per class (the next run's memory)
 
     @workflow.run
     async def run(self, input: PoolRefillInput) -> PoolRefillResult:
@@ -98,12 +104,27 @@ class PoolRefillWorkflow:
             PoolActivityName.POOL_PLAN, PoolPlanInput(classes=input.pooled_classes),
             result_type=PoolPlan, start_to_close_timeout=SHORT, retry_policy=RETRY,
         )
-        inventory = await self._inventory()
         leaks = LeakReport()
-        if input.collect_leaks:
-            leaks = await self._collect_leaks(inventory)
-            if leaks.sessions:
-                inventory = await self._inventory()
+        new_claims: dict[str, int] | None = None
+        observed_at: datetime | None = None
+        if workflow.patched(POOL_VIEW_PATCH):
+            # The cluster as the pool needs it: unclaimed nodes + counts (no list that grows with labs).
+            view: PoolView = await workflow.execute_activity(
+                PoolActivityName.POOL_VIEW, PoolViewInput(previous=last, collect_leaks=input.collect_leaks),
+                result_type=PoolView, start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY,
+            )
+            inventory = Inventory(nodes=view.pool_nodes)
+            summary = view.summary
+            new_claims, observed_at = view.new_claims, view.observed_at
+            if view.ended:
+                leaks = await self._collect_ended(view.ended)
+        else:
+            inventory = await self._inventory()
+            if input.collect_leaks:
+                leaks = await self._collect_leaks(inventory)
+                if leaks.sessions:
+                    inventory = await self._inventory()
+            summary = summarize(inventory)
 
         reports: dict[str, ClassReport] = {}
         demand: dict[str, ClassDemand] = {}
@@ -116,16 +137,21 @@ class PoolRefillWorkflow:
             nodes = [n for n in inventory.nodes if n.node_class == name]
             free = [n for n in nodes if n.state == NodeState.FREE]
             provisioning = [n for n in nodes if n.state == NodeState.PROVISIONING]
-            claimed = [n for n in nodes if n.state == NodeState.CLAIMED]
+            claimed_count = summary.count(name, NodeState.CLAIMED)
             drained = name in input.drained
 
-            # Demand: claimed nodes the previous run had not seen are this interval's claims.
+            # Demand: this interval's claims (the pool view counts them; before it, claimed node IDs
+            # the previous run had not seen).
             sizing = pool_sizing.resolve(input, node_class, name, now)
             params = sizing.params
-            claimed_ids[name] = sorted(n.node_id for n in claimed)
             state = last.demand.get(name, ClassDemand()) if last else ClassDemand()
-            seen = set(last.claimed_node_ids.get(name, [])) if last else set(claimed_ids[name])
-            state = pool_policy.observe(state, now, len(set(claimed_ids[name]) - seen), params)
+            if new_claims is not None:
+                claims = new_claims.get(name, 0)
+            else:
+                claimed_ids[name] = sorted(n.node_id for n in nodes if n.state == NodeState.CLAIMED)
+                seen = set(last.claimed_node_ids.get(name, [])) if last else set(claimed_ids[name])
+                claims = len(set(claimed_ids[name]) - seen)
+            state = pool_policy.observe(state, now, claims, params)
             demand[name] = state
             target = 0 if drained else pool_policy.target(state, now, params)
             reason = pool_sizing.target_reason(target, pool_policy.wanted(state, now, params), sizing, drained)
@@ -153,7 +179,7 @@ class PoolRefillWorkflow:
             wants[name] = max(0, target - len(warm))
             reports[name] = ClassReport(
                 node_class=name, target=target, target_reason=reason, min_size=params.min_size,
-                max_size=params.max_size, claimed=len(claimed),
+                max_size=params.max_size, claimed=claimed_count,
                 stale=len([n for n in stale if n.state == NodeState.FREE]), drained=drained,
             )
 
@@ -168,12 +194,17 @@ class PoolRefillWorkflow:
             counters[name][counter] = counters[name].get(counter, 0) + 1
         deletions = [d for d, gone in zip(deletions, deleted, strict=True) if gone]
 
-        granted, capped_reason = await self._capacity(input, inventory, deletions, plan.node_classes, wants)
+        granted, capped_reason = await self._capacity(
+            input, summary, inventory, deletions, plan.node_classes, wants
+        )
         try:
-            return await self._finish(
+            result = await self._finish(
                 input, started, plan, leaks, reports, demand, claimed_ids, keep, wants, counters, granted,
                 capped_reason,
             )
+            if observed_at is None:
+                return result
+            return result.model_copy(update={"observed_at": observed_at, "pool_node_ids": self._left})
         finally:
             if granted and input.use_capacity_broker and workflow.patched(RESERVATION_HOLDER_PATCH):
                 # The nodes exist now (or never will): the broker counts them from its next cluster
@@ -201,6 +232,8 @@ class PoolRefillWorkflow:
         async def bring_up(name: str, node_id: str, create: NodeClass | None, since: datetime | None) -> None:
             ok, seconds = await self._bring_up(node_id, create, since or workflow.now(), input.provisioning_overdue)
             outcomes[name].append(ok)
+            if ok:
+                self._left.setdefault(name, []).append(node_id)
             if ok and create is not None:
                 boots[name].append(seconds)
 
@@ -214,6 +247,10 @@ class PoolRefillWorkflow:
         ]
         await self._bounded(ups)
 
+        for name, warm in keep.items():
+            self._left[name] = sorted(
+                {n.node_id for n in warm if n.state == NodeState.FREE} | set(self._left.get(name, []))
+            )
         for name, report in reports.items():
             for seconds in boots[name]:
                 demand[name] = pool_policy.observe_boot(demand[name], seconds)
@@ -243,7 +280,10 @@ class PoolRefillWorkflow:
             return None
         if not isinstance(result, PoolRefillResult):
             return None
-        return PoolRefillMemory(demand=result.demand, claimed_node_ids=result.claimed_node_ids)
+        return PoolRefillMemory(
+            demand=result.demand, claimed_node_ids=result.claimed_node_ids, pool_node_ids=result.pool_node_ids,
+            observed_at=result.observed_at,
+        )
 
     async def _inventory(self) -> Inventory:
         return await workflow.execute_activity(
@@ -271,23 +311,24 @@ class PoolRefillWorkflow:
         )
         return result.deleted
 
+    async def _collect_ended(self, ended: list[EndedLeftover]) -> LeakReport:
+        collected: list[CollectedSession] = await self._bounded([
+            workflow.execute_activity(
+                PoolActivityName.COLLECT_SESSION, CollectSessionInput(session_id=e.session_id),
+                result_type=CollectedSession, start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY,
+            )
+            for e in ended
+        ])
+        return LeakReport(
+            sessions=len(ended), nodes=sum(c.nodes for c in collected),
+            services=sum("service" in e.kinds for e in ended),
+            networkpolicies=sum("networkpolicy" in e.kinds for e in ended),
+            namespaces=sum("namespace" in e.kinds and "node" not in e.kinds for e in ended),
+            session_ids=[e.session_id for e in ended],
+        )
+
     async def _collect_leaks(self, inventory: Inventory) -> LeakReport:
-        refs: dict[str, SessionRunRef] = {}
-        kinds: dict[str, set[str]] = {}
-        for node in inventory.nodes:
-            if node.state == NodeState.CLAIMED and node.session is not None:
-                refs[node.session.session_id] = SessionRunRef(
-                    session_id=node.session.session_id, workflow_id=node.session.workflow_id,
-                    run_id=node.session.run_id,
-                )
-                kinds.setdefault(node.session.session_id, set()).add("node")
-        for leftover in inventory.sessions:
-            known = refs.get(leftover.session_id)
-            if known is None or known.run_id is None:
-                refs[leftover.session_id] = SessionRunRef(
-                    session_id=leftover.session_id, workflow_id=leftover.workflow_id, run_id=leftover.run_id
-                )
-            kinds.setdefault(leftover.session_id, set()).update(leftover.kinds)
+        refs, kinds = sessions_in(inventory)
         if not refs:
             return LeakReport()
         ended: EndedSessions = await workflow.execute_activity(
@@ -315,6 +356,7 @@ class PoolRefillWorkflow:
     async def _capacity(
         self,
         input: PoolRefillInput,
+        summary: InventorySummary,
         inventory: Inventory,
         deletions: list[tuple[str, str, str]],
         classes: dict[str, NodeClass],
@@ -324,14 +366,15 @@ class PoolRefillWorkflow:
         if not any(wants.values()):
             return {}, None
         deleted = {node_id for _, node_id, _ in deletions}
-        remaining = [n for n in inventory.nodes if n.node_id not in deleted]
-        room_vms = input.max_vms - len(remaining)
-        room_memory = input.max_memory_bytes - sum(n.memory_bytes for n in remaining)
+        gone = [n for n in inventory.nodes if n.node_id in deleted]
+        remaining_vms = summary.vms - len(gone)
+        room_vms = input.max_vms - remaining_vms
+        room_memory = input.max_memory_bytes - (summary.memory_bytes - sum(n.memory_bytes for n in gone))
         memory = {name: classes[name].memory_bytes for name in wants}
         shares = allocate(wants, memory, room_vms, room_memory)
         reason = None
         if any(shares[n] < wants[n] for n in wants):
-            reason = f"capacity cap: {len(remaining)}/{input.max_vms} VMs, {room_memory} bytes of memory left"
+            reason = f"capacity cap: {remaining_vms}/{input.max_vms} VMs, {room_memory} bytes of memory left"
         planned = {
             name: [pool_node_id(name, workflow.uuid4().hex) for _ in range(count)]
             for name, count in shares.items() if count

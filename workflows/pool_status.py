@@ -11,7 +11,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from cluster.models import Inventory, NodeState
+    from cluster.models import Inventory, InventorySummary, NodeState
+    from cluster.models import summarize as counts
     from workflows.models import ActivityName
     from workflows.pool_models import (
         ClassStatus,
@@ -23,31 +24,32 @@ with workflow.unsafe.imports_passed_through():
     )
 
 RETRY = RetryPolicy(maximum_attempts=3)
+SUMMARY_PATCH = "pool-status-summary"
 
 
-def summarize(plan: PoolPlan, inventory: Inventory, request: PoolStatusInput) -> PoolStatus:
+def summarize(plan: PoolPlan, inventory: InventorySummary, request: PoolStatusInput) -> PoolStatus:
     """Per class: free (current image), provisioning, claimed, stale (free on an old image), target."""
     classes: dict[str, ClassStatus] = {}
-    names = sorted(set(plan.node_classes) | {n.node_class for n in inventory.nodes})
+    names = sorted(set(plan.node_classes) | {g.node_class for g in inventory.groups})
     for name in names:
         node_class = plan.node_classes.get(name)
-        nodes = [n for n in inventory.nodes if n.node_class == name]
         image = node_class.image if node_class else ""
-        free = [n for n in nodes if n.state == NodeState.FREE]
+        free = inventory.count(name, NodeState.FREE)
+        current = inventory.count(name, NodeState.FREE, image)
         classes[name] = ClassStatus(
             node_class=name,
             image=image,
-            free=len([n for n in free if n.image == image]),
-            stale=len([n for n in free if n.image != image]),
-            provisioning=len([n for n in nodes if n.state == NodeState.PROVISIONING]),
-            claimed=len([n for n in nodes if n.state == NodeState.CLAIMED]),
+            free=current,
+            stale=free - current,
+            provisioning=inventory.count(name, NodeState.PROVISIONING),
+            claimed=inventory.count(name, NodeState.CLAIMED),
             target=request.targets.get(name),
             drained=name in request.refill.drained,
         )
     return PoolStatus(
         classes=classes,
-        total_vms=len(inventory.nodes),
-        total_memory_bytes=sum(n.memory_bytes for n in inventory.nodes),
+        total_vms=inventory.vms,
+        total_memory_bytes=inventory.memory_bytes,
         max_vms=request.refill.max_vms,
         max_memory_bytes=request.refill.max_memory_bytes,
         exposed_ports_in_use=inventory.exposed_ports_in_use,
@@ -63,8 +65,14 @@ class PoolStatusWorkflow:
             PoolActivityName.POOL_PLAN, PoolPlanInput(classes=request.refill.pooled_classes),
             result_type=PoolPlan, start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
         )
+        if workflow.patched(SUMMARY_PATCH):  # counts only: the node list grows with the cluster
+            summary: InventorySummary = await workflow.execute_activity(
+                ActivityName.INVENTORY_SUMMARY, result_type=InventorySummary,
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
+            )
+            return summarize(plan, summary, request)
         inventory: Inventory = await workflow.execute_activity(
             ActivityName.INVENTORY, result_type=Inventory, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RETRY,
         )
-        return summarize(plan, inventory, request)
+        return summarize(plan, counts(inventory), request)

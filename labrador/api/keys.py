@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
-from cluster.secret_files import InsecureKeyFile, read_key_text
+from cluster.secret_files import secret_setting_text, write_private_file_once
 from labrador.settings import Settings
 
 
@@ -65,17 +63,11 @@ def parse_keys(text: str, source: str = "api_keys") -> list[ApiKey]:
 
 
 def keys_from_settings(settings: Settings) -> list[ApiKey]:
-    if settings.api_keys is not None:
-        return parse_keys(settings.api_keys.get_secret_value())
-    if settings.api_keys_file is not None:
-        path = Path(settings.api_keys_file).expanduser()
-        try:
-            return parse_keys(read_key_text(path, "api_keys_file"), f"api_keys_file {path}")
-        except InsecureKeyFile as exc:
-            raise KeyConfigError(str(exc)) from None
-        except OSError as exc:
-            raise KeyConfigError(f"setting api_keys_file: cannot read {path}: {exc.strerror}") from None
-    return []
+    found = secret_setting_text(settings.api_keys, settings.api_keys_file, "api_keys", KeyConfigError)
+    if found is None:
+        return []
+    text, source = found
+    return parse_keys(text, source)
 
 
 def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
@@ -100,11 +92,5 @@ def ensure_dev_api_keys(settings: Settings) -> Settings:
     if settings.api_keys is not None or settings.api_keys_file is not None:
         return settings
     path = settings.data_dir.expanduser() / DEV_KEYS_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{DEV_KEYS_FILE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w") as handle:
-            handle.write(new_keys_text())
-        tmp.replace(path)
+    write_private_file_once(path, new_keys_text)
     return settings.model_copy(update={"api_keys_file": path})

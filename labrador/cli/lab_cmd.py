@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 
 from cluster.naming import InvalidName, validate_student_id
 from labrador.cli.common import (
@@ -148,6 +149,34 @@ async def _ssh_details(
 def _print_ssh(ready: dict[str, Any]) -> None:
     console.print(f"ready until {ready['deadline']:%H:%M:%S} UTC:")
     console.print(f"  ssh -i {ready['private_key_file']} -p {ready['port']} {ready['username']}@{ready['host']}")
+
+
+def _then_new_ssh(
+    student: str,
+    timeout: float,
+    as_json: bool,
+    key: str,
+    client_call: Callable[[LabClient], Awaitable[BaseModel]],
+    summary: Callable[[dict[str, Any]], str],
+    exclude: set[str] | None = None,
+) -> None:
+    """For commands after which the lab has new SSH details (resume, reset): run `client_call`, wait
+    (at most `timeout`) for the SSH details, then print both (`{key: ..., "ready": ...}` under --json,
+    else the `summary` line of the result and the ssh command)."""
+
+    async def action(client: LabClient) -> dict[str, Any]:
+        done = await client_call(client)
+        status = await client.status(student)
+        out: dict[str, Any] = {key: done.model_dump(mode="json", exclude=exclude)}
+        out["ready"] = await _ssh_details(client, student, status.session_id or student, timeout)
+        return out
+
+    out = _run(action)
+    if as_json:
+        print_json(out)
+        return
+    console.print(summary(out[key]))
+    _print_ssh(out["ready"])
 
 
 def _forget_key(session_id: str | None) -> None:
@@ -303,20 +332,10 @@ def resume(
 ) -> None:
     """Resume a paused lab: the VMs run again, their clocks are set, SSH opens (maybe on a new port)."""
     _student(student)
-
-    async def action(client: LabClient) -> dict[str, Any]:
-        resumed = await client.resume(student)
-        status = await client.status(student)
-        out: dict[str, Any] = {"resumed": resumed.model_dump(mode="json")}
-        out["ready"] = await _ssh_details(client, student, status.session_id or student, timeout)
-        return out
-
-    out = _run(action)
-    if as_json:
-        print_json(out)
-        return
-    console.print(f"resumed after {out['resumed']['paused_seconds']:.0f} s paused")
-    _print_ssh(out["ready"])
+    _then_new_ssh(
+        student, timeout, as_json, "resumed", client_call=lambda client: client.resume(student),
+        summary=lambda resumed: f"resumed after {resumed['paused_seconds']:.0f} s paused",
+    )
 
 
 @lab_app.command("reset")
@@ -328,20 +347,10 @@ def reset(
     """Give a running lab fresh nodes (same lab, same session); waits until they are ready, like
     `start --wait`, and prints the new SSH details. The old nodes are deleted."""
     _student(student)
-
-    async def action(client: LabClient) -> dict[str, Any]:
-        done = await client.reset(student)
-        status = await client.status(student)
-        out: dict[str, Any] = {"reset": done.model_dump(mode="json", exclude={"nodes"})}
-        out["ready"] = await _ssh_details(client, student, status.session_id or student, timeout)
-        return out
-
-    out = _run(action)
-    if as_json:
-        print_json(out)
-        return
-    console.print(f"reset: fresh nodes ({out['reset']['resets_left']} resets left)")
-    _print_ssh(out["ready"])
+    _then_new_ssh(
+        student, timeout, as_json, "reset", client_call=lambda client: client.reset(student),
+        summary=lambda done: f"reset: fresh nodes ({done['resets_left']} resets left)", exclude={"nodes"},
+    )
 
 
 @lab_app.command("end")

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 
+from cluster.background import running_beside
 from workflows.models import LabStatus, Phase
 
 POLL_SECONDS = 0.5
@@ -99,13 +100,8 @@ async def following(line: PhaseLine, poll: Callable[[], Awaitable[str | None]]) 
                 line.update(text)
             await asyncio.sleep(POLL_SECONDS)
 
-    task = asyncio.create_task(loop())
-    try:
+    async with running_beside(loop):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def pending_activities(handle: Any) -> int:

@@ -13,19 +13,10 @@ import pytest
 from labs.check_regex import stdout_matches
 from labs.loader import CatalogError, LocatedError, load_catalog
 from labs.models import MAX_LAB_NODES, quantity_bytes
+from tests.catalog_texts import node_class
 
-CLASSES = """\
-node_classes:
-  - name: cp
-    role: controlplane
-    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3
-    kubernetes_version: 1.31.4
-  - name: wk
-    role: worker
-    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3
-    kubernetes_version: 1.31.4
-    memory: {worker_memory}
-"""
+CLASSES = "node_classes:\n" + node_class("cp", "controlplane") + node_class(
+    "wk", "worker", more="    memory: {worker_memory}\n")
 
 LAB = """\
 name: lab

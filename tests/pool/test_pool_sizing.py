@@ -14,6 +14,7 @@ from labs.loader import CatalogError, load_catalog
 from labs.models import NodeClass, Role
 from labs.pool_sizing import PoolSizing, parse_window
 from labs.schema import node_classes_schema
+from tests.catalog_texts import node_class
 from workflows import pool_sizing
 from workflows.pool_models import ClassSizing, PoolRefillInput
 from workflows.pool_policy import ClassDemand
@@ -62,26 +63,19 @@ def test_bad_windows_say_what_is_wrong(text: str, says: str) -> None:
         parse_window(text)
 
 
-CLASSES = """\
-node_classes:
-  - name: wk
-    role: worker
-    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3
-    kubernetes_version: 1.31.4
+# Lines: 1 node_classes, 2-5 wk, 6-8 its pool; 9-12 wk2, 13-18 its pool (the positions asserted below).
+CLASSES = "node_classes:\n" + node_class("wk", "worker", more="""\
     pool:
       min: 3
       max: 2
-  - name: wk2
-    role: worker
-    image: registry.lab.internal/labrador/k8s-node:v1.31.4-r3
-    kubernetes_version: 1.31.4
+""") + node_class("wk2", "worker", more="""\
     pool:
       max: 4
       schedule:
         weekday 08-18: 2
         mon 09-10: -1
       maximum: 3
-"""
+""")
 LAB = "name: l\ntitle: L\nnodes: [{role: controlplane, class: cp}]\n"
 
 

@@ -16,7 +16,14 @@ from cluster.models import ClaimRequest, ClaimWant, Inventory, NodeSpec, NodeSta
 from cluster.published_images import PublishedImage
 from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
 from workflows.models import ActivityName
-from workflows.pool_models import ClassSizing, PoolRefillInput, PoolRefillResult
+from workflows.pool_models import (
+    ClassSizing,
+    PoolActivityName,
+    PoolRefillInput,
+    PoolRefillResult,
+    PoolView,
+    PoolViewInput,
+)
 from workflows.pool_refill import PoolRefillWorkflow
 
 pytestmark = pytest.mark.timeout(60)
@@ -109,11 +116,21 @@ async def test_a_node_claimed_between_inventory_and_delete_stays_with_its_sessio
             won.extend(n.node_id for n in (await pool_bed.sim.claim(claim)).nodes)
         return snapshot
 
+    real = PoolActivities(pool_bed.sim, lambda: dict(CLASSES), pool_bed.published)
+
+    @activity.defn(name=PoolActivityName.POOL_VIEW)
+    async def view_then_a_claim(request: PoolViewInput) -> PoolView:  # the refill's look at the cluster today
+        view = await real.pool_view(request)
+        if not won:
+            claim = ClaimRequest(session=racer, wants=[ClaimWant(node_class=CP.name, count=1)])
+            won.extend(n.node_id for n in (await pool_bed.sim.claim(claim)).nodes)
+        return view
+
     task_queue = f"race-{uuid.uuid4().hex[:8]}"
     cluster = [a for a in ClusterActivities(pool_bed.sim).all() if a.__name__ != "inventory"]
-    pool = PoolActivities(pool_bed.sim, lambda: dict(CLASSES), pool_bed.published).all()
+    pool = [a for a in real.all() if a.__name__ != "pool_view"]
     async with Worker(pool_bed.client, task_queue=task_queue, workflows=[PoolRefillWorkflow],
-                      activities=[*cluster, *pool, inventory_then_a_claim]):
+                      activities=[*cluster, *pool, inventory_then_a_claim, view_then_a_claim]):
         result = await pool_bed.client.execute_workflow(
             PoolRefillWorkflow.run, fixed(2, 0, collect_leaks=False, use_capacity_broker=False),
             id=f"refill-{uuid.uuid4().hex[:8]}", task_queue=task_queue, result_type=PoolRefillResult,

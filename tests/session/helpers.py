@@ -10,13 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
 from activities.cluster_activities import ClusterActivities
 from labs.models import Lab
 from workflows.lab_session import LabSessionWorkflow
-from workflows.models import LabSessionInput, SessionTimings
+from workflows.models import LabSessionInput, SessionTimings, WaitReadyRequest
 
 from .fakes import NODE_CLASSES
 
@@ -58,6 +59,19 @@ async def start_session(
 
 # Health checks every 20 min keep time-skipping histories short; health has its own tests.
 SLOW_HEALTH = timedelta(minutes=20)
+
+WAIT = WaitReadyRequest(wait=timedelta(seconds=30))
+
+
+def close_to(seconds: float, expected: timedelta, slack: float = 5.0) -> bool:
+    return abs(seconds - expected.total_seconds()) <= slack
+
+
+async def refused(handle: object, update: object, request: object) -> str:
+    """The message of the failure an update that must be refused ends with."""
+    with pytest.raises(WorkflowUpdateFailedError) as caught:
+        await handle.execute_update(update, request)  # type: ignore[attr-defined]
+    return str(caught.value.cause)
 
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories"

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from workflows.lab_session import LabSessionWorkflow
@@ -21,22 +20,9 @@ from workflows.models import (
 )
 
 from .fakes import MemoryCluster, ScriptStandIns, make_lab
-from .helpers import record_history, session_worker, start_session
+from .helpers import WAIT, close_to, record_history, refused, session_worker, start_session
 
 pytestmark = pytest.mark.timeout(60)
-
-WAIT = WaitReadyRequest(wait=timedelta(seconds=30))
-
-
-def close_to(seconds: float, expected: timedelta, slack: float = 5.0) -> bool:
-    return abs(seconds - expected.total_seconds()) <= slack
-
-
-async def refused(handle: object, update: object, request: object) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as caught:
-        await handle.execute_update(update, request)  # type: ignore[attr-defined]
-    return str(caught.value.cause)
-
 
 async def test_a_paused_lab_gets_its_paused_time_back(time_env: WorkflowEnvironment) -> None:
     port, scripts = MemoryCluster(), ScriptStandIns()

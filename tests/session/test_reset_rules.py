@@ -20,23 +20,13 @@ from workflows.models import (
     ResetLimits,
     ResetRequest,
     ResumeRequest,
-    WaitReadyRequest,
 )
 
 from ..conftest import start_time_skipping_env
 from .fakes import MemoryCluster, ScriptStandIns, make_lab
-from .helpers import record_history, session_worker, start_session
+from .helpers import WAIT, record_history, refused, session_worker, start_session
 
 pytestmark = pytest.mark.timeout(60)
-
-WAIT = WaitReadyRequest(wait=timedelta(seconds=30))
-
-
-async def refused(handle: object, update: object, request: object) -> str:
-    with pytest.raises(WorkflowUpdateFailedError) as caught:
-        await handle.execute_update(update, request)  # type: ignore[attr-defined]
-    return str(caught.value.cause)
-
 
 async def test_reset_gives_fresh_nodes_and_keeps_the_time_left(time_env: WorkflowEnvironment) -> None:
     port, scripts = MemoryCluster(), ScriptStandIns()

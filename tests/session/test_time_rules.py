@@ -27,13 +27,9 @@ from workflows.models import (
 )
 
 from .fakes import NODE_CLASSES, MemoryCluster, ScriptStandIns, make_lab
-from .helpers import SLOW_HEALTH, record_history, session_worker, start_session
+from .helpers import SLOW_HEALTH, close_to, record_history, session_worker, start_session
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def close_to(seconds: float, expected: timedelta, slack: float = 5.0) -> bool:
-    return abs(seconds - expected.total_seconds()) <= slack
 
 
 async def test_lab_expires_at_its_duration_counted_from_ready_then_is_graded_and_torn_down(

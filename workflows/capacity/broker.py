@@ -4,10 +4,10 @@ A singleton per task queue (ID `labrador-capacity/<task queue>`), started on fir
 update-with-start (or signal-with-start) from an activity. The accounting is workflows/capacity/ledger.py;
 this workflow feeds it messages and cluster readings, and tells sessions what it decided.
 
-- `admit` (update): a session asks for room; the answer is a grant, a ticket with its position, or a
-  refusal, decided at once from counters (no cluster call per decision). A queued session is told its
-  grant later by signal `capacity_notice`; grants of one decision go out concurrently.
-- `request` (signal): the same for sessions started before ticket numbers; they are told positions.
+- `request` (signal): a session asks for room; decided from counters (no cluster call per decision),
+  in the same workflow task as the signals that arrived with it; the session is told its grant, its
+  ticket and place, or a refusal by signal `capacity_notice`; grants of one decision go out at once.
+  (Not an update: Temporal admits 10 updates in flight per workflow.)
 - `release` (signal): the session is done (or leaves the queue).
 - `reserve_pool` (update): the refill asks room for new pool nodes; nothing while sessions queue.
 - `position` / `state` (queries): where a session stands (exact, computed when read), the head of the
@@ -201,26 +201,10 @@ class CapacityBrokerWorkflow:
             except TimeoutError:
                 pass
 
-    @workflow.update
-    async def admit(self, request: CapacityRequest) -> CapacityNotice:
-        await self._known()
-        ledger = self._ledger
-        key = request_key(request.session.workflow_id, request.session.run_id)
-        answer = ledger.ask(request, workflow.now(), notify=False)
-        if answer.position is not None:
-            decision = ledger.decide()  # usage is counters: granted at once when it fits
-            self._outbox += [(w, CapacityNotice(granted=True, served=ledger.served)) for w in decision.granted
-                             if request_key(w.workflow_id, w.run_id) != key]
-            self._outbox += [(w, CapacityNotice(refused=r, served=ledger.served)) for w, r in decision.refused]
-            answer = ledger.notice(key)
-            if answer.position == 1:
-                self._head_told = answer.ticket  # it is told it is first by this answer
-        self._dirty = True
-        return answer
-
     @workflow.signal
     def request(self, request: CapacityRequest) -> None:
-        """Sessions before ticket numbers: queued, then told positions and the grant by signal."""
+        """A session asks (through `pool_admit_capacity` or, before ticket numbers, `pool_request_capacity`):
+        queued, then told its place (at once and when it reaches the head) and its grant, by signal."""
         answer = self._ledger.ask(request, workflow.now(), notify=True)
         key = request_key(request.session.workflow_id, request.session.run_id)
         if answer.position is None:  # refused, or asked again after its grant: tell it again
