@@ -204,12 +204,17 @@ class Bench:
         print(f"{name:<34} x{concurrency:<3} n={len(results):<4} p50 {p50:8.1f} ms   p99 {p99:8.1f} ms", flush=True)
 
 
-async def run_overhead(args: argparse.Namespace) -> None:
-    env = await WorkflowEnvironment.start_local(
+async def dev_server() -> WorkflowEnvironment:
+    """The Temporal dev server every benchmark here runs against (labrador's search attributes)."""
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
         search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
         dev_server_extra_args=DEV_SERVER_ARGS,
     )
+
+
+async def run_overhead(args: argparse.Namespace) -> None:
+    env = await dev_server()
     bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), args.ssh,
                   SessionTimings(health_interval=timedelta(minutes=1)))
     try:
@@ -231,11 +236,7 @@ async def run_overhead(args: argparse.Namespace) -> None:
 
 async def run_burst(args: argparse.Namespace) -> None:
     """N starts at the same moment against a warm pool holding free nodes for all N labs."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
-        search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
-        dev_server_extra_args=DEV_SERVER_ARGS,
-    )
+    env = await dev_server()
     nodes = len(load_catalog(PACKAGE_LABS_DIR).labs[LAB].nodes)
     bench = Bench(env.client, Path(tempfile.mkdtemp(prefix="bench-")), False,
                   SessionTimings(health_interval=timedelta(hours=1), unclaimed_timeout=timedelta(hours=2)),
@@ -272,11 +273,7 @@ async def run_burst(args: argparse.Namespace) -> None:
 
 
 async def run_hold(args: argparse.Namespace) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_cli()), data_converter=pydantic_data_converter,
-        search_attributes=list(search_attributes.ALL), dev_server_log_level="error",
-        dev_server_extra_args=DEV_SERVER_ARGS,
-    )
+    env = await dev_server()
     # Health checks every --hold-health (default 1 h): at 30 s, 5,000 labs x 3 nodes would be 500 checks a
     # second, and with 1,000 cached workflows every check of an evicted lab is a replay (see docs/session.md).
     # The cap an operator sets for this many labs: room for all of their nodes, and some.

@@ -7,57 +7,25 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pydantic import SecretStr
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated.scenario import Scenario, ScenarioRule
-from labrador.client import LabClient
-from labrador.codec import new_key_entry
-from labrador.settings import PACKAGE_LABS_DIR, Settings
-from labrador.temporal import data_converter
-from labs.loader import load_catalog
-from worker import build_port, build_worker
-from workflows.models import Phase, SessionTimings
+from tests.encrypted_stack import EncryptedStack, encrypted_stack
+from workflows.models import Phase
 
 pytestmark = pytest.mark.timeout(60)
 MARKER = "secret-output-5b1e"
 LAB = "kubelet-broken-worker"  # control plane + node01, setup scripts on both, checks on both
 
 
-@dataclass
-class EncryptedStack:
-    env: WorkflowEnvironment
-    labs: LabClient
-    port: Any
-
-
 @pytest.fixture
 async def encrypted(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[EncryptedStack]:
-    settings = Settings(
-        temporal_address=dev_env.client.service_client.config.target_host,
-        task_queue=f"enc-{uuid.uuid4().hex[:8]}",
-        data_dir=tmp_path,
-        cluster_backend="simulated",
-        codec_keys=SecretStr(new_key_entry("test-1")),
-    )
-    client = Client(dev_env.client.service_client, namespace=dev_env.client.namespace,
-                    data_converter=data_converter(settings))
-    labs = LabClient(client, settings, catalog=load_catalog(PACKAGE_LABS_DIR),
-                     published=JsonFilePublishedImages.in_data_dir(tmp_path),
-                     timings=SessionTimings(health_interval=timedelta(minutes=5)))
-    port = build_port(settings)
-    worker = build_worker(client, settings, port)
-    async with worker:
-        yield EncryptedStack(dev_env, labs, port)
-    await port.aclose()
+    async with encrypted_stack(dev_env, tmp_path, key_id="test-1", queue_prefix="enc") as stack:
+        yield stack
 
 
 def answer(match: str, stdout: str = "", stderr: str = "", exit_code: int = 0) -> ScenarioRule:

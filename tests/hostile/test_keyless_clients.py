@@ -6,65 +6,31 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
-from cluster.published_images import JsonFilePublishedImages
 from labrador.cli.main import app
-from labrador.client import LabClient, PayloadsUndecodable
+from labrador.client import PayloadsUndecodable
 from labrador.codec import new_key_entry
-from labrador.settings import PACKAGE_LABS_DIR, Settings
-from labrador.temporal import data_converter
-from labs.loader import load_catalog
-from worker import build_port, build_worker
-from workflows.models import SessionTimings
+from tests.encrypted_stack import EncryptedStack, encrypted_stack
 
 pytestmark = pytest.mark.timeout(90)
 LAB = "sandbox"
 
 
-@dataclass
-class Encrypted:
-    settings: Settings
-    labs: LabClient
-    env: WorkflowEnvironment
-
-    def client_with(self, **changes: Any) -> LabClient:
-        settings = self.settings.model_copy(update=changes)
-        client = Client(self.env.client.service_client, namespace=self.env.client.namespace,
-                        data_converter=data_converter(settings))
-        return LabClient(client, settings, catalog=self.labs.catalog, published=self.labs.published,
-                         timings=self.labs.timings)
-
-
 @pytest.fixture
-async def encrypted(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Encrypted]:
-    settings = Settings(
-        temporal_address=dev_env.client.service_client.config.target_host,
-        task_queue=f"keyless-{uuid.uuid4().hex[:8]}", data_dir=tmp_path, cluster_backend="simulated",
-        codec_keys=SecretStr(new_key_entry("stack-7")),
-    )
-    client = Client(dev_env.client.service_client, namespace=dev_env.client.namespace,
-                    data_converter=data_converter(settings))
-    labs = LabClient(client, settings, catalog=load_catalog(PACKAGE_LABS_DIR),
-                     published=JsonFilePublishedImages.in_data_dir(tmp_path),
-                     timings=SessionTimings(health_interval=timedelta(minutes=5)))
-    port = build_port(settings)
-    async with build_worker(client, settings, port):
-        yield Encrypted(settings, labs, dev_env)
-    await port.aclose()
+async def encrypted(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[EncryptedStack]:
+    async with encrypted_stack(dev_env, tmp_path, key_id="stack-7", queue_prefix="keyless") as stack:
+        yield stack
 
 
-async def test_a_keyless_client_refuses_every_action_before_writing_anything(encrypted: Encrypted) -> None:
+async def test_a_keyless_client_refuses_every_action_before_writing_anything(encrypted: EncryptedStack) -> None:
     running = f"st-{uuid.uuid4().hex[:8]}"
     await encrypted.labs.start(running, LAB, wait=timedelta(seconds=20))  # the stack has stored payloads now
     keyless = encrypted.client_with(codec_keys=None)
@@ -84,7 +50,7 @@ async def test_a_keyless_client_refuses_every_action_before_writing_anything(enc
     await encrypted.labs.end(running)
 
 
-async def test_a_wrong_key_names_the_key_the_stack_uses(encrypted: Encrypted) -> None:
+async def test_a_wrong_key_names_the_key_the_stack_uses(encrypted: EncryptedStack) -> None:
     running = f"st-{uuid.uuid4().hex[:8]}"
     await encrypted.labs.start(running, LAB)
     other = encrypted.client_with(codec_keys=SecretStr(new_key_entry("other-1")))
@@ -99,7 +65,7 @@ async def test_a_wrong_key_names_the_key_the_stack_uses(encrypted: Encrypted) ->
 @pytest.mark.parametrize("command", [["lab", "status"], ["lab", "check"], ["lab", "extend"], ["lab", "end"],
                                      ["lab", "start", "--lab", LAB, "--wait"], ["pool", "status"]])
 async def test_the_cli_without_the_key_prints_one_line_and_exits_1(
-    encrypted: Encrypted, command: list[str], tmp_path: Path
+    encrypted: EncryptedStack, command: list[str], tmp_path: Path
 ) -> None:
     running = f"st-{uuid.uuid4().hex[:8]}"
     await encrypted.labs.start(running, LAB)

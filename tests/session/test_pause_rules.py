@@ -24,6 +24,7 @@ from .helpers import WAIT, close_to, record_history, refused, session_worker, st
 
 pytestmark = pytest.mark.timeout(60)
 
+
 async def test_a_paused_lab_gets_its_paused_time_back(time_env: WorkflowEnvironment) -> None:
     port, scripts = MemoryCluster(), ScriptStandIns()
     lab = make_lab(workers=1, duration=timedelta(minutes=45))

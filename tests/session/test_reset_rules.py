@@ -28,6 +28,7 @@ from .helpers import WAIT, record_history, refused, session_worker, start_sessio
 
 pytestmark = pytest.mark.timeout(60)
 
+
 async def test_reset_gives_fresh_nodes_and_keeps_the_time_left(time_env: WorkflowEnvironment) -> None:
     port, scripts = MemoryCluster(), ScriptStandIns()
     port.add_warm("warm-cp-1", "cp-1-31", Role.CONTROLPLANE)
