@@ -341,7 +341,9 @@ def resume(
 @lab_app.command("reset")
 def reset(
     student: StudentOpt,
-    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the SSH details")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for the SSH details", callback=seconds_option)
+    ] = 300.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Give a running lab fresh nodes (same lab, same session); waits until they are ready, like

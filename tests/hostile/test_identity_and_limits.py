@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -215,3 +216,26 @@ def test_an_unknown_lab_is_refused_before_temporal_is_contacted() -> None:
     result = CliRunner().invoke(app, ["lab", "start", "--student", "alice", "--lab", "nope"],
                                 env={"LABRADOR_TEMPORAL_ADDRESS": "127.0.0.1:1"})
     assert result.exit_code == 1 and "--lab: 'nope' is not in the catalog" in result.output, result.output
+
+
+def test_every_timeout_flag_of_every_command_is_bounded() -> None:
+    """The class, not the example: a new command with an unchecked --timeout fails here."""
+    import typer.main
+
+    def commands(group: Any, path: str) -> list[tuple[str, Any]]:
+        found = [(path, group)]
+        if hasattr(group, "commands"):  # a group (typer may carry its own click: no isinstance)
+            for name, sub in group.commands.items():
+                found += commands(sub, f"{path} {name}")
+        return found
+
+    checked = []
+    for path, command in commands(typer.main.get_command(app), "labrador"):
+        for param in command.params:
+            if "--timeout" not in getattr(param, "opts", []):
+                continue
+            checked.append(path)
+            for bad in ("nan", "-5", "inf"):
+                result = CliRunner().invoke(app, [*path.split()[1:], "--timeout", bad])  # processed first
+                assert result.exit_code == 2 and "Missing" not in result.output, (path, bad, result.output)
+    assert "labrador lab reset" in checked and "labrador lab start" in checked, checked
