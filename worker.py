@@ -122,6 +122,11 @@ def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
     return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published).all()
 
 
+# The worker's limits for many labs at once (bench/session_overhead.py runs with the same). Script
+# activities (setup, checks over SSH) mostly wait on the network: 200 at once.
+WORKER_TUNING: dict[str, Any] = {"max_concurrent_activities": 200}
+
+
 def build_worker(
     client: Client,
     settings: Settings,
@@ -136,7 +141,7 @@ def build_worker(
         task_queue=settings.task_queue,
         workflows=workflow_classes(versioned=deployment_config(settings) is not None),
         activities=[*activity_functions(port, settings), *extra_activities],
-        max_concurrent_activities=200,
+        **WORKER_TUNING,
         interceptors=[MetricsInterceptor()],  # labrador_* metrics; no-ops without a metrics endpoint
         # Evicted runs replay at their next task (every health check): size it to the labs a worker holds.
         max_cached_workflows=settings.worker_max_cached_workflows,

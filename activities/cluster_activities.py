@@ -32,6 +32,8 @@ from workflows.models import (
     ActivityName,
     ExposeInput,
     NodeRef,
+    PrepareNodesInput,
+    PrepareNodesResult,
     ProvisionInput,
     ReleaseResult,
     SessionIdInput,
@@ -67,6 +69,7 @@ class ClusterActivities:
         return [
             self.claim_nodes,
             self.provision_node,
+            self.prepare_nodes,
             self.wait_node_ready,
             self.node_health,
             self.mark_node_free,
@@ -91,6 +94,20 @@ class ClusterActivities:
     @map_port_errors
     async def provision_node(self, request: ProvisionInput) -> NodeRecord:
         return await self.port.provision(request.spec)
+
+    @activity.defn(name=ActivityName.PREPARE_NODES)
+    @map_port_errors
+    async def prepare_nodes(self, request: PrepareNodesInput) -> PrepareNodesResult:
+        """The platform steps of a start in one local activity instead of one per node and step (each
+        one a round trip through the worker and a marker in history): create the cold nodes, look at
+        every node, wire the session if all are ready. Idempotent like the steps it joins (create-or-get,
+        reads, wire); a failed node is left to the caller's wait, which reports it."""
+        await asyncio.gather(*(self.port.provision(spec) for spec in request.provision))
+        statuses = list(await asyncio.gather(*(self.port.node_status(node_id) for node_id in request.nodes)))
+        wired = all(status.phase == NodePhase.READY for status in statuses)
+        if wired:
+            await self.port.wire(request.wiring)
+        return PrepareNodesResult(statuses=statuses, wired=wired)
 
     @activity.defn(name=ActivityName.WAIT_NODE_READY)
     @map_port_errors

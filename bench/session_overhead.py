@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.client import Client
-from temporalio.common import RetryPolicy
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import RetryPolicy, WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -47,7 +47,7 @@ from labrador.client import LabClient
 from labrador.settings import PACKAGE_LABS_DIR, Settings
 from labs.loader import load_catalog
 from labs.models import Catalog
-from worker import build_port
+from worker import WORKER_TUNING, build_port
 from workflows import search_attributes
 from workflows.models import (
     ActivityName,
@@ -65,8 +65,6 @@ HOLD_LAB = "sandbox"
 # The same server options `labrador dev` uses (eager activity dispatch: see docs/session.md).
 DEV_SERVER_ARGS: list[str] = []
 STEPS = 8
-# The worker's limits for many labs at once (the production worker uses the same: worker.WORKER_TUNING).
-WORKER_TUNING: dict[str, Any] = {}
 
 
 # --- the engine's floor -----------------------------------------------------------------------------
@@ -93,6 +91,28 @@ class BareSteps:
                     retry_policy=RetryPolicy(maximum_attempts=3),
                 )
         return STEPS
+
+
+@workflow.defn(name="BareLab", sandboxed=False)
+class BareLab:
+    """The engine's floor for the shape of a lab start: started by update-with-start, one regular activity
+    (the setup), the update answered, then held by a timer (what a running lab waits on)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    @workflow.run
+    async def run(self, hold_seconds: float) -> int:
+        await workflow.execute_activity("bench_noop", 0, start_to_close_timeout=timedelta(seconds=30),
+                                        retry_policy=RetryPolicy(maximum_attempts=3))
+        self.ready = True
+        await workflow.sleep(hold_seconds)
+        return 1
+
+    @workflow.update
+    async def wait_ready(self) -> bool:
+        await workflow.wait_condition(lambda: self.ready)
+        return True
 
 
 # --- no-op script activities (zero-latency infrastructure) ------------------------------------------
@@ -177,8 +197,12 @@ class Bench:
             names = {activity_name(a) for a in STUB_SCRIPTS}
             activities = [a for a in activities if activity_name(a) not in names]
             activities += STUB_SCRIPTS
-        self.worker = Worker(client, task_queue=self.settings.task_queue, workflows=[*workflow_classes(), BareSteps],
-                             activities=[*activities, noop], **WORKER_TUNING)
+        from workflows.metrics import MetricsInterceptor
+
+        # worker.build_worker's wiring, with the stand-in script activities and the floor's workflows
+        self.worker = Worker(client, task_queue=self.settings.task_queue,
+                             workflows=[*workflow_classes(), BareSteps, BareLab],
+                             activities=[*activities, noop], interceptors=[MetricsInterceptor()], **WORKER_TUNING)
 
     async def session(self) -> float:
         student = f"b-{uuid.uuid4().hex[:10]}"
@@ -194,6 +218,16 @@ class Bench:
         began = time.perf_counter()
         await self.client.execute_workflow(BareSteps.run, local, id=f"bare-{uuid.uuid4().hex}",
                                            task_queue=self.settings.task_queue)
+        return time.perf_counter() - began
+
+    async def bare_lab(self, hold: timedelta) -> float:
+        """One floor start (BareLab): seconds until its update answered."""
+        began = time.perf_counter()
+        operation = WithStartWorkflowOperation(
+            BareLab.run, hold.total_seconds(), id=f"bare-lab-{uuid.uuid4().hex}", task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+        await self.client.execute_update_with_start_workflow(BareLab.wait_ready, start_workflow_operation=operation)
         return time.perf_counter() - began
 
     async def measure(self, name: str, factory: Any, concurrency: int, samples: int) -> None:
@@ -244,6 +278,10 @@ async def run_burst(args: argparse.Namespace) -> None:
     try:
         await fill_pool(bench.port, bench.catalog, args.burst)
         async with bench.worker:
+            floor = await asyncio.gather(*(bench.bare_lab(timedelta(0)) for _ in range(args.burst)))
+            p50, p99 = percentiles(floor)
+            print(f"  engine floor, {args.burst} bare lab-shaped workflows at once (update-with-start answered "
+                  f"after one activity): p50 {p50:.0f} ms p99 {p99:.0f} ms", flush=True)
             students = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.burst)]
             go = asyncio.Event()
 
@@ -283,10 +321,20 @@ async def run_hold(args: argparse.Namespace) -> None:
                   max_vms=2 * nodes * args.hold)
     try:
         async with bench.worker:
+            semaphore = asyncio.Semaphore(args.hold_concurrency)
+
+            async def bare() -> None:
+                async with semaphore:
+                    await bench.bare_lab(timedelta(0))
+
+            began = time.perf_counter()
+            await asyncio.gather(*(bare() for _ in range(args.hold)))
+            print(f"  engine floor: {args.hold} bare lab-shaped workflows (update-with-start answered after one "
+                  f"activity), {args.hold_concurrency} in flight, in {time.perf_counter() - began:.0f} s", flush=True)
+            await asyncio.sleep(2)  # the floor's runs complete and leave the cache
             before = rss_mib()
             began = time.perf_counter()
             students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
-            semaphore = asyncio.Semaphore(args.hold_concurrency)
 
             done = 0
 

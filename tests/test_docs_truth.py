@@ -110,8 +110,9 @@ _ENV = re.compile(r"\bLABRADOR_([A-Z][A-Z0-9_]*)\b")
 _SETTING_ATTR = re.compile(r"(?<![\w.])[Ss]ettings\.(?!py\b)([a-z_][a-z0-9_]*)\b(?!\.py)")
 _SETTING_WORD = re.compile(r"\bsettings? `([a-z_][a-z0-9_]*)`")
 _LINK = re.compile(r"\]\(((?!https?:|mailto:|#)[^)\s]+)\)")
-# LABRADOR_CONFIG names the config file; LABRADOR_RECORD_HISTORIES is the tests' switch (docs/session.md).
-NOT_SETTINGS = {"CONFIG", "RECORD_HISTORIES"}
+# LABRADOR_CONFIG names the config file; LABRADOR_RECORD_HISTORIES and LABRADOR_HISTORY_GENERATION are
+# the tests' switches (docs/session.md).
+NOT_SETTINGS = {"CONFIG", "RECORD_HISTORIES", "HISTORY_GENERATION"}
 
 
 def path_problem(doc: Path, raw: str) -> str | None:

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.session.failures import SessionFailed, cause_of
     from workflows.session.messages import SessionMessages
     from workflows.session.node_health import NodeHealthWatch
-    from workflows.session.patches import HEALTH_WAITS_PATCH
+    from workflows.session.patches import HEALTH_WAITS_PATCH, session_patched
     from workflows.session.pause_resume import PAUSE_EXPIRED, PauseAndResume
     from workflows.session.reset import SessionReset
     from workflows.webhooks import EventType
@@ -107,8 +107,10 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
                    detail=self._detail or "")
         await self._events_started()
         if reraise is not None:
+            self._flush_search_attributes(last=True)
             raise reraise
         await workflow.wait_condition(workflow.all_handlers_finished)
+        self._flush_search_attributes(last=True)
         return LabSessionResult(
             student_id=request.student_id,
             lab_name=self._lab.name,
@@ -180,10 +182,13 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
         if not self._nodes:  # not claimed yet (without a cap there is no queue step before)
             await self._claim_warm_nodes()
         self._enter(Phase.PROVISIONING)
-        await self._provision_missing_nodes()
-        await self._wait_until_nodes_ready()
-        self._enter(Phase.WIRING)
-        await self._wire()
+        if self._lean_start():
+            await self._prepare_nodes()
+        else:
+            await self._provision_missing_nodes()
+            await self._wait_until_nodes_ready()
+            self._enter(Phase.WIRING)
+            await self._wire()
         self._enter(Phase.SETTING_UP)
         self._credentials = await credentials
         await self._set_up_session()
@@ -208,7 +213,7 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
                 if self._suspended():
                     # Paused (or a pause/resume/reset under way): the lab's timers stand still, the
                     # node-health watch waits (`_suspended`); only the pause's own limit runs.
-                    if health is not None and not workflow.patched(HEALTH_WAITS_PATCH):
+                    if health is not None and not session_patched(HEALTH_WAITS_PATCH):
                         health.cancel()  # runs paused before the watch learnt to wait: restarted below
                         health = None
                     wake_at = None

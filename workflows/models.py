@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.models import NodeSpec, SessionRef, SshEndpoint
+from cluster.models import NodeSpec, NodeStatus, SessionRef, SessionWiring, SshEndpoint
 from labs.models import Check, Lab, NodeClass, Script
 from workflows.pool_models import CapacityLimits
 
@@ -24,6 +24,7 @@ class ActivityName(StrEnum):
     # cluster (activities/cluster_activities.py)
     CLAIM_NODES = "claim_nodes"
     PROVISION_NODE = "provision_node"
+    PREPARE_NODES = "prepare_nodes"  # provision + one look per node + wire, in one call (LEAN_START_PATCH)
     WAIT_NODE_READY = "wait_node_ready"
     NODE_HEALTH = "node_health"
     MARK_NODE_FREE = "mark_node_free"
@@ -241,6 +242,21 @@ class SessionIdInput(Model):
 
 class ProvisionInput(Model):
     spec: NodeSpec
+
+
+class PrepareNodesInput(Model):
+    """One call for the platform steps of a start: create the cold nodes (create-or-get), look at every
+    node once, and wire the session when every node is ready (a warm start, or a backend that boots at
+    once). Nodes that are not ready yet are waited for by `wait_node_ready`, then wired apart."""
+
+    provision: list[NodeSpec] = Field(default_factory=list, description="cold nodes to create")
+    nodes: list[str] = Field(description="node IDs of the session, in lab order: one look each")
+    wiring: SessionWiring
+
+
+class PrepareNodesResult(Model):
+    statuses: list[NodeStatus] = Field(description="in the order of `nodes`")
+    wired: bool = False
 
 
 class ReleaseResult(Model):

@@ -84,7 +84,8 @@ async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     existing history is never overwritten: it stands for runs that took that path with older code
     (a new path gets a new name).
     """
-    path = HISTORIES / f"{name}.json"
+    # LABRADOR_HISTORY_GENERATION names the code the histories come from (`lean-`: the lean start)
+    path = HISTORIES / f"{os.environ.get('LABRADOR_HISTORY_GENERATION', '')}{name}.json"
     if os.environ.get("LABRADOR_RECORD_HISTORIES") != "1" or path.exists():
         return
     history = await handle.fetch_history()

@@ -175,7 +175,7 @@ async def test_cluster_api_errors_retry_as_regular_activities(time_env: Workflow
     assert not any(e.HasField("workflow_task_failed_event_attributes") for e in history.events)
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
                  if e.HasField("activity_task_scheduled_event_attributes")]
-    assert "provision_node" in scheduled  # the fallback after the quick local attempts
+    assert "prepare_nodes" in scheduled  # the fallback after the quick local attempts (provision inside)
     assert {"unexpose_ssh", "unwire_session", "release_session"} <= set(scheduled)
 
 

@@ -2,7 +2,8 @@
 
 Used by LabSessionWorkflow when it must cold-provision nodes (warm claims need no new capacity):
 
-    gate = CapacityGate()                       # in __init__: registers the notice signal
+    gate = CapacityGate()                       # in __init__; the workflow's `capacity_notice` signal
+                                                # handler calls gate.on_notice
     await gate.admit(session, vms, memory, new_vms, new_memory, limits, max_wait, budget, on_queued=..., stop=...)
     ...
     await gate.release(session)                  # in teardown (idempotent, no-op if never asked)
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         CapacityRelease,
         CapacityRequest,
     )
+    from workflows.local_calls import in_flight
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10), maximum_attempts=10)
 # Ticket-number path: retried until the workflow's budget (a timer around the call) runs out.
@@ -46,7 +48,7 @@ class CapacityRefused(Exception):
 
 
 class CapacityGate:
-    def __init__(self) -> None:
+    def __init__(self, *, register: bool = True) -> None:
         self.granted = False
         self.position: int | None = None
         self.ticket: int | None = None
@@ -56,9 +58,10 @@ class CapacityGate:
         # schedule-to-close, release as a local activity.
         self.first_version = False
         self._on_queued: Callable[[int], None] | None = None
-        workflow.set_signal_handler(CAPACITY_NOTICE_SIGNAL, self._on_notice)
+        if register:  # a dynamic handler (a workflow that declares the signal itself passes False)
+            workflow.set_signal_handler(CAPACITY_NOTICE_SIGNAL, self.on_notice)
 
-    def _on_notice(self, notice: CapacityNotice) -> None:
+    def on_notice(self, notice: CapacityNotice) -> None:
         if notice.granted:
             self.granted = True
             self.position = None
@@ -94,14 +97,15 @@ class CapacityGate:
             new_vms=new_vms, new_memory_bytes=new_memory_bytes,
         )
         if self.first_version:
-            answer: CapacityNotice = await workflow.execute_local_activity(
-                CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
-                start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget,
-                retry_policy=ADMIT_RETRY,
-            )
+            with in_flight():
+                answer: CapacityNotice = await workflow.execute_local_activity(
+                    CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+                    start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget,
+                    retry_policy=ADMIT_RETRY,
+                )
         else:
             answer = await self._ask(request, budget)
-        self._on_notice(answer)
+        self.on_notice(answer)
         if answer.position is not None and self.position is None:
             self.position = answer.position
         await self._wait(session, limits, max_wait, stop)
@@ -112,10 +116,11 @@ class CapacityGate:
         regular activity until `budget` runs out (a local activity retrying in the worker would hold
         the session's workflow task: `end` and queries would wait)."""
         try:
-            answer: CapacityNotice = await workflow.execute_local_activity(
-                CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY,
-            )
+            with in_flight():
+                answer: CapacityNotice = await workflow.execute_local_activity(
+                    CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY,
+                )
             return answer
         except (ActivityError, ApplicationError):
             pass
@@ -181,10 +186,11 @@ class CapacityGate:
         self.granted = False
         self.position = None
         if self.first_version:
-            await workflow.execute_local_activity(
-                CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
-            )
+            with in_flight():
+                await workflow.execute_local_activity(
+                    CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY,
+                )
             return
         await workflow.execute_activity(
             CapacityActivityName.RELEASE_CAPACITY, CapacityRelease(session=session, reason=reason),

@@ -15,9 +15,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.local_calls import in_flight
     from workflows.models import ActivityName
     from workflows.session.failures import CALL_FAILED
-    from workflows.session.patches import PATCH_BOUNDED_LOCAL_RETRIES
+    from workflows.session.patches import PATCH_BOUNDED_LOCAL_RETRIES, session_patched
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,18 @@ def options_call(options: CallOptions) -> Call:
 
 
 async def local_call(name: ActivityName, arg: Any, result_type: type | None, options: CallOptions) -> Any:
-    return await workflow.execute_local_activity(
-        name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close, retry_policy=options.retry,
-        schedule_to_close_timeout=options.schedule_to_close,
-    )
+    with in_flight():
+        return await workflow.execute_local_activity(
+            name, arg, result_type=result_type, start_to_close_timeout=options.start_to_close,
+            retry_policy=options.retry, schedule_to_close_timeout=options.schedule_to_close,
+        )
 
 
 async def cluster_call(name: ActivityName, arg: Any, result_type: type | None, summary: str) -> Any:
     """A short idempotent cluster call of the preparation: quick local attempts, then (API still down) a
     regular activity retrying until it answers, so that no local activity keeps the workflow task
     open for long. Runs from before the patch replay with their unbounded local retries."""
-    if not workflow.patched(PATCH_BOUNDED_LOCAL_RETRIES):
+    if not session_patched(PATCH_BOUNDED_LOCAL_RETRIES):
         return await local_call(name, arg, result_type, CLUSTER_CALL)
     try:
         return await local_call(name, arg, result_type, QUICK_CLUSTER_CALL)

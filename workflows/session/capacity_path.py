@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import Phase
     from workflows.session.calls import CALL_FAILED, CLUSTER_CALL, bounded_call, options_call
     from workflows.session.failures import SessionFailed, cause_of
-    from workflows.session.patches import CAPACITY_BOUNDED_PATCH, CAPACITY_TICKETS_PATCH
+    from workflows.session.patches import CAPACITY_BOUNDED_PATCH, CAPACITY_TICKETS_PATCH, session_patched
     from workflows.session.steps import SessionSteps
     from workflows.webhooks import EventType
 
@@ -32,7 +32,7 @@ class CapacityPath(SessionSteps):
         provisioning-overdue limit). The claim and the broker calls are bounded by the
         provisioning_overdue budget, and `end` cuts them short at once. Returns the end reason if the
         student ended the lab meanwhile."""
-        if not workflow.patched(CAPACITY_TICKETS_PATCH):
+        if not session_patched(CAPACITY_TICKETS_PATCH):
             return await self._claim_and_queue_v1()
         steps = asyncio.create_task(self._claim_and_admit())
         await workflow.wait_condition(lambda: steps.done() or self._end_reason is not None)
@@ -47,7 +47,7 @@ class CapacityPath(SessionSteps):
 
     async def _claim_and_admit(self) -> str | None:
         budget = self._input.timings.provisioning_overdue
-        bounded = workflow.patched(CAPACITY_BOUNDED_PATCH)
+        bounded = session_patched(CAPACITY_BOUNDED_PATCH)
         self._capacity.first_version = not bounded
         try:
             await self._claim_warm_nodes(

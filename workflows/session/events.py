@@ -9,7 +9,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.session.patches import WEBHOOK_PATCH
+    from workflows.session.patches import WEBHOOK_PATCH, session_patched
     from workflows.session.state import SessionState
     from workflows.webhooks import EventType, WebhookEvent, emit
 
@@ -20,7 +20,7 @@ class SessionEvents(SessionState):
     def _emit(self, kind: EventType, *, suffix: str = "", event_id: str | None = None, **data: Any) -> None:
         """A webhook event: its delivery workflow is started detached (workflows/webhooks.py); the story
         never waits for a receiver. Only with events configured, and behind WEBHOOK_PATCH."""
-        if self._input.events is None or not workflow.patched(WEBHOOK_PATCH):
+        if self._input.events is None or not session_patched(WEBHOOK_PATCH):
             return
         if kind != EventType.POOL_LOW:
             data = {"student_id": self._input.student_id, "session_id": self._session.session_id,
@@ -36,7 +36,7 @@ class SessionEvents(SessionState):
         events = self._input.events
         if events is None or self._deadline is None or self._expiring_sent_for == self._deadline:
             return None
-        if not workflow.patched(WEBHOOK_PATCH):
+        if not session_patched(WEBHOOK_PATCH):
             return None
         return self._deadline - events.expiring_before
 

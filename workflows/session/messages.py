@@ -11,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from labs.models import format_duration
+    from workflows.capacity.models import CAPACITY_NOTICE_SIGNAL, CapacityNotice
     from workflows.models import (
         CheckReport,
         CheckRequest,
@@ -22,7 +23,7 @@ with workflow.unsafe.imports_passed_through():
         WaitReadyRequest,
         WaitReadyResult,
     )
-    from workflows.session.patches import PATCH_ONE_CHECK_AT_A_TIME
+    from workflows.session.patches import PATCH_ONE_CHECK_AT_A_TIME, session_patched
     from workflows.session.steps import SessionSteps
 
 
@@ -103,7 +104,7 @@ class SessionMessages(SessionSteps):
 
     @workflow.update
     async def check(self, request: CheckRequest) -> CheckReport:
-        if not workflow.patched(PATCH_ONE_CHECK_AT_A_TIME):  # runs from before: one activity per message
+        if not session_patched(PATCH_ONE_CHECK_AT_A_TIME):  # runs from before: one activity per message
             report = await self._run_checks()
             self._last_check = report
             return report
@@ -130,6 +131,11 @@ class SessionMessages(SessionSteps):
                     f"{int(since.total_seconds())}s ago, try again in {wait}s",
                     type="TooSoon",
                 )
+
+    @workflow.signal(name=CAPACITY_NOTICE_SIGNAL)
+    def capacity_notice(self, notice: CapacityNotice) -> None:
+        """The capacity broker's answer: a grant, a place in the queue or a refusal (workflows/capacity)."""
+        self._capacity.on_notice(notice)
 
     @workflow.signal
     def end(self, request: EndRequest) -> None:

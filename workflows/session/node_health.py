@@ -13,7 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import BoundNode
     from workflows.session.calls import HEALTH_CALL
     from workflows.session.failures import SessionFailed
-    from workflows.session.patches import PATCH_LOCAL_FAILURES_CAUGHT
+    from workflows.session.patches import PATCH_LOCAL_FAILURES_CAUGHT, session_patched
     from workflows.session.steps import SessionSteps
 
 
@@ -37,7 +37,7 @@ class NodeHealthWatch(SessionSteps):
             except ActivityError:
                 continue  # the cluster API did not answer: not evidence against the nodes
             except ApplicationError:  # how a local activity's failure arrives
-                if not workflow.patched(PATCH_LOCAL_FAILURES_CAUGHT):
+                if not session_patched(PATCH_LOCAL_FAILURES_CAUGHT):
                     raise  # runs from before: this ended the health watch
                 continue
             if self._suspended() or generation != self._session.session_id:

@@ -1,7 +1,12 @@
 """The `workflow.patched` IDs of the session workflow (docs/session.md "Replay safety").
 
 Runs that took the old path keep it on replay; each ID says which change it guards. Never rename one.
+Session code asks `session_patched(ID)`, not `workflow.patched`: every patch marker costs a history event
+and an upsert of the TemporalChangeVersion search attribute (a Visibility write), so a run that took
+LEAN_START_PATCH (the newest) has every earlier change and records none of their markers.
 """
+
+from temporalio import workflow
 
 # workflow.patched ID: the capacity path with ticket numbers (admit by update, claim and warm-node
 # deletes bounded by the provisioning_overdue budget, `end` raced against them). Sessions started
@@ -24,3 +29,17 @@ PAUSE_PATCH = "pause-resume-reset"
 HEALTH_WAITS_PATCH = "pause-health-waits"
 # workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
 WEBHOOK_PATCH = "webhook-events"
+# The lean start: provision + readiness look + wiring in one local activity (`prepare_nodes`) instead of
+# one per node and step, and the phase search attribute upserted once per workflow task with its last
+# value (not once per phase: most phases of a start pass within one task). Runs started before it
+# replay their per-step calls and per-phase upserts.
+LEAN_START_PATCH = "lean-start"
+
+
+def session_patched(patch_id: str) -> bool:
+    """`workflow.patched` for the session's patches older than LEAN_START_PATCH: true without a marker
+    in a run that took the lean start (recorded first, at the run's first phase)."""
+    lean_start = getattr(workflow.instance(), "_lean_start", None)
+    if lean_start is not None and lean_start():
+        return True
+    return workflow.patched(patch_id)

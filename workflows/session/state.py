@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.capacity.gate import CapacityGate
     from workflows.models import BoundNode, CheckReport, LabSessionInput, Phase, SessionCredentials
     from workflows.session.failures import SessionFailed
+    from workflows.session.patches import LEAN_START_PATCH
 
 
 class SessionState:
@@ -56,7 +57,9 @@ class SessionState:
         self._check_task: asyncio.Task[CheckReport] | None = None
         self._check_started_at: datetime | None = None
         # The pool's capacity queue (workflows/capacity.py): only cold provisions wait in it.
-        self._capacity = CapacityGate()
+        # Its notices arrive by the `capacity_notice` signal declared on the workflow (SessionMessages):
+        # registering a handler per run inspects the handler's signature every time.
+        self._capacity = CapacityGate(register=False)
         # Bumped whenever something the waiting loop cares about changes (end, extend, pick-up, health).
         self._version = 0
         self._seen_version = 0
@@ -73,6 +76,15 @@ class SessionState:
         self._other_generation: SessionRef | None = None
         self._event_starts: list[asyncio.Task[None]] = []  # webhook deliveries being started (never delivered here)
         self._expiring_sent_for: datetime | None = None
+        # LEAN_START_PATCH: search attributes as Visibility has them (the client set these at the start)
+        # and the values to upsert once the current workflow task has run (`_flush_search_attributes`).
+        self._lean: bool | None = None
+        shown = info.typed_search_attributes
+        self._attributes_shown: dict[str, str | None] = {
+            key.name: shown.get(key) for key in search_attributes.ALL
+        }
+        self._attributes_wanted: dict[str, str] = {}
+        self._local_calls = 0  # local activities in flight (workflows/local_calls.py)
 
     def _suspended(self) -> bool:
         """Paused, or a pause/resume/reset under way: no timers of the lab, no health verdicts."""
@@ -92,14 +104,52 @@ class SessionState:
             spent = (now - self._phase_since).total_seconds()
             self._phase_seconds[self._phase] = self._phase_seconds.get(self._phase, 0.0) + spent
         self._phase, self._phase_since = phase, now
-        updates = [search_attributes.LAB_PHASE.value_set(phase.value)]
-        if first:
-            updates += [
-                search_attributes.STUDENT_ID.value_set(self._input.student_id),
-                search_attributes.LAB_NAME.value_set(self._lab.name),
-            ]
-        workflow.upsert_search_attributes(updates)
+        if self._lean_start():
+            self._want_attribute(search_attributes.LAB_PHASE.name, phase.value)
+            if first:
+                self._want_attribute(search_attributes.STUDENT_ID.name, self._input.student_id)
+                self._want_attribute(search_attributes.LAB_NAME.name, self._lab.name)
+        else:
+            updates = [search_attributes.LAB_PHASE.value_set(phase.value)]
+            if first:
+                updates += [
+                    search_attributes.STUDENT_ID.value_set(self._input.student_id),
+                    search_attributes.LAB_NAME.value_set(self._lab.name),
+                ]
+            workflow.upsert_search_attributes(updates)
         self._update_details()
+
+    def _lean_start(self) -> bool:
+        if self._lean is None:
+            self._lean = workflow.patched(LEAN_START_PATCH)
+        return self._lean
+
+    def _want_attribute(self, name: str, value: str) -> None:
+        """Upsert once the workflow task's code has run: after everything ready now (a callback), and
+        after the last local activity in flight (a task lasts while they run, one activation per
+        answer). A start passes several phases in one task, and Visibility needs only the last."""
+        if not self._attributes_wanted:
+            asyncio.get_running_loop().call_soon(self._flush_search_attributes)
+        self._attributes_wanted[name] = value
+
+    def _local_call_started(self) -> None:
+        self._local_calls += 1
+
+    def _local_call_ended(self) -> None:
+        self._local_calls -= 1
+        if not self._local_calls and self._attributes_wanted:
+            asyncio.get_running_loop().call_soon(self._flush_search_attributes)
+
+    def _flush_search_attributes(self, *, last: bool = False) -> None:
+        if self._local_calls and not last:
+            return  # the task goes on: `_local_call_ended` calls again
+        wanted, self._attributes_wanted = self._attributes_wanted, {}
+        changed = {name: value for name, value in wanted.items() if self._attributes_shown.get(name) != value}
+        if not changed:
+            return
+        keys = {key.name: key for key in search_attributes.ALL}
+        workflow.upsert_search_attributes([keys[name].value_set(value) for name, value in changed.items()])
+        self._attributes_shown.update(changed)
 
     def _update_details(self) -> None:
         parts = [f"**{self._phase}**", f"student {self._input.student_id}", f"lab {self._lab.name}",

@@ -30,6 +30,9 @@ with workflow.unsafe.imports_passed_through():
         ChecksInput,
         ExposeInput,
         NodeRef,
+        Phase,
+        PrepareNodesInput,
+        PrepareNodesResult,
         ProvisionInput,
         SessionCredentials,
         SetupInput,
@@ -115,9 +118,44 @@ class SessionSteps(SessionEvents):
             self._provision(lab_nodes[node.name], node.node_id) for node in self._nodes if not node.warm
         )
 
-    async def _provision(self, lab_node: LabNode, node_id: str) -> None:
+    async def _prepare_nodes(self) -> None:
+        """Provision, readiness and wiring in one local activity (LEAN_START_PATCH): a warm start (or a
+        backend that boots at once) is done here; nodes still booting are waited for one by one,
+        then the session is wired by its own call."""
+        lab_nodes = {n.name: n for n in self._lab.nodes}
+        self._nodes_ready = 0
+        result: PrepareNodesResult = await cluster_call(
+            ActivityName.PREPARE_NODES,
+            PrepareNodesInput(
+                provision=[self._node_spec(lab_nodes[n.name], n.node_id) for n in self._nodes if not n.warm],
+                nodes=[n.node_id for n in self._nodes], wiring=self._wiring(),
+            ),
+            PrepareNodesResult,
+            "prepare the nodes",
+        )
+        statuses = result.statuses
+        self._nodes_ready = sum(1 for s in statuses if s.phase == NodePhase.READY)
+        if not result.wired:
+
+            async def ready(node: BoundNode, status: NodeStatus) -> NodeStatus:
+                if status.phase == NodePhase.READY:
+                    return status
+                status = await self._wait_for_node(node)
+                self._nodes_ready += 1
+                return status
+
+            statuses = await self._all(ready(n, s) for n, s in zip(self._nodes, statuses, strict=True))
+        self._nodes = [
+            node.model_copy(update={"address": status.address, "healthy": True})
+            for node, status in zip(self._nodes, statuses, strict=True)
+        ]
+        self._enter(Phase.WIRING)  # a phase of its own in `phase_seconds` (0 s when wired above)
+        if not result.wired:
+            await self._wire()
+
+    def _node_spec(self, lab_node: LabNode, node_id: str) -> NodeSpec:
         node_class = self._input.node_classes[lab_node.node_class]
-        spec = NodeSpec(
+        return NodeSpec(
             node_id=node_id,
             node_class=node_class.name,
             role=lab_node.role,
@@ -128,6 +166,9 @@ class SessionSteps(SessionEvents):
             disk=node_class.disk,
             session=self._session,
         )
+
+    async def _provision(self, lab_node: LabNode, node_id: str) -> None:
+        spec = self._node_spec(lab_node, node_id)
         await cluster_call(
             ActivityName.PROVISION_NODE, ProvisionInput(spec=spec), NodeRecord, f"provision {lab_node.name}"
         )
@@ -153,6 +194,9 @@ class SessionSteps(SessionEvents):
         )
         if status.phase == NodePhase.READY:
             return status
+        return await self._wait_for_node(node)
+
+    async def _wait_for_node(self, node: BoundNode) -> NodeStatus:
         overdue = self._input.timings.provisioning_overdue
         try:
             return await workflow.execute_activity(
@@ -173,14 +217,16 @@ class SessionSteps(SessionEvents):
         )
         return status
 
-    async def _wire(self) -> None:
+    def _wiring(self) -> SessionWiring:
         controlplane = self._node_named(self._lab.controlplane.name)
-        wiring = SessionWiring(
+        return SessionWiring(
             session=self._session,
             controlplane=controlplane.node_id,
             workers=[n.node_id for n in self._nodes if n.node_id != controlplane.node_id],
         )
-        await cluster_call(ActivityName.WIRE_SESSION, wiring, None, "wire the session")
+
+    async def _wire(self) -> None:
+        await cluster_call(ActivityName.WIRE_SESSION, self._wiring(), None, "wire the session")
 
     async def _create_credentials(self) -> SessionCredentials:
         credentials: SessionCredentials = await local_call(

@@ -13,7 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import ActivityName, Phase, ReleaseResult, SessionIdInput, TeardownInput
     from workflows.session.calls import TEARDOWN_CALL, local_call
     from workflows.session.failures import cause_of
-    from workflows.session.patches import PATCH_TEARDOWN_ACTIVITIES
+    from workflows.session.patches import PATCH_TEARDOWN_ACTIVITIES, session_patched
     from workflows.session.state import SessionState
 
 
@@ -39,7 +39,7 @@ class SessionTeardown(SessionState):
         # Regular activities: they retry until the API answers (maybe for an hour) while the workflow
         # stays free to answer `lab status` and validators at once. Runs that tore down with local
         # activities before this patch replay as they ran.
-        as_activities = workflow.patched(PATCH_TEARDOWN_ACTIVITIES)
+        as_activities = session_patched(PATCH_TEARDOWN_ACTIVITIES)
         for name, result_type in (
             (ActivityName.UNEXPOSE_SSH, None),
             (ActivityName.UNWIRE_SESSION, None),

@@ -1,0 +1,89 @@
+"""The lean start (LEAN_START_PATCH): what a start costs the engine, in history, stays small.
+
+Every local activity is a round trip through the worker and a marker; every patch marker also upserts
+TemporalChangeVersion, and every upsert is a Visibility write on the server. A start that ran one call
+per node and step, one upsert per phase and four patch markers started ~2x slower on the 2-core bench
+machine (bench/session_overhead.py --hold, docs/session.md#what-a-start-costs).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from labs.models import Role
+from workflows.lab_session import LabSessionWorkflow
+from workflows.models import EndRequest, LabSessionResult, Phase, WaitReadyRequest
+from workflows.session.patches import LEAN_START_PATCH
+
+from .fakes import MemoryCluster, ScriptStandIns, make_lab
+from .helpers import session_worker, start_session
+
+
+def _until_ready(events: list[Any]) -> list[Any]:
+    done = next(i for i, e in enumerate(events) if e.HasField("workflow_execution_update_completed_event_attributes"))
+    return events[:done]
+
+
+def _upserted(events: list[Any], key: str) -> list[Any]:
+    values = []
+    for event in events:
+        if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            if key in fields:
+                values.append(json.loads(fields[key].data))
+    return values
+
+
+async def test_a_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_upsert_per_task(
+    time_env: WorkflowEnvironment,
+) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=2))
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        await handle.signal(LabSessionWorkflow.end, EndRequest())
+        result: LabSessionResult = await handle.result()
+        events = list((await handle.fetch_history()).events)
+
+    assert result.outcome == Phase.ENDED
+    assert len(port.provision_calls) == 3 and port.wired == set()  # provisioned, wired, unwired at the end
+    start = _until_ready(events)
+    markers = [e.marker_recorded_event_attributes.marker_name for e in start
+               if e.HasField("marker_recorded_event_attributes")]
+    # claim, credentials, prepare_nodes (3 provisions + 3 looks + wire), expose: 4 calls, not 10
+    assert markers.count("core_local_activity") == 4
+    assert markers.count("core_patch") == 1  # only the lean start's own marker ...
+    assert _upserted(start, "TemporalChangeVersion") == [[LEAN_START_PATCH]]  # ... and its one upsert
+    tasks = sum(1 for e in start if e.HasField("workflow_task_completed_event_attributes"))
+    phases = _upserted(start, "LabPhase")
+    # claiming, provisioning, wiring, setting-up, exposing, ready, running passed; Visibility was told
+    # at most once per workflow task (plus the update's own answer), not once per phase
+    assert len(phases) <= tasks + 1 < 7
+    assert phases[-1] in (Phase.READY.value, Phase.RUNNING.value)
+    assert set(result.phase_seconds) >= {"claiming", "provisioning", "wiring", "setting-up", "exposing"}
+
+
+async def test_a_node_still_booting_is_waited_for_then_the_session_is_wired(time_env: WorkflowEnvironment) -> None:
+    port, scripts = MemoryCluster(), ScriptStandIns()
+    port.add_warm("warm-cp", "cp-1-31", Role.CONTROLPLANE)
+    port.not_ready_calls["warm-cp"] = 2  # the look inside prepare_nodes and the wait's first look
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=0))
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=60)))
+        assert ready.ready
+        wired_while_running = set(port.wired)
+        await handle.signal(LabSessionWorkflow.end, EndRequest())
+        result: LabSessionResult = await handle.result()
+        events = list((await handle.fetch_history()).events)
+
+    assert result.outcome == Phase.ENDED
+    assert port.provision_calls == []  # the warm node was claimed
+    assert len(wired_while_running) == 1  # wired by its own call once the node was ready
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    assert "wait_node_ready" in scheduled
