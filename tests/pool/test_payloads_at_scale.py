@@ -17,6 +17,7 @@ from datetime import timedelta
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from cluster.models import NodeSpec, SessionRef
 from labrador.settings import PACKAGE_LABS_DIR
@@ -75,7 +76,13 @@ async def test_two_thousand_running_labs_keep_every_payload_small(pool_bed: Pool
     try:
         await asyncio.gather(*(start(i) for i in ids))
         for _ in range(240):
-            state = await client.get_workflow_handle(broker).query("state", result_type=CapacityState)
+            try:
+                state = await client.get_workflow_handle(broker).query("state", result_type=CapacityState)
+            except RPCError as error:  # no session has asked yet: the first one starts the broker
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                await asyncio.sleep(0.25)
+                continue
             vms = (await pool_bed.sim.inventory_summary()).vms
             if state.queue_length == SESSIONS - GRANTED and vms == LABS + GRANTED:
                 break
