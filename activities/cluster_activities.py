@@ -28,6 +28,7 @@ from cluster.models import (
     SshEndpoint,
 )
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError, WatchesNodes
+from cluster.ssh import generate_key_pair
 from workflows.models import (
     ActivityName,
     ExposeInput,
@@ -36,6 +37,7 @@ from workflows.models import (
     PrepareNodesResult,
     ProvisionInput,
     ReleaseResult,
+    SessionCredentials,
     SessionIdInput,
     WaitReadyInput,
 )
@@ -101,13 +103,18 @@ class ClusterActivities:
         """The platform steps of a start in one local activity instead of one per node and step (each
         one a round trip through the worker and a marker in history): create the cold nodes, look at
         every node, wire the session if all are ready. Idempotent like the steps it joins (create-or-get,
-        reads, wire); a failed node is left to the caller's wait, which reports it."""
+        reads, wire; the student's key pair is made anew, like by create_session_credentials); a failed
+        node is left to the caller's wait, which reports it."""
         await asyncio.gather(*(self.port.provision(spec) for spec in request.provision))
         statuses = list(await asyncio.gather(*(self.port.node_status(node_id) for node_id in request.nodes)))
         wired = all(status.phase == NodePhase.READY for status in statuses)
         if wired:
             await self.port.wire(request.wiring)
-        return PrepareNodesResult(statuses=statuses, wired=wired)
+        credentials = None
+        if request.credentials_for is not None:  # like create_session_credentials: encrypted payloads only
+            private_key, public_key = generate_key_pair(comment=f"labrador-student-{request.credentials_for}")
+            credentials = SessionCredentials(private_key=private_key, public_key=public_key)
+        return PrepareNodesResult(statuses=statuses, wired=wired, credentials=credentials)
 
     @activity.defn(name=ActivityName.WAIT_NODE_READY)
     @map_port_errors

@@ -4,19 +4,23 @@
     python -m bench.session_overhead --hold 5000
     python -m bench.session_overhead --burst 300
 
-Overhead mode: an in-memory dev server, the production worker wiring (`worker.build_worker`), the
-simulated cluster at zero boot latency and a 3-node lab (`networkpolicy-db`). Measures, per start,
-client `start` until the `wait_ready` update answers with credentials, for warm (claimed from a
-pre-filled pool) and cold (provisioned) nodes, at 1, 10 and 50 concurrent starts. In the same run: a
-bare workflow running 8 sequential no-op regular activities (the engine's floor for the same number of
-steps), and the same with local activities. The script activities are no-op stand-ins unless --ssh
-(then the real ones run over SSH against the simulated nodes' in-process sshd).
+Overhead mode: an in-memory dev server, the production worker's tuning and interceptors
+(`worker.WORKER_TUNING`), the simulated cluster at zero boot latency and a 3-node lab
+(`networkpolicy-db`). Measures, per start, client `start` until the `wait_ready` update answers with
+credentials, for warm (claimed from a pre-filled pool) and cold (provisioned) nodes, at 1, 10 and 50
+concurrent starts. In the same run: a bare workflow running 8 sequential no-op regular activities (the
+engine's floor for the same number of steps), and the same with local activities. The script activities
+are no-op stand-ins unless --ssh (then the real ones run over SSH against the simulated nodes' sshd).
 
 Burst mode: N starts at the same moment (a class pressing "start") against a warm pool holding free
 nodes for all N labs; prints p50/p99 start -> ready and whether all became ready.
 
 Hold mode: one worker holding N running labs (credentials fetched, waiting for expiry); prints the
 process RSS (worker + simulated cluster + client in one process) and the time to get there.
+
+Burst and hold first print the engine floor for a lab start's shape, measured the same way in the same
+run: N `BareLab` workflows (update-with-start answered after one regular activity). Both set their own
+capacity cap, as an operator would for the load to come.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from workflows.models import (
 
 LAB = "networkpolicy-db"
 HOLD_LAB = "sandbox"
-# The same server options `labrador dev` uses (eager activity dispatch: see docs/session.md).
+# The dev server's own defaults, like `labrador dev` (no extra server options).
 DEV_SERVER_ARGS: list[str] = []
 STEPS = 8
 

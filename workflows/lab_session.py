@@ -177,20 +177,24 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
         return None
 
     async def _prepare(self) -> None:
-        # The student's key pair depends on nothing: made while the nodes are claimed and readied.
-        credentials = asyncio.create_task(self._create_credentials())
-        if not self._nodes:  # not claimed yet (without a cap there is no queue step before)
-            await self._claim_warm_nodes()
-        self._enter(Phase.PROVISIONING)
-        if self._lean_start():
-            await self._prepare_nodes()
+        if self._lean_start():  # the key pair comes with the nodes' one call (`prepare_nodes`)
+            if not self._nodes:  # not claimed yet (without a cap there is no queue step before)
+                await self._claim_warm_nodes()
+            self._enter(Phase.PROVISIONING)
+            self._credentials = await self._prepare_nodes()
+            self._enter(Phase.SETTING_UP)
         else:
+            # The student's key pair depends on nothing: made while the nodes are claimed and readied.
+            credentials = asyncio.create_task(self._create_credentials())
+            if not self._nodes:
+                await self._claim_warm_nodes()
+            self._enter(Phase.PROVISIONING)
             await self._provision_missing_nodes()
             await self._wait_until_nodes_ready()
             self._enter(Phase.WIRING)
             await self._wire()
-        self._enter(Phase.SETTING_UP)
-        self._credentials = await credentials
+            self._enter(Phase.SETTING_UP)
+            self._credentials = await credentials
         await self._set_up_session()
         self._enter(Phase.EXPOSING)
         await self._expose()

@@ -252,11 +252,13 @@ class PrepareNodesInput(Model):
     provision: list[NodeSpec] = Field(default_factory=list, description="cold nodes to create")
     nodes: list[str] = Field(description="node IDs of the session, in lab order: one look each")
     wiring: SessionWiring
+    credentials_for: str | None = Field(None, description="session ID: also make the student's key pair")
 
 
 class PrepareNodesResult(Model):
     statuses: list[NodeStatus] = Field(description="in the order of `nodes`")
     wired: bool = False
+    credentials: SessionCredentials | None = None
 
 
 class ReleaseResult(Model):

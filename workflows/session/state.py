@@ -125,12 +125,23 @@ class SessionState:
         return self._lean
 
     def _want_attribute(self, name: str, value: str) -> None:
-        """Upsert once the workflow task's code has run: after everything ready now (a callback), and
-        after the last local activity in flight (a task lasts while they run, one activation per
-        answer). A start passes several phases in one task, and Visibility needs only the last."""
+        """Upsert once the workflow task's code has settled: after the conditions it unblocks have run
+        (`_settled`), and after the last local activity in flight (a task lasts while they run, one
+        activation per answer). A start passes several phases in one task; Visibility needs the last."""
         if not self._attributes_wanted:
-            asyncio.get_running_loop().call_soon(self._flush_search_attributes)
+            self._flush_when_settled()
         self._attributes_wanted[name] = value
+
+    def _flush_when_settled(self) -> None:
+        task = asyncio.create_task(self._settled())
+        task.add_done_callback(lambda done: None if done.cancelled() else self._flush_search_attributes())
+
+    @staticmethod
+    async def _settled() -> None:
+        # Conditions are checked once nothing else is ready; two passes let what the first unblocks
+        # (the preparation's end, then the `wait_ready` answer it lets through) run first.
+        for _ in range(2):
+            await workflow.wait_condition(lambda: True)
 
     def _local_call_started(self) -> None:
         self._local_calls += 1
@@ -138,7 +149,7 @@ class SessionState:
     def _local_call_ended(self) -> None:
         self._local_calls -= 1
         if not self._local_calls and self._attributes_wanted:
-            asyncio.get_running_loop().call_soon(self._flush_search_attributes)
+            self._flush_when_settled()
 
     def _flush_search_attributes(self, *, last: bool = False) -> None:
         if self._local_calls and not last:

@@ -118,10 +118,10 @@ class SessionSteps(SessionEvents):
             self._provision(lab_nodes[node.name], node.node_id) for node in self._nodes if not node.warm
         )
 
-    async def _prepare_nodes(self) -> None:
-        """Provision, readiness and wiring in one local activity (LEAN_START_PATCH): a warm start (or a
-        backend that boots at once) is done here; nodes still booting are waited for one by one,
-        then the session is wired by its own call."""
+    async def _prepare_nodes(self) -> SessionCredentials:
+        """Provision, readiness, wiring and the student's key pair in one local activity
+        (LEAN_START_PATCH): a warm start (or a backend that boots at once) is done here; nodes still
+        booting are waited for one by one, then the session is wired by its own call."""
         lab_nodes = {n.name: n for n in self._lab.nodes}
         self._nodes_ready = 0
         result: PrepareNodesResult = await cluster_call(
@@ -129,6 +129,7 @@ class SessionSteps(SessionEvents):
             PrepareNodesInput(
                 provision=[self._node_spec(lab_nodes[n.name], n.node_id) for n in self._nodes if not n.warm],
                 nodes=[n.node_id for n in self._nodes], wiring=self._wiring(),
+                credentials_for=self._session.session_id,
             ),
             PrepareNodesResult,
             "prepare the nodes",
@@ -152,6 +153,8 @@ class SessionSteps(SessionEvents):
         self._enter(Phase.WIRING)  # a phase of its own in `phase_seconds` (0 s when wired above)
         if not result.wired:
             await self._wire()
+        assert result.credentials is not None
+        return result.credentials
 
     def _node_spec(self, lab_node: LabNode, node_id: str) -> NodeSpec:
         node_class = self._input.node_classes[lab_node.node_class]
