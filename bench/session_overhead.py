@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -375,6 +377,12 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # a killed bench still stops its dev server (finally blocks)
     asyncio.run(run_hold(args) if args.hold else run_burst(args) if args.burst else run_overhead(args))
+    # Leave without interpreter finalization: sdk-core's threads can still call into Python while it
+    # tears down ("PyGILState_Release: thread state ... must be current", SIGABRT), seen at the exit of
+    # a finished run. Everything is printed and the dev server is stopped by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _interrupt(signum: int, frame: object) -> None:
