@@ -63,9 +63,14 @@ class NodeNeverReady(ApplicationError):
     pass
 
 
+KeyPair = Callable[[str], tuple[str, str]]  # comment -> (OpenSSH private key, public key line)
+
+
 class ClusterActivities:
-    def __init__(self, port: ClusterPort) -> None:
+    def __init__(self, port: ClusterPort, *, key_pair: KeyPair = generate_key_pair) -> None:
         self.port = port
+        # The student's key pair (`prepare_nodes`): tests that record histories pass stand-in keys.
+        self.key_pair = key_pair
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -112,7 +117,7 @@ class ClusterActivities:
             await self.port.wire(request.wiring)
         credentials = None
         if request.credentials_for is not None:  # like create_session_credentials: encrypted payloads only
-            private_key, public_key = generate_key_pair(comment=f"labrador-student-{request.credentials_for}")
+            private_key, public_key = self.key_pair(f"labrador-student-{request.credentials_for}")
             credentials = SessionCredentials(private_key=private_key, public_key=public_key)
         return PrepareNodesResult(statuses=statuses, wired=wired, credentials=credentials)
 

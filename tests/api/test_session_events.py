@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 from activities.cluster_activities import ClusterActivities
 from labrador import webhooks
 from labs.models import Role
-from tests.session.fakes import MemoryCluster, ScriptStandIns, make_lab
+from tests.session.fakes import MemoryCluster, ScriptStandIns, fake_key_pair, make_lab
 from tests.session.helpers import SLOW_HEALTH, record_history, start_session
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import Phase, SessionEvents, SessionTimings, WaitReadyRequest
@@ -95,7 +95,7 @@ async def test_expiring_follows_the_deadline_and_the_history_is_recorded(dev_env
 
     tq = f"events-{uuid.uuid4().hex[:8]}"
     async with Worker(dev_env.client, task_queue=tq, workflows=[LabSessionWorkflow, WebhookDeliveryWorkflow],
-                      activities=[*ClusterActivities(port).all(), *scripts.all(), no_targets]):
+                      activities=[*ClusterActivities(port, key_pair=fake_key_pair).all(), *scripts.all(), no_targets]):
         handle = await start_session(dev_env.client, tq, lab, timings=SessionTimings(health_interval=SLOW_HEALTH),
                                      events=SessionEvents(expiring_before=timedelta(seconds=4)))
         ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))

@@ -23,6 +23,7 @@ from cluster.published_images import JsonFilePublishedImages
 from cluster.simulated import SimulatedCluster
 from cluster.simulated.clock import ManualClock
 from labs.models import NodeClass, Role
+from tests.session.fakes import fake_key_pair
 from workflows.capacity.broker import CapacityBrokerWorkflow
 from workflows.capacity.gate import CapacityGate, CapacityRefused
 from workflows.lab_session import LabSessionWorkflow
@@ -186,7 +187,7 @@ async def pool_bed(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
             LabSessionWorkflow, ClaimingSession,
         ],
         activities=[
-            *ClusterActivities(sim).all(),
+            *ClusterActivities(sim, key_pair=fake_key_pair).all(),
             *ScriptStandIns().all(),
             *PoolActivities(sim, lambda: dict(CLASSES), published, broker_recheck=timedelta(seconds=1)).all(),
         ],

@@ -190,6 +190,12 @@ class MemoryCluster:
         return held + [f"wiring {s}" for s in self.wired] + [f"ssh {s}" for s in self.exposed]
 
 
+def fake_key_pair(comment: str) -> tuple[str, str]:
+    """The student's key pair in tests (ClusterActivities(key_pair=...)): recorded histories must not
+    hold a private key, even a throwaway one."""
+    return f"PRIVATE-{comment}", f"ssh-ed25519 AAAA {comment}"
+
+
 class ScriptStandIns:
     """Script activities under their real names, recording calls; checks pass unless told otherwise."""
 

@@ -19,7 +19,7 @@ from labs.models import Lab
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import LabSessionInput, SessionTimings, WaitReadyRequest
 
-from .fakes import NODE_CLASSES
+from .fakes import NODE_CLASSES, fake_key_pair
 
 
 @asynccontextmanager
@@ -32,7 +32,7 @@ async def session_worker(
         client,
         task_queue=task_queue,
         workflows=[LabSessionWorkflow],
-        activities=[*ClusterActivities(port).all(), *scripts],
+        activities=[*ClusterActivities(port, key_pair=fake_key_pair).all(), *scripts],
         **options,
     ):
         yield task_queue
