@@ -27,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import node_commands as commands
 from cluster.background import running_beside
-from cluster.models import SessionRef, SshTarget
+from cluster.models import SessionRef, SshEndpoint, SshTarget
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
 from cluster.settings import Settings
 from cluster.ssh import (
@@ -52,6 +52,7 @@ from workflows.models import (
     ChecksInput,
     ClockStepInput,
     ClockStepResult,
+    ExposeInput,
     ScriptResult,
     SessionCredentials,
     SetupInput,
@@ -265,7 +266,21 @@ class ScriptActivities:
         script_order = {s.name: i for i, s in enumerate(data.lab.scripts.setup)}
         node_order = {n.name: i for i, n in enumerate(data.lab.nodes)}
         ordered = sorted(progress.scripts, key=lambda r: (script_order.get(r.script, -1), node_order.get(r.node, -1)))
-        return SetupResult(scripts=ordered, host_keys=dict(progress.host_keys))
+        endpoint = None
+        if data.expose is not None and all(r.exit_code == 0 and not r.timed_out for r in ordered):
+            # The session's last platform step, here rather than in a call of its own (LEAN_START_PATCH):
+            # SSH is reachable once setup succeeded, as before. Idempotent (create-or-get).
+            endpoint = await _until(deadline, progress, ClusterUnavailable, lambda: self._expose(data.expose))
+        return SetupResult(scripts=ordered, host_keys=dict(progress.host_keys), endpoint=endpoint)
+
+    async def _expose(self, request: ExposeInput | None) -> SshEndpoint:
+        assert request is not None
+        try:
+            return await self._port.expose(request.session_id, request.node_id)
+        except ClusterUnavailable:
+            raise  # `_until` tries again, then Temporal retries it
+        except PermanentClusterError as exc:
+            raise ApplicationError(f"expose SSH: {exc}", type=type(exc).__name__, non_retryable=True) from exc
 
     async def _bootstrap(
         self,

@@ -130,9 +130,16 @@ async def credentials(session: SessionRef) -> SessionCredentials:
     return SessionCredentials(private_key="bench-private-key", public_key="ssh-ed25519 AAAA bench")
 
 
-@activity.defn(name=ActivityName.RUN_SETUP)
-async def setup(request: SetupInput) -> SetupResult:
-    return SetupResult()
+def setup_stand_in(port: Any) -> Any:
+    """No setup scripts; the platform's last step (expose SSH when asked, as `run_setup` does) stays."""
+
+    @activity.defn(name=ActivityName.RUN_SETUP)
+    async def setup(request: SetupInput) -> SetupResult:
+        if request.expose is None:
+            return SetupResult()
+        return SetupResult(endpoint=await port.expose(request.expose.session_id, request.expose.node_id))
+
+    return setup
 
 
 @activity.defn(name=ActivityName.RUN_CHECKS)
@@ -145,7 +152,7 @@ async def teardown(request: TeardownInput) -> SetupResult:
     return SetupResult()
 
 
-STUB_SCRIPTS = [credentials, setup, checks, teardown]
+STUB_SCRIPTS = [credentials, checks, teardown]  # and setup_stand_in(port)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -201,9 +208,10 @@ class Bench:
 
         activities = activity_functions(self.port, self.settings)
         if not ssh:
-            names = {activity_name(a) for a in STUB_SCRIPTS}
+            stand_ins = [*STUB_SCRIPTS, setup_stand_in(self.port)]
+            names = {activity_name(a) for a in stand_ins}
             activities = [a for a in activities if activity_name(a) not in names]
-            activities += STUB_SCRIPTS
+            activities += stand_ins
         from workflows.metrics import MetricsInterceptor
 
         # worker.build_worker's wiring, with the stand-in script activities and the floor's workflows

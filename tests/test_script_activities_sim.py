@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import node_commands
@@ -18,7 +19,7 @@ from cluster.ssh import RetryPolicy, SshRunner
 from labrador.settings import Settings
 from labs.models import Check, ContainerDiskSource, Role
 from tests.test_script_activities import STUDENT_KEY, make_lab
-from workflows.models import BoundNode, ChecksInput, ClockStepInput, SetupInput
+from workflows.models import BoundNode, ChecksInput, ClockStepInput, ExposeInput, SetupInput
 
 SESSION = SessionRef(session_id="s-sim", workflow_id="lab-bob", run_id="run-1")
 
@@ -73,6 +74,27 @@ async def test_setup_and_checks_run_against_simulated_nodes(
                               "expect": {"stdout": "^active$"}, "points": 5}),
     ]))
     assert [r.passed for r in report.results] == [True, False] and report.score == 5
+
+
+@pytest.mark.timeout(30)
+async def test_setup_exposes_ssh_at_its_end_only_when_every_script_succeeded(
+    sim: tuple[SimulatedCluster, ScriptActivities, list[BoundNode]],
+) -> None:
+    cluster, activities, nodes = sim
+    expose = ExposeInput(session_id=SESSION.session_id, node_id="sim-controlplane")
+    assert cluster._store.exposure(SESSION.session_id) is None
+    result = await ActivityEnvironment().run(activities.run_setup, SetupInput(
+        session=SESSION, lab=make_lab(), nodes=nodes, student_public_key=STUDENT_KEY, expose=expose))
+    assert result.endpoint is not None
+    # the same endpoint the session's own expose call gets (create-or-get)
+    assert result.endpoint == await cluster.expose(SESSION.session_id, "sim-controlplane")
+
+    await cluster.unexpose(SESSION.session_id)
+    cluster.set_scenario(Scenario(rules=[ScenarioRule(match="echo marked", exit_code=1)]), node_id="sim-controlplane")
+    with pytest.raises(ApplicationError, match="mark-all"):
+        await ActivityEnvironment().run(activities.run_setup, SetupInput(
+            session=SESSION, lab=make_lab(), nodes=nodes, student_public_key=STUDENT_KEY, expose=expose))
+    assert cluster._store.exposure(SESSION.session_id) is None  # a failed setup exposes nothing
 
 
 @pytest.mark.timeout(30)

@@ -195,9 +195,10 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
             await self._wire()
             self._enter(Phase.SETTING_UP)
             self._credentials = await credentials
-        await self._set_up_session()
+        lean = self._lean_start()  # the setup activity exposes SSH at its end: one call less
+        await self._set_up_session(expose=lean)
         self._enter(Phase.EXPOSING)
-        await self._expose()
+        await self._expose(unless_exposed=lean)
 
     async def _run_until_the_end(self) -> tuple[Phase, str]:
         """Wait for whatever comes first: end, expiry, unclaimed credentials, a node that stays down."""

@@ -153,11 +153,19 @@ class SessionCredentials(Model):
     public_key: str
 
 
+class ExposeInput(Model):
+    session_id: str
+    node_id: str
+
+
 class SetupInput(Model):
     session: SessionRef
     lab: Lab
     nodes: list[BoundNode]
     student_public_key: str
+    expose: ExposeInput | None = Field(
+        None, description="expose SSH to this node once every setup step succeeded (LEAN_START_PATCH)"
+    )
 
 
 class ScriptResult(Model):
@@ -175,6 +183,7 @@ class SetupResult(Model):
         default_factory=dict,
         description="lab node name -> host key seen at first contact; copy into BoundNode.host_key",
     )
+    endpoint: SshEndpoint | None = Field(None, description="SSH exposed as asked by `SetupInput.expose`")
 
 
 class ChecksInput(Model):
@@ -229,11 +238,6 @@ class WaitReadyInput(Model):
     node_id: str
     timeout: timedelta = timedelta(minutes=10)
     poll_interval: timedelta = timedelta(seconds=2)
-
-
-class ExposeInput(Model):
-    session_id: str
-    node_id: str
 
 
 class SessionIdInput(Model):

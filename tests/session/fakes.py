@@ -199,7 +199,8 @@ def fake_key_pair(comment: str) -> tuple[str, str]:
 class ScriptStandIns:
     """Script activities under their real names, recording calls; checks pass unless told otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: Any = None) -> None:
+        self.port = port  # given: `run_setup` exposes SSH when asked, like the real activity
         self.setups: list[SetupInput] = []
         self.check_runs = 0
         self.teardowns = 0
@@ -225,7 +226,9 @@ class ScriptStandIns:
     @activity.defn(name=ActivityName.RUN_SETUP)
     async def run_setup(self, request: SetupInput) -> SetupResult:
         self.setups.append(request)
-        return SetupResult()
+        if request.expose is None or self.port is None:
+            return SetupResult()
+        return SetupResult(endpoint=await self.port.expose(request.expose.session_id, request.expose.node_id))
 
     @activity.defn(name=ActivityName.RUN_CHECKS)
     async def run_checks(self, request: ChecksInput) -> CheckReport:

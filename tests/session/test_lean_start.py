@@ -42,7 +42,8 @@ def _upserted(events: list[Any], key: str) -> list[Any]:
 async def test_a_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_upsert_per_task(
     time_env: WorkflowEnvironment,
 ) -> None:
-    port, scripts = MemoryCluster(), ScriptStandIns()
+    port = MemoryCluster()
+    scripts = ScriptStandIns(port)  # its setup exposes SSH at the end, like the real one
     async with session_worker(time_env.client, port, scripts.all()) as tq:
         handle = await start_session(time_env.client, tq, make_lab(workers=2))
         ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
@@ -56,8 +57,10 @@ async def test_a_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_u
     start = _until_ended(events)
     markers = [e.marker_recorded_event_attributes.marker_name for e in start
                if e.HasField("marker_recorded_event_attributes")]
-    # claim, prepare_nodes (3 provisions + 3 looks + wire + the key pair), expose: 3 calls, not 10
-    assert markers.count("core_local_activity") == 3
+    # claim and prepare_nodes (3 provisions + 3 looks + wire + the key pair): 2 calls, not 10; SSH
+    # exposed by the setup activity at its end
+    assert markers.count("core_local_activity") == 2
+    assert scripts.setups[0].expose is not None and ready.endpoint is not None
     assert markers.count("core_patch") == 1  # only the lean start's own marker ...
     assert _upserted(start, "TemporalChangeVersion") == [[LEAN_START_PATCH]]  # ... and its one upsert
     tasks = sum(1 for e in start if e.HasField("workflow_task_completed_event_attributes"))

@@ -237,7 +237,9 @@ class SessionSteps(SessionEvents):
         )
         return credentials
 
-    async def _set_up_session(self) -> None:
+    async def _set_up_session(self, *, expose: bool = False) -> None:
+        """Setup scripts; with `expose` (LEAN_START_PATCH) the activity also exposes SSH once they all
+        succeeded, and `_expose` then has nothing left to do."""
         assert self._credentials is not None
         self._set_up = True  # from here on, teardown scripts may have something to undo
         scripts_time = sum((s.timeout for s in self._lab.scripts.setup), timedelta())
@@ -246,6 +248,9 @@ class SessionSteps(SessionEvents):
             SetupInput(
                 session=self._session, lab=self._lab, nodes=self._nodes,
                 student_public_key=self._credentials.public_key,
+                expose=ExposeInput(session_id=self._session.session_id,
+                                   node_id=self._node_named(self._lab.controlplane.name).node_id)
+                if expose else None,
             ),
             result_type=SetupResult,
             start_to_close_timeout=scripts_time + SETUP_PLATFORM_STEPS,
@@ -258,6 +263,8 @@ class SessionSteps(SessionEvents):
             node.model_copy(update={"host_key": result.host_keys.get(node.name, node.host_key)})
             for node in self._nodes
         ]
+        if result.endpoint is not None:
+            self._endpoint = result.endpoint
         for script in result.scripts:
             if script.timed_out or script.exit_code != 0:
                 what = "timed out" if script.timed_out else f"exited with {script.exit_code}"
@@ -266,7 +273,9 @@ class SessionSteps(SessionEvents):
                     f"setup script {script.script} on {script.node} {what}: {script.output[-400:]}",
                 )
 
-    async def _expose(self) -> None:
+    async def _expose(self, *, unless_exposed: bool = False) -> None:
+        if unless_exposed and self._endpoint is not None:
+            return  # the setup activity exposed it (`_set_up_session(expose=True)`)
         controlplane = self._node_named(self._lab.controlplane.name)
         self._endpoint = await cluster_call(
             ActivityName.EXPOSE_SSH,
