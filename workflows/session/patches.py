@@ -29,10 +29,11 @@ PAUSE_PATCH = "pause-resume-reset"
 HEALTH_WAITS_PATCH = "pause-health-waits"
 # workflow.patched ID: runs that started before webhook events (child starts, the lab.expiring timer).
 WEBHOOK_PATCH = "webhook-events"
-# The lean start: provision + readiness look + wiring in one local activity (`prepare_nodes`) instead of
-# one per node and step, and the phase search attribute upserted once per workflow task with its last
-# value (not once per phase: most phases of a start pass within one task). Runs started before it
-# replay their per-step calls and per-phase upserts.
+# The lean start: provision + readiness look + wiring + the key pair in one local activity
+# (`prepare_nodes`) instead of one per node and step, SSH exposed by `run_setup` at its end, the phase
+# search attribute upserted once per workflow task with its last value (most phases of a start pass
+# within one task), and no marker for the patches above (`session_patched`). Runs started before it
+# replay their per-step calls, per-phase upserts and markers.
 LEAN_START_PATCH = "lean-start"
 
 
