@@ -63,6 +63,23 @@ class NodeNeverReady(ApplicationError):
     pass
 
 
+# A call of a joined activity (`prepare_nodes`) that meets a passing API error tries again at once, a
+# few times, instead of failing the whole activity: the retry would redo every other call, and look at
+# the nodes later than the per-step calls did (a node that died meanwhile then looks like one booting).
+AGAIN_ATTEMPTS, AGAIN_PAUSE = 3, 0.05
+
+
+async def _again_if_unavailable(call: Callable[[], Awaitable[T]]) -> T:
+    for attempt in range(AGAIN_ATTEMPTS):
+        try:
+            return await call()
+        except ClusterUnavailable:
+            if attempt == AGAIN_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(AGAIN_PAUSE * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 KeyPair = Callable[[str], tuple[str, str]]  # comment -> (OpenSSH private key, public key line)
 
 
@@ -110,11 +127,15 @@ class ClusterActivities:
         every node, wire the session if all are ready. Idempotent like the steps it joins (create-or-get,
         reads, wire; the student's key pair is made anew, like by create_session_credentials); a failed
         node is left to the caller's wait, which reports it."""
-        await asyncio.gather(*(self.port.provision(spec) for spec in request.provision))
-        statuses = list(await asyncio.gather(*(self.port.node_status(node_id) for node_id in request.nodes)))
+        await asyncio.gather(*(
+            _again_if_unavailable(functools.partial(self.port.provision, spec)) for spec in request.provision
+        ))
+        statuses = list(await asyncio.gather(*(
+            _again_if_unavailable(functools.partial(self.port.node_status, node_id)) for node_id in request.nodes
+        )))
         wired = all(status.phase == NodePhase.READY for status in statuses)
         if wired:
-            await self.port.wire(request.wiring)
+            await _again_if_unavailable(functools.partial(self.port.wire, request.wiring))
         credentials = None
         if request.credentials_for is not None:  # like create_session_credentials: encrypted payloads only
             private_key, public_key = self.key_pair(f"labrador-student-{request.credentials_for}")

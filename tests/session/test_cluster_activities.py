@@ -10,10 +10,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.cluster_activities import ClusterActivities
-from cluster.models import NodePhase, NodeSpec, SshEndpoint
+from cluster.models import NodePhase, NodeSpec, SessionRef, SessionWiring, SshEndpoint
 from cluster.port import ClusterUnavailable, PermanentClusterError
 from labs.models import ContainerDiskSource, Role
-from workflows.models import ExposeInput, NodeRef, WaitReadyInput
+from workflows.models import ExposeInput, NodeRef, PrepareNodesInput, WaitReadyInput
 
 from .fakes import MemoryCluster
 
@@ -85,3 +85,27 @@ async def test_a_failed_node_stops_the_wait_naming_node_and_cause() -> None:
 def _spec(node_id: str) -> NodeSpec:
     return NodeSpec(node_id=node_id, node_class="cp", role=Role.CONTROLPLANE, image="img:1",
                     kubernetes_version="1.31.0", cpu_cores=1, memory="1Gi", disk=ContainerDiskSource())
+
+
+def _prepare_request(node_id: str) -> PrepareNodesInput:
+    session = SessionRef(session_id="s-prep", workflow_id="lab-session/prep", run_id="r-1")
+    spec = NodeSpec(node_id=node_id, node_class="cp-1-31", role=Role.CONTROLPLANE, image="img:1",
+                    kubernetes_version="1.31.0", cpu_cores=1, memory="1Gi", disk=ContainerDiskSource(),
+                    session=session)
+    return PrepareNodesInput(provision=[spec], nodes=[node_id],
+                             wiring=SessionWiring(session=session, controlplane=node_id),
+                             credentials_for=session.session_id)
+
+
+async def test_prepare_nodes_rides_out_a_passing_api_error_without_failing_the_whole_call() -> None:
+    port = MemoryCluster()
+    port.unavailable_method, port.unavailable_calls = "provision", 2  # two blips: tried again at once
+    activities = ClusterActivities(port, key_pair=lambda comment: (f"PRIVATE-{comment}", f"ssh-ed25519 AAAA {comment}"))
+    result = await ActivityEnvironment().run(activities.prepare_nodes, _prepare_request("n-prep"))
+    assert result.wired and [s.phase for s in result.statuses] == [NodePhase.READY]
+    assert port.wired == {"s-prep"} and result.credentials is not None
+    assert result.credentials.private_key == "PRIVATE-labrador-student-s-prep"
+
+    port.unavailable_method, port.unavailable_calls = "provision", 3  # an outage: the activity's retry
+    with pytest.raises(ApplicationError, match="cluster unavailable"):
+        await ActivityEnvironment().run(activities.prepare_nodes, _prepare_request("n-other"))
