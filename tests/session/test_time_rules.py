@@ -159,7 +159,8 @@ async def test_cluster_api_errors_retry_as_regular_activities(time_env: Workflow
     """A cluster API that stays down is retried by regular activities (no local activity holding the
     workflow task open), during preparation and during teardown alike."""
     port, scripts = MemoryCluster(), ScriptStandIns()
-    port.unavailable_method, port.unavailable_calls = "provision", 6  # more than the quick local attempts
+    # more than the quick local attempts (4) x the tries at once inside prepare_nodes (3)
+    port.unavailable_method, port.unavailable_calls = "provision", 14
     async with session_worker(time_env.client, port, scripts.all()) as tq:
         handle = await start_session(time_env.client, tq, make_lab(workers=0))
         ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
