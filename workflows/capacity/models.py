@@ -230,11 +230,8 @@ def unpack(packed: str) -> list[Waiting]:
 
 class BrokerSettings(Model):
     recheck: timedelta = Field(timedelta(seconds=30), description="cluster re-read while the queue is blocked")
-    # 5 s, not 1: each reading lists the whole cluster inside the activity (15,000 nodes at 5,000 labs),
-    # and grants are counted as promises until a reading shows their nodes, so the cap holds either way;
-    # at 1 s the readings cost the worker a quarter of its start rate past 2,000 labs (--hold 3000: 16/s -> 22/s).
     reflect_every: timedelta = Field(
-        timedelta(seconds=5), description="cluster re-read while grants are in flight (to count them as nodes)"
+        timedelta(seconds=1), description="cluster re-read while grants are in flight (to count them as nodes)"
     )
     liveness_every: timedelta = Field(timedelta(seconds=30), description="check that holders/waiters still run")
     liveness_batch: int = Field(100, ge=1, description="runs checked per liveness round (a rotating window)")
