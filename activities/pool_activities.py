@@ -19,8 +19,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.cluster_activities import map_port_errors
-from cluster.models import Inventory, NodeState, summarize
-from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError
+from cluster.models import Inventory, NodeState, count_usage, summarize
+from cluster.port import ClusterPort, ClusterUnavailable, CountsUsage, PermanentClusterError
 from cluster.published_images import PublishedImages, with_effective_images
 from labs.models import NodeClass
 from workflows.capacity.models import (
@@ -234,21 +234,14 @@ class PoolActivities:
     async def capacity_usage(self, request: CapacityUsageInput) -> CapacityUsage:
         """The cluster as counts for the broker, plus what exists of the grants it has in flight
         (the node list stays here: it grows with the cluster)."""
-        inventory = await self.port.inventory()
-        wanted_sessions, wanted_nodes = set(request.sessions), set(request.nodes)
-        sessions: dict[str, list[int]] = {}
-        nodes: list[str] = []
-        for node in inventory.nodes:
-            if node.session is not None and node.session.session_id in wanted_sessions:
-                seen = sessions.setdefault(node.session.session_id, [0, 0])
-                seen[0] += 1
-                seen[1] += node.memory_bytes
-            if node.node_id in wanted_nodes:
-                nodes.append(node.node_id)
+        if isinstance(self.port, CountsUsage):
+            counts = await self.port.usage_counts(request.sessions, request.nodes)
+        else:
+            counts = count_usage(await self.port.inventory(), request.sessions, request.nodes)
         return CapacityUsage(
-            vms=len(inventory.nodes), memory_bytes=sum(n.memory_bytes for n in inventory.nodes),
-            sessions={sid: SessionPresence(vms=v, memory_bytes=m) for sid, (v, m) in sessions.items()},
-            nodes=sorted(nodes),
+            vms=counts.vms, memory_bytes=counts.memory_bytes,
+            sessions={sid: SessionPresence(vms=v, memory_bytes=m) for sid, (v, m) in counts.sessions.items()},
+            nodes=sorted(counts.nodes),
         )
 
     def _broker_id(self) -> str:

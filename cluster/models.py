@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -155,6 +156,35 @@ class InventorySummary(Model):
             if (node_class is None or g.node_class == node_class) and (state is None or g.state == state)
             and (image is None or g.image == image)
         )
+
+
+class UsageCounts(Model):
+    """The cluster's VMs and their memory, and what of it the named sessions' and nodes' are
+    (`CountsUsage.usage_counts`): what the capacity broker's reading needs, without the node list."""
+
+    vms: int = 0
+    memory_bytes: int = 0
+    sessions: dict[str, tuple[int, int]] = Field(
+        default_factory=dict, description="session ID -> (its VMs, their memory bytes), for the sessions asked about"
+    )
+    nodes: list[str] = Field(default_factory=list, description="the nodes asked about that exist, sorted")
+
+
+def count_usage(inventory: Inventory, sessions: Collection[str], nodes: Collection[str]) -> UsageCounts:
+    """UsageCounts from a whole inventory (for a backend without `usage_counts`)."""
+    wanted_sessions, wanted_nodes = set(sessions), set(nodes)
+    per_session: dict[str, tuple[int, int]] = {}
+    present: list[str] = []
+    for node in inventory.nodes:
+        if node.session is not None and node.session.session_id in wanted_sessions:
+            vms, memory = per_session.get(node.session.session_id, (0, 0))
+            per_session[node.session.session_id] = (vms + 1, memory + node.memory_bytes)
+        if node.node_id in wanted_nodes:
+            present.append(node.node_id)
+    return UsageCounts(
+        vms=len(inventory.nodes), memory_bytes=sum(n.memory_bytes for n in inventory.nodes),
+        sessions=per_session, nodes=sorted(present),
+    )
 
 
 def summarize(inventory: Inventory) -> InventorySummary:

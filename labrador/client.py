@@ -67,6 +67,7 @@ from workflows.models import (
     WaitReadyRequest,
     WaitReadyResult,
 )
+from workflows.session.patches import CURRENT_FLOW
 
 _TRANSIENT = {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
 _UPDATE_ATTEMPTS = 5
@@ -268,6 +269,7 @@ class LabClient:
             ),
             pause=pause_limits(self.settings, lab),
             reset=reset_limits(self.settings, lab),
+            flow=CURRENT_FLOW,
         )
         options: dict[str, Any] = dict(
             id=workflow_id,

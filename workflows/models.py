@@ -85,6 +85,11 @@ class SessionTimings(Model):
     check_min_interval: timedelta = Field(
         default=timedelta(seconds=10), description="at most one student check started per interval"
     )
+    phase_shown_after: timedelta = Field(
+        default=timedelta(seconds=5),
+        description="a phase before ready reaches Visibility (LabPhase) once it has lasted this long "
+        "(runs with flow >= QUIET_FLOW; workflows/session/state.py)",
+    )
 
 
 class PauseLimits(Model):
@@ -123,6 +128,11 @@ class LabSessionInput(Model):
     pause: PauseLimits = Field(default_factory=PauseLimits)
     reset: ResetLimits = Field(default_factory=ResetLimits)
     events: SessionEvents | None = Field(default=None, description="webhook events; None: none are emitted")
+    flow: int = Field(
+        default=0, ge=0,
+        description="the command sequence the run takes, chosen by the starter (workflows/session/patches.py "
+        "CURRENT_FLOW); 0: decided by patch markers, as before the field existed",
+    )
 
 
 # --- node bindings ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    UsageCounts,
+    count_usage,
     summarize,
 )
 from cluster.naming import is_dns_label, short_hash
@@ -580,6 +582,13 @@ class KubeVirtCluster:
     # --- pool -------------------------------------------------------------------------------
     async def inventory_summary(self) -> InventorySummary:
         return summarize(await self.inventory())
+
+    async def usage_counts(self, sessions: Collection[str], nodes: Collection[str]) -> UsageCounts:
+        """The inventory's node part only (one label-selected list, from the cache): no Services or
+        NetworkPolicies, no leftovers, no sorting."""
+        namespaces = await self._list_managed(NAMESPACES, L.managed_selector())
+        live = [ns for ns in namespaces if L.NODE_ID in _labels(ns) and not is_deleting(ns)]
+        return count_usage(Inventory(nodes=[record_from_namespace(ns) for ns in live]), sessions, nodes)
 
     async def inventory(self) -> Inventory:
         namespaces, services, policies = await asyncio.gather(

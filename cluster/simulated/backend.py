@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from cluster.models import (
     SessionWiring,
     SshEndpoint,
     SshTarget,
+    UsageCounts,
     summarize,
 )
 from cluster.port import ClusterUnavailable, NodeNotFound, PermanentClusterError
@@ -576,6 +577,14 @@ class SimulatedCluster:
     # --- pool -----------------------------------------------------------------------------
     async def inventory_summary(self) -> InventorySummary:
         return summarize(await self.inventory())
+
+    async def usage_counts(self, sessions: Collection[str], nodes: Collection[str]) -> UsageCounts:
+        # What the inventory would count (faults and latency as for an inventory: it replaces one).
+        await self._enter("inventory")
+        vms, memory, per_session, present = await self._db(
+            self._store.usage_counts, sorted(sessions), sorted(nodes)
+        )
+        return UsageCounts(vms=vms, memory_bytes=memory, sessions=per_session, nodes=sorted(present))
 
     async def inventory(self) -> Inventory:
         await self._enter("inventory")

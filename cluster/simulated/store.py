@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS scenarios (
 );
 """
 
+# Parameters per `IN (...)` (SQLite allows 32,766; smaller statements keep each one quick).
+_IN_CHUNK = 500
 NODE_COLUMNS = "seq, node_id, node_class, role, image, state, session_id, memory_bytes, created_at, claimed_at"
 
 
@@ -351,6 +353,29 @@ class Store:
             row = db.execute("SELECT node_id, port FROM exposures WHERE session_id = ?", (session_id,)).fetchone()
             db.execute("DELETE FROM exposures WHERE session_id = ?", (session_id,))
             return (row[0], row[1]) if row else None
+
+    def usage_counts(
+        self, sessions: Sequence[str], nodes: Sequence[str]
+    ) -> tuple[int, int, dict[str, tuple[int, int]], list[str]]:
+        """(VMs, memory) of every node, per session asked about, and which nodes asked about exist:
+        aggregates in SQLite instead of a row per node in Python."""
+        vms, memory = self.db.execute("SELECT COUNT(*), COALESCE(SUM(memory_bytes), 0) FROM nodes").fetchone()
+        per_session: dict[str, tuple[int, int]] = {}
+        present: list[str] = []
+        for start in range(0, len(sessions), _IN_CHUNK):
+            chunk = sessions[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for session_id, count, used in self.db.execute(
+                f"SELECT session_id, COUNT(*), SUM(memory_bytes) FROM nodes WHERE session_id IN ({marks})"
+                " GROUP BY session_id", tuple(chunk),
+            ):
+                per_session[session_id] = (count, used)
+        for start in range(0, len(nodes), _IN_CHUNK):
+            chunk = nodes[start:start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            present += [row[0] for row in self.db.execute(
+                f"SELECT node_id FROM nodes WHERE node_id IN ({marks})", tuple(chunk))]
+        return vms, memory, per_session, present
 
     def leftovers(self) -> list[tuple[SessionRow, list[str]]]:
         """Sessions that still own objects, with the kinds of those objects."""

@@ -17,8 +17,9 @@ from cluster.models import (
     SessionLeftovers,
     SessionRef,
     SessionWiring,
+    count_usage,
 )
-from cluster.port import ClusterPort, NodeNotFound, PermanentClusterError
+from cluster.port import ClusterPort, CountsUsage, NodeNotFound, PermanentClusterError
 from labs.models import ContainerDiskSource, Role
 from tests.contract.conftest import Backend
 
@@ -396,3 +397,26 @@ async def test_inventory_summary_counts_per_class_image_and_state_including_what
     assert (summary.count(CP, NodeState.FREE), summary.count(CP, NodeState.CLAIMED)) == (1, 1)
     assert (summary.count(WORKER, NodeState.PROVISIONING), summary.count(WORKER, NodeState.CLAIMED)) == (1, 1)
     assert summary.count(image="127.0.0.1:5000/labrador/node:v1.31.2") == 4
+
+
+async def test_usage_counts_count_what_the_inventory_holds_including_what_was_just_provisioned(
+    port: ClusterPort,
+) -> None:
+    """The capacity broker's reading (every second while grants are in flight): the same counts as
+    the inventory, without building it; sessions and nodes asked about but absent are left out."""
+    assert isinstance(port, CountsUsage)  # both backends count without the inventory
+    await free_nodes(port, "pool-cp-1", "pool-cp-2")
+    await port.claim(want("s1", cp=1))
+    await port.provision(spec("cold-w", WORKER, session=ref("s1")))  # read-your-writes: counted at once
+    await port.provision(spec("s2-cp", session=ref("s2")))
+    asked_sessions, asked_nodes = ["s1", "s2", "s-gone"], ["cold-w", "pool-cp-2", "never-made"]
+
+    counts = await port.usage_counts(asked_sessions, asked_nodes)
+
+    assert counts == count_usage(await port.inventory(), asked_sessions, asked_nodes)
+    assert (counts.vms, counts.memory_bytes) == (4, 3 * 1536 * 2**20 + 1126 * 2**20)
+    assert counts.sessions == {"s1": (2, 1536 * 2**20 + 1126 * 2**20), "s2": (1, 1536 * 2**20)}
+    assert sorted(counts.nodes) == ["cold-w", "pool-cp-2"]
+    await port.release("s1")
+    after = await port.usage_counts(asked_sessions, asked_nodes)
+    assert (after.vms, set(after.sessions), sorted(after.nodes)) == (2, {"s2"}, ["pool-cp-2"])

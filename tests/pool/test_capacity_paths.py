@@ -32,6 +32,7 @@ from tests.session.helpers import SLOW_HEALTH, record_history
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import EndRequest, LabSessionInput, LabSessionResult, Phase, SessionTimings, WaitReadyRequest
 from workflows.pool_models import CapacityLimits
+from workflows.session.patches import CURRENT_FLOW
 
 pytestmark = pytest.mark.timeout(60)
 PREFIX = os.environ.get("LABRADOR_HISTORY_PREFIX", "capacity-")
@@ -59,7 +60,7 @@ async def start(
         LabSessionInput(
             student_id=who, lab=lab(lab_name), node_classes=dict(CLASSES),
             timings=SessionTimings(health_interval=SLOW_HEALTH, max_queue_wait=max_wait, provisioning_overdue=overdue),
-            capacity=CapacityLimits(max_vms=max_vms, max_memory_bytes=2**40),
+            capacity=CapacityLimits(max_vms=max_vms, max_memory_bytes=2**40), flow=CURRENT_FLOW,
         ),
         id=f"lab-session/{who}", task_queue=bed.task_queue,
     )

@@ -206,6 +206,7 @@ class ScriptStandIns:
         self.teardowns = 0
         self.checks_pass = True
         self.check_seconds = 0.0  # how long one check run takes (real time)
+        self.setup_seconds = 0.0  # how long setup takes (real time)
         self.clock_steps: list[list[str]] = []  # lab node names per step_guest_clocks call
 
     def all(self) -> list[Callable[..., Any]]:
@@ -226,6 +227,8 @@ class ScriptStandIns:
     @activity.defn(name=ActivityName.RUN_SETUP)
     async def run_setup(self, request: SetupInput) -> SetupResult:
         self.setups.append(request)
+        if self.setup_seconds:
+            await asyncio.sleep(self.setup_seconds)
         if request.expose is None or self.port is None:
             return SetupResult()
         return SetupResult(endpoint=await self.port.expose(request.expose.session_id, request.expose.node_id))

@@ -18,6 +18,7 @@ from activities.cluster_activities import ClusterActivities
 from labs.models import Lab
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import LabSessionInput, SessionTimings, WaitReadyRequest
+from workflows.session.patches import CURRENT_FLOW
 
 from .fakes import NODE_CLASSES, fake_key_pair
 
@@ -40,9 +41,10 @@ async def session_worker(
 
 async def start_session(
     client: Client, task_queue: str, lab: Lab, *, student: str | None = None, timings: SessionTimings | None = None,
-    **limits: Any,
+    flow: int = CURRENT_FLOW, **limits: Any,
 ) -> WorkflowHandle[Any, Any]:
-    """`limits`: `pause=PauseLimits(...)`, `reset=ResetLimits(...)` (else the defaults)."""
+    """`limits`: `pause=PauseLimits(...)`, `reset=ResetLimits(...)` (else the defaults). `flow`: the
+    command sequence the run takes (the client's CURRENT_FLOW unless a test pins an older one)."""
     student = student or f"student-{uuid.uuid4().hex[:6]}"
     return await client.start_workflow(
         LabSessionWorkflow.run,
@@ -51,6 +53,7 @@ async def start_session(
             lab=lab,
             node_classes={n.node_class: NODE_CLASSES[n.node_class] for n in lab.nodes},
             timings=timings or SessionTimings(health_interval=SLOW_HEALTH),
+            flow=flow,
             **limits,
         ),
         id=f"lab-session/{student}",

@@ -1,9 +1,11 @@
-"""The lean start (LEAN_START_PATCH): what a start costs the engine, in history, stays small.
+"""The lean start (LEAN_START_PATCH) and the quiet flow (QUIET_FLOW, what the client starts today):
+what a start costs the engine, in history, stays small.
 
 Every local activity is a round trip through the worker and a marker; every patch marker also upserts
 TemporalChangeVersion, and every upsert is a Visibility write on the server. A start that ran one call
 per node and step, one upsert per phase and four patch markers started ~2x slower on the 2-core bench
-machine (bench/session_overhead.py --hold, docs/session.md#what-a-start-costs).
+machine; two upserts more of the same kind cost ~15 % of a bare workflow's start rate there
+(bench/session_overhead.py --hold, docs/session.md#what-a-start-costs).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from labs.models import Role
 from workflows.lab_session import LabSessionWorkflow
-from workflows.models import EndRequest, LabSessionResult, Phase, WaitReadyRequest
-from workflows.session.patches import LEAN_START_PATCH
+from workflows.models import EndRequest, LabSessionResult, Phase, SessionTimings, WaitReadyRequest
+from workflows.session.patches import LEAN_START_PATCH, QUIET_FLOW
 
 from .fakes import MemoryCluster, ScriptStandIns, make_lab
-from .helpers import session_worker, start_session
+from .helpers import SLOW_HEALTH, session_worker, start_session
 
 
 def _until_ended(events: list[Any]) -> list[Any]:
@@ -39,13 +41,14 @@ def _upserted(events: list[Any], key: str) -> list[Any]:
     return values
 
 
-async def test_a_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_upsert_per_task(
+async def test_a_lean_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_upsert_per_task(
     time_env: WorkflowEnvironment,
 ) -> None:
+    """A run started before flows (flow 0, by an older client): the lean start by its patch marker."""
     port = MemoryCluster()
     scripts = ScriptStandIns(port)  # its setup exposes SSH at the end, like the real one
     async with session_worker(time_env.client, port, scripts.all()) as tq:
-        handle = await start_session(time_env.client, tq, make_lab(workers=2))
+        handle = await start_session(time_env.client, tq, make_lab(workers=2), flow=0)
         ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
         assert ready.ready
         await handle.signal(LabSessionWorkflow.end, EndRequest())
@@ -70,6 +73,49 @@ async def test_a_cold_start_makes_one_cluster_call_for_its_nodes_and_one_phase_u
     assert len(phases) <= tasks < 7
     assert phases[-1] == Phase.RUNNING.value
     assert set(result.phase_seconds) >= {"claiming", "provisioning", "wiring", "setting-up", "exposing"}
+
+
+async def _start_and_end(
+    time_env: WorkflowEnvironment, scripts: ScriptStandIns, port: MemoryCluster, **options: Any
+) -> tuple[LabSessionResult, list[Any]]:
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=2), **options)
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        await handle.signal(LabSessionWorkflow.end, EndRequest())
+        result: LabSessionResult = await handle.result()
+        return result, _until_ended(list((await handle.fetch_history()).events))
+
+
+# The quiet flow's timer runs in real time here: the dev server (the time-skipping one skips time while
+# the client waits for `wait_ready`, setup running or not).
+
+
+async def test_a_quiet_start_records_no_marker_and_shows_visibility_only_that_the_lab_runs(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    port = MemoryCluster()
+    result, start = await _start_and_end(dev_env, ScriptStandIns(port), port)  # the client's flow
+    assert QUIET_FLOW >= 1
+    assert result.outcome == Phase.ENDED
+    markers = [e.marker_recorded_event_attributes.marker_name for e in start
+               if e.HasField("marker_recorded_event_attributes")]
+    assert markers == ["core_local_activity", "core_local_activity"]  # claim, prepare_nodes: no patch marker
+    assert _upserted(start, "TemporalChangeVersion") == []
+    # claiming ... exposing passed in less than phase_shown_after: Visibility was told once, that it runs
+    assert _upserted(start, "LabPhase") == [Phase.RUNNING.value]
+    assert set(result.phase_seconds) >= {"claiming", "provisioning", "wiring", "setting-up", "exposing"}
+
+
+async def test_a_phase_that_lasts_reaches_visibility_while_it_lasts(dev_env: WorkflowEnvironment) -> None:
+    port = MemoryCluster()
+    scripts = ScriptStandIns(port)
+    scripts.setup_seconds = 2.0
+    timings = SessionTimings(health_interval=SLOW_HEALTH, phase_shown_after=timedelta(milliseconds=500))
+    result, start = await _start_and_end(dev_env, scripts, port, timings=timings)
+    assert result.outcome == Phase.ENDED
+    # setup lasted past phase_shown_after: `lab list --phase setting-up` found the lab meanwhile
+    assert _upserted(start, "LabPhase") == [Phase.SETTING_UP.value, Phase.RUNNING.value]
 
 
 async def test_a_node_still_booting_is_waited_for_then_the_session_is_wired(time_env: WorkflowEnvironment) -> None:

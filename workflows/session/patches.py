@@ -36,10 +36,20 @@ WEBHOOK_PATCH = "webhook-events"
 # replay their per-step calls, per-phase upserts and markers.
 LEAN_START_PATCH = "lean-start"
 
+# Flows (`LabSessionInput.flow`, set by the starter): versions of the session's command sequence chosen
+# at the start, in the input, instead of by a marker (no history event, no TemporalChangeVersion
+# upsert: a Visibility write per start). A run's input is in its history, so its replay takes the same
+# flow. QUIET_FLOW: the lean start without its marker, and the phases before ready shown in Visibility
+# only once they last `timings.phase_shown_after` (workflows/session/state.py). Runs with flow 0 (started by
+# an older client, and every history recorded before flows) decide by the markers above.
+QUIET_FLOW = 1
+CURRENT_FLOW = QUIET_FLOW
+
 
 def session_patched(patch_id: str) -> bool:
     """`workflow.patched` for the session's patches older than LEAN_START_PATCH: true without a marker
     in a run that took the lean start (recorded first, at the run's first phase)."""
+    # A session's patches are asked from its own code only (never another workflow's).
     lean_start = getattr(workflow.instance(), "_lean_start", None)
     if lean_start is not None and lean_start():
         return True

@@ -17,7 +17,16 @@ with workflow.unsafe.imports_passed_through():
     from workflows.capacity.gate import CapacityGate
     from workflows.models import BoundNode, CheckReport, LabSessionInput, Phase, SessionCredentials
     from workflows.session.failures import SessionFailed
-    from workflows.session.patches import LEAN_START_PATCH
+    from workflows.session.patches import LEAN_START_PATCH, QUIET_FLOW
+
+# QUIET_FLOW: a phase before ready reaches Visibility (`LabPhase`, `lab list --phase`) once it has
+# lasted `timings.phase_shown_after` (5 s). Most last less within a start (a warm one is ready in
+# ~100 ms) and each upsert is a Visibility write, so a quick start shows `running` only. The timer
+# rides on the start's own workflow tasks and the next phase shown cancels it: a phase that lasts (a
+# queue, minutes of setup) costs one workflow task more.
+PASSING_PHASES = frozenset({
+    Phase.QUEUED, Phase.CLAIMING, Phase.PROVISIONING, Phase.WIRING, Phase.SETTING_UP, Phase.EXPOSING,
+})
 
 
 class SessionState:
@@ -85,6 +94,7 @@ class SessionState:
         }
         self._attributes_wanted: dict[str, str] = {}
         self._local_calls = 0  # local activities in flight (workflows/local_calls.py)
+        self._show_later: asyncio.Task[None] | None = None  # QUIET_FLOW: a passing phase, shown if it lasts
 
     def _suspended(self) -> bool:
         """Paused, or a pause/resume/reset under way: no timers of the lab, no health verdicts."""
@@ -121,8 +131,11 @@ class SessionState:
 
     def _lean_start(self) -> bool:
         if self._lean is None:
-            self._lean = workflow.patched(LEAN_START_PATCH)
+            self._lean = self._quiet_flow() or workflow.patched(LEAN_START_PATCH)
         return self._lean
+
+    def _quiet_flow(self) -> bool:
+        return self._input.flow >= QUIET_FLOW
 
     def _want_attribute(self, name: str, value: str) -> None:
         """Upsert once the workflow task's code has settled: after the conditions it unblocks have run
@@ -156,11 +169,26 @@ class SessionState:
             return  # the task goes on: `_local_call_ended` calls again
         wanted, self._attributes_wanted = self._attributes_wanted, {}
         changed = {name: value for name, value in wanted.items() if self._attributes_shown.get(name) != value}
+        phase_name = search_attributes.LAB_PHASE.name
+        if not last and self._quiet_flow() and changed.get(phase_name, self._phase) in PASSING_PHASES:
+            # A phase before ready is held back until it has lasted (`_show_if_it_lasts`); the clock
+            # runs from the first phase held.
+            if changed.pop(phase_name, None) is not None and self._show_later is None:
+                self._show_later = asyncio.create_task(self._show_if_it_lasts())
+        elif self._show_later is not None:  # a phase shown now: the one that passed need not be
+            self._show_later.cancel()
+            self._show_later = None
         if not changed:
             return
         keys = {key.name: key for key in search_attributes.ALL}
         workflow.upsert_search_attributes([keys[name].value_set(value) for name, value in changed.items()])
         self._attributes_shown.update(changed)
+
+    async def _show_if_it_lasts(self) -> None:
+        await workflow.sleep(self._input.timings.phase_shown_after)
+        self._show_later = None
+        self._attributes_wanted[search_attributes.LAB_PHASE.name] = self._phase.value
+        self._flush_search_attributes(last=True)  # now, even with a local activity in flight
 
     def _update_details(self) -> None:
         parts = [f"**{self._phase}**", f"student {self._input.student_id}", f"lab {self._lab.name}",
