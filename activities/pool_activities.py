@@ -241,7 +241,7 @@ class PoolActivities:
         return CapacityUsage(
             vms=counts.vms, memory_bytes=counts.memory_bytes,
             sessions={sid: SessionPresence(vms=v, memory_bytes=m) for sid, (v, m) in counts.sessions.items()},
-            nodes=sorted(counts.nodes),
+            nodes=counts.nodes,  # sorted by the port (UsageCounts)
         )
 
     def _broker_id(self) -> str:

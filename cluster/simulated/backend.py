@@ -582,7 +582,7 @@ class SimulatedCluster:
         # What the inventory would count (faults and latency as for an inventory: it replaces one).
         await self._enter("inventory")
         vms, memory, per_session, present = await self._db(
-            self._store.usage_counts, sorted(sessions), sorted(nodes)
+            self._store.usage_counts, list(sessions), list(nodes)
         )
         return UsageCounts(vms=vms, memory_bytes=memory, sessions=per_session, nodes=sorted(present))
 
