@@ -49,7 +49,6 @@ CURRENT_FLOW = QUIET_FLOW
 def session_patched(patch_id: str) -> bool:
     """`workflow.patched` for the session's patches older than LEAN_START_PATCH: true without a marker
     in a run that took the lean start (recorded first, at the run's first phase)."""
-    # A session's patches are asked from its own code only (never another workflow's).
     lean_start = getattr(workflow.instance(), "_lean_start", None)
     if lean_start is not None and lean_start():
         return True
