@@ -20,7 +20,9 @@ process RSS (worker + simulated cluster + client in one process) and the time to
 
 Burst and hold first print the engine floor for a lab start's shape, measured the same way in the same
 run: N `BareLab` workflows (update-with-start answered after one regular activity). Both set their own
-capacity cap, as an operator would for the load to come.
+capacity cap, as an operator would for the load to come. Both also print the CPU time one start costs
+this process (worker, simulated cluster and client) and the dev server, for the floor and for the labs:
+on a machine of C cores, N starts cannot take less than N x (both figures) / C.
 """
 
 from __future__ import annotations
@@ -177,6 +179,50 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of this process (worker, simulated cluster and client) and of the
+    dev server it started, read from /proc: what one start costs each side, measured, not guessed."""
+
+    def __init__(self) -> None:
+        self.server = _dev_server_pid()
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._mark = self._read()
+
+    def _read(self) -> tuple[float, float]:
+        times = os.times()
+        server = 0.0
+        if self.server is not None:
+            try:
+                fields = Path(f"/proc/{self.server}/stat").read_text().rsplit(")", 1)[1].split()
+                server = (int(fields[11]) + int(fields[12])) / self._ticks  # utime, stime
+            except (OSError, IndexError, ValueError):
+                server = float("nan")
+        return times.user + times.system, server
+
+    def per_start(self, starts: int) -> str:
+        """CPU milliseconds per start since the last call, as a printable fragment."""
+        now = self._read()
+        ours, server = ((b - a) * 1000 / max(starts, 1) for a, b in zip(self._mark, now, strict=True))
+        self._mark = now
+        return f"CPU per start: worker process {ours:.1f} ms, Temporal server {server:.1f} ms"
+
+
+def _dev_server_pid() -> int | None:
+    """The dev server is this process's child running `temporal server start-dev`."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == me and b"start-dev" in command:
+            return int(proc.name)
+    return None
+
+
 async def fill_pool(port: Any, catalog: Catalog, count: int) -> None:
     lab = catalog.labs[LAB]
     for index in range(count):
@@ -293,10 +339,11 @@ async def run_burst(args: argparse.Namespace) -> None:
     try:
         await fill_pool(bench.port, bench.catalog, args.burst)
         async with bench.worker:
+            cpu = CpuMeter()
             floor = await asyncio.gather(*(bench.bare_lab(timedelta(0)) for _ in range(args.burst)))
             p50, p99 = percentiles(floor)
             print(f"  engine floor, {args.burst} bare lab-shaped workflows at once (update-with-start answered "
-                  f"after one activity): p50 {p50:.0f} ms p99 {p99:.0f} ms", flush=True)
+                  f"after one activity): p50 {p50:.0f} ms p99 {p99:.0f} ms; {cpu.per_start(args.burst)}", flush=True)
             students = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.burst)]
             go = asyncio.Event()
 
@@ -315,9 +362,10 @@ async def run_burst(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.1)
             go.set()
             results = await asyncio.gather(*tasks)
+            spent = cpu.per_start(args.burst)
             p50, p99 = percentiles([seconds for seconds, _ in results])
             warm = sum(1 for n in (await bench.port.inventory()).nodes if n.session is not None)
-            print(f"  {warm} warm nodes claimed for {args.burst} labs of {nodes} nodes", flush=True)
+            print(f"  {warm} warm nodes claimed for {args.burst} labs of {nodes} nodes; {spent}", flush=True)
             print(f"burst of {args.burst} starts: p50 {p50:.0f} ms p99 {p99:.0f} ms, "
                   f"all ready: {'yes' if all(ok for _, ok in results) else 'no'}")
     finally:
@@ -342,14 +390,16 @@ async def run_hold(args: argparse.Namespace) -> None:
                 async with semaphore:
                     await bench.bare_lab(timedelta(0))
 
+            cpu = CpuMeter()
             began = time.perf_counter()
             floor = min(args.hold, FLOOR_SAMPLE)
             await asyncio.gather(*(bare() for _ in range(floor)))
             seconds = time.perf_counter() - began
             print(f"  engine floor: {floor} bare lab-shaped workflows (update-with-start answered after one "
-                  f"activity), {args.hold_concurrency} in flight, in {seconds:.0f} s ({floor / seconds:.0f}/s)",
-                  flush=True)
+                  f"activity), {args.hold_concurrency} in flight, in {seconds:.0f} s ({floor / seconds:.0f}/s); "
+                  f"{cpu.per_start(floor)}", flush=True)
             await asyncio.sleep(2)  # the floor's runs complete and leave the cache
+            cpu.per_start(1)  # not counted: the floor's completions while settling
             before = rss_mib()
             began = time.perf_counter()
             students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
@@ -368,6 +418,7 @@ async def run_hold(args: argparse.Namespace) -> None:
 
             await asyncio.gather(*(hold(s) for s in students))
             reached = time.perf_counter() - began
+            print(f"  {args.hold} labs: {cpu.per_start(args.hold)}", flush=True)
             await asyncio.sleep(5)  # settle: timers set, nothing in flight
             print(f"worker holding {args.hold} running labs: RSS {rss_mib():.0f} MiB (before: {before:.0f} MiB), "
                   f"reached in {reached:.0f} s")
