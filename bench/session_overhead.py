@@ -193,11 +193,15 @@ class CpuMeter:
         server = 0.0
         if self.server is not None:
             try:
-                fields = Path(f"/proc/{self.server}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = _proc_stat(self.server)
                 server = (int(fields[11]) + int(fields[12])) / self._ticks  # utime, stime
             except (OSError, IndexError, ValueError):
                 server = float("nan")
         return times.user + times.system, server
+
+    def skip(self) -> None:
+        """Leave what was spent since the last reading out of the next one."""
+        self._mark = self._read()
 
     def per_start(self, starts: int) -> str:
         """CPU milliseconds per start since the last call, as a printable fragment."""
@@ -207,6 +211,11 @@ class CpuMeter:
         return f"CPU per start: worker process {ours:.1f} ms, Temporal server {server:.1f} ms"
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (which may hold spaces): state is [0]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _dev_server_pid() -> int | None:
     """The dev server is this process's child running `temporal server start-dev`."""
     me = str(os.getpid())
@@ -214,9 +223,9 @@ def _dev_server_pid() -> int | None:
         if not proc.name.isdigit():
             continue
         try:
-            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            ppid = _proc_stat(int(proc.name))[1]
             command = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, IndexError):
             continue
         if ppid == me and b"start-dev" in command:
             return int(proc.name)
@@ -344,6 +353,8 @@ async def run_burst(args: argparse.Namespace) -> None:
             p50, p99 = percentiles(floor)
             print(f"  engine floor, {args.burst} bare lab-shaped workflows at once (update-with-start answered "
                   f"after one activity): p50 {p50:.0f} ms p99 {p99:.0f} ms; {cpu.per_start(args.burst)}", flush=True)
+            await asyncio.sleep(3)  # the floor's runs complete (not the labs' cost, nor the floor's answer)
+            cpu.skip()
             students = [f"burst-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.burst)]
             go = asyncio.Event()
 
@@ -399,7 +410,7 @@ async def run_hold(args: argparse.Namespace) -> None:
                   f"activity), {args.hold_concurrency} in flight, in {seconds:.0f} s ({floor / seconds:.0f}/s); "
                   f"{cpu.per_start(floor)}", flush=True)
             await asyncio.sleep(2)  # the floor's runs complete and leave the cache
-            cpu.per_start(1)  # not counted: the floor's completions while settling
+            cpu.skip()  # the floor's completions while settling: neither the floor's answers nor the labs
             before = rss_mib()
             began = time.perf_counter()
             students = [f"h-{i}-{uuid.uuid4().hex[:6]}" for i in range(args.hold)]
