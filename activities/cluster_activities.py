@@ -31,6 +31,8 @@ from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError,
 from cluster.ssh import generate_key_pair
 from workflows.models import (
     ActivityName,
+    ClaimAndPrepareInput,
+    ClaimAndPrepareResult,
     ExposeInput,
     NodeRef,
     PrepareNodesInput,
@@ -40,6 +42,8 @@ from workflows.models import (
     SessionCredentials,
     SessionIdInput,
     WaitReadyInput,
+    bind_claimed,
+    warm_wiring,
 )
 
 P = ParamSpec("P")
@@ -92,6 +96,7 @@ class ClusterActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.claim_nodes,
+            self.claim_and_prepare_nodes,
             self.provision_node,
             self.prepare_nodes,
             self.wait_node_ready,
@@ -119,6 +124,30 @@ class ClusterActivities:
     async def provision_node(self, request: ProvisionInput) -> NodeRecord:
         return await self.port.provision(request.spec)
 
+    @activity.defn(name=ActivityName.CLAIM_AND_PREPARE)
+    @map_port_errors
+    async def claim_and_prepare_nodes(self, request: ClaimAndPrepareInput) -> ClaimAndPrepareResult:
+        """`claim_nodes`, then `prepare_nodes` for the claimed nodes if the pool had all the lab wants: a
+        warm start's platform steps in one local activity (each one more is a round trip through the
+        worker and an activation). Idempotent like both (a claim again returns the session's nodes).
+        Preparing is the fast path only: if it fails, the claim is still answered (`prepared` None) and
+        the workflow prepares with its own call, which retries and reports as before."""
+        claim = await self.port.claim(request.claim)
+        bound = bind_claimed(request.lab_nodes, claim.nodes)
+        if any(record is None for record in bound):
+            return ClaimAndPrepareResult(claim=claim)
+        nodes = [record for record in bound if record is not None]
+        try:
+            prepared = await self._prepare(PrepareNodesInput(
+                nodes=[record.node_id for record in nodes],
+                wiring=warm_wiring(request.claim.session, request.lab_nodes, nodes),
+                credentials_for=request.credentials_for,
+            ))
+        except (ClusterUnavailable, PermanentClusterError) as exc:
+            activity.logger.warning("claim_and_prepare_nodes: claimed, preparing apart: %s", exc)
+            return ClaimAndPrepareResult(claim=claim)
+        return ClaimAndPrepareResult(claim=claim, prepared=prepared)
+
     @activity.defn(name=ActivityName.PREPARE_NODES)
     @map_port_errors
     async def prepare_nodes(self, request: PrepareNodesInput) -> PrepareNodesResult:
@@ -127,6 +156,9 @@ class ClusterActivities:
         every node, wire the session if all are ready. Idempotent like the steps it joins (create-or-get,
         reads, wire; the student's key pair is made anew, like by create_session_credentials); a failed
         node is left to the caller's wait, which reports it."""
+        return await self._prepare(request)
+
+    async def _prepare(self, request: PrepareNodesInput) -> PrepareNodesResult:
         await asyncio.gather(*(
             _again_if_unavailable(functools.partial(self.port.provision, spec)) for spec in request.provision
         ))

@@ -179,7 +179,7 @@ class LabSessionWorkflow(CapacityPath, PauseAndResume, SessionReset, NodeHealthW
     async def _prepare(self) -> None:
         if self._lean_start():  # the key pair comes with the nodes' one call (`prepare_nodes`)
             if not self._nodes:  # not claimed yet (without a cap there is no queue step before)
-                await self._claim_warm_nodes()
+                await self._claim_warm_nodes(prepare=True)
             self._enter(Phase.PROVISIONING)
             self._credentials = await self._prepare_nodes()
             self._enter(Phase.SETTING_UP)

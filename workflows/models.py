@@ -11,8 +11,17 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.models import NodeSpec, NodeStatus, SessionRef, SessionWiring, SshEndpoint
-from labs.models import Check, Lab, NodeClass, Script
+from cluster.models import (
+    ClaimRequest,
+    ClaimResult,
+    NodeRecord,
+    NodeSpec,
+    NodeStatus,
+    SessionRef,
+    SessionWiring,
+    SshEndpoint,
+)
+from labs.models import Check, Lab, LabNode, NodeClass, Role, Script
 from workflows.pool_models import CapacityLimits
 
 
@@ -25,6 +34,7 @@ class ActivityName(StrEnum):
     CLAIM_NODES = "claim_nodes"
     PROVISION_NODE = "provision_node"
     PREPARE_NODES = "prepare_nodes"  # provision + one look per node + wire, in one call (LEAN_START_PATCH)
+    CLAIM_AND_PREPARE = "claim_and_prepare_nodes"  # the claim, and prepare_nodes if all came warm (flow 2)
     WAIT_NODE_READY = "wait_node_ready"
     NODE_HEALTH = "node_health"
     MARK_NODE_FREE = "mark_node_free"
@@ -273,6 +283,39 @@ class PrepareNodesResult(Model):
     statuses: list[NodeStatus] = Field(description="in the order of `nodes`")
     wired: bool = False
     credentials: SessionCredentials | None = None
+
+
+class ClaimAndPrepareInput(Model):
+    """The claim of a start and, when the warm pool had every node the lab wants, `prepare_nodes` for
+    them in the same call (CLAIM_PREPARES_FLOW): one local activity instead of two on a warm start."""
+
+    claim: ClaimRequest
+    lab_nodes: list[LabNode] = Field(description="the lab's nodes in lab order: how claimed nodes are bound")
+    credentials_for: str = Field(description="session ID: the student's key pair, as prepare_nodes makes it")
+
+
+class ClaimAndPrepareResult(Model):
+    claim: ClaimResult
+    prepared: PrepareNodesResult | None = Field(
+        None, description="None: some node must be cold, or preparing failed (the workflow prepares apart)"
+    )
+
+
+def bind_claimed(lab_nodes: list[LabNode], claimed: list[NodeRecord]) -> list[NodeRecord | None]:
+    """The claimed node each lab node gets, in lab order; None where the pool had none of its class left
+    (a cold node follows). Deterministic (a class's nodes in node-ID order): the workflow and
+    `claim_and_prepare_nodes` bind the same way."""
+    free: dict[str, list[NodeRecord]] = {}
+    for record in sorted(claimed, key=lambda r: r.node_id):
+        free.setdefault(record.node_class, []).append(record)
+    return [free[n.node_class].pop(0) if free.get(n.node_class) else None for n in lab_nodes]
+
+
+def warm_wiring(session: SessionRef, lab_nodes: list[LabNode], bound: list[NodeRecord]) -> SessionWiring:
+    """The session's wiring for nodes bound in lab order (`bind_claimed`, none missing)."""
+    controlplane = next(r.node_id for n, r in zip(lab_nodes, bound, strict=True) if n.role == Role.CONTROLPLANE)
+    return SessionWiring(session=session, controlplane=controlplane,
+                         workers=[r.node_id for r in bound if r.node_id != controlplane])
 
 
 class ReleaseResult(Model):

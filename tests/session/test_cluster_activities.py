@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from temporalio.exceptions import ApplicationError
@@ -109,3 +110,56 @@ async def test_prepare_nodes_rides_out_a_passing_api_error_without_failing_the_w
     port.unavailable_method, port.unavailable_calls = "provision", 3  # an outage: the activity's retry
     with pytest.raises(ApplicationError, match="cluster unavailable"):
         await ActivityEnvironment().run(activities.prepare_nodes, _prepare_request("n-other"))
+
+
+def _claim_and_prepare(port: MemoryCluster, session_id: str, workers: int = 2) -> Any:
+    from cluster.models import ClaimRequest, ClaimWant
+    from workflows.models import ClaimAndPrepareInput
+
+    from .fakes import make_lab
+
+    lab = make_lab(workers=workers)
+    session = SessionRef(session_id=session_id, workflow_id=f"lab-session/{session_id}", run_id="r-1")
+    wants = [ClaimWant(node_class="cp-1-31", count=1)] + (
+        [ClaimWant(node_class="worker-1-31", count=workers)] if workers else [])
+    activities = ClusterActivities(port, key_pair=lambda comment: (f"PRIVATE-{comment}", f"ssh-ed25519 AAAA {comment}"))
+    request = ClaimAndPrepareInput(claim=ClaimRequest(session=session, wants=wants), lab_nodes=list(lab.nodes),
+                                   credentials_for=session_id)
+    return ActivityEnvironment().run(activities.claim_and_prepare_nodes, request)
+
+
+def _warm_pool(port: MemoryCluster, workers: int) -> None:
+    port.add_warm("w-cp", "cp-1-31", Role.CONTROLPLANE)
+    for index in range(workers):
+        port.add_warm(f"w-worker-{index}", "worker-1-31", Role.WORKER)
+
+
+async def test_claim_and_prepare_prepares_a_start_the_pool_had_every_node_for() -> None:
+    port = MemoryCluster()
+    _warm_pool(port, workers=2)
+    result = await _claim_and_prepare(port, "s-warm")
+    assert sorted(n.node_id for n in result.claim.nodes) == ["w-cp", "w-worker-0", "w-worker-1"]
+    assert result.prepared is not None and result.prepared.wired and port.wired == {"s-warm"}
+    assert [s.node_id for s in result.prepared.statuses] == ["w-cp", "w-worker-0", "w-worker-1"]  # lab order
+    assert result.prepared.credentials is not None
+    assert result.prepared.credentials.private_key == "PRIVATE-labrador-student-s-warm"
+    again = await _claim_and_prepare(port, "s-warm")  # a retry: the same nodes, prepared again
+    assert sorted(n.node_id for n in again.claim.nodes) == ["w-cp", "w-worker-0", "w-worker-1"]
+    assert again.prepared is not None and again.prepared.wired
+
+
+async def test_claim_and_prepare_leaves_a_start_with_cold_nodes_to_the_workflow() -> None:
+    port = MemoryCluster()
+    _warm_pool(port, workers=1)  # one worker short: a cold node follows, after the capacity queue
+    result = await _claim_and_prepare(port, "s-part")
+    assert sorted(n.node_id for n in result.claim.nodes) == ["w-cp", "w-worker-0"]
+    assert result.prepared is None and port.wired == set() and port.provision_calls == []
+
+
+async def test_claim_and_prepare_answers_the_claim_when_preparing_fails() -> None:
+    port = MemoryCluster()
+    _warm_pool(port, workers=0)
+    port.unavailable_method, port.unavailable_calls = "node_status", 3  # past prepare's own quick tries
+    result = await _claim_and_prepare(port, "s-blip", workers=0)
+    assert [n.node_id for n in result.claim.nodes] == ["w-cp"]  # claimed: the workflow knows its node
+    assert result.prepared is None and port.wired == set()  # ... and prepares it with its own call

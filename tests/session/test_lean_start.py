@@ -1,5 +1,5 @@
-"""The lean start (LEAN_START_PATCH) and the quiet flow (QUIET_FLOW, what the client starts today):
-what a start costs the engine, in history, stays small.
+"""The lean start (LEAN_START_PATCH), the quiet flow (QUIET_FLOW) and the claim that prepares
+(CLAIM_PREPARES_FLOW, what the client starts today): what a start costs the engine, in history, stays small.
 
 Every local activity is a round trip through the worker and a marker; every patch marker also upserts
 TemporalChangeVersion, and every upsert is a Visibility write on the server. A start that ran one call
@@ -14,15 +14,17 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from labs.models import Role
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import EndRequest, LabSessionResult, Phase, SessionTimings, WaitReadyRequest
-from workflows.session.patches import LEAN_START_PATCH
+from workflows.pool_models import CapacityLimits
+from workflows.session.patches import LEAN_START_PATCH, QUIET_FLOW
 
 from .fakes import MemoryCluster, ScriptStandIns, make_lab
-from .helpers import SLOW_HEALTH, session_worker, start_session
+from .helpers import SLOW_HEALTH, record_history, session_worker, start_session
 
 
 def _until_ended(events: list[Any]) -> list[Any]:
@@ -136,3 +138,49 @@ async def test_a_node_still_booting_is_waited_for_then_the_session_is_wired(time
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
                  if e.HasField("activity_task_scheduled_event_attributes")]
     assert "wait_node_ready" in scheduled
+
+
+def _local_activity_markers(events: list[Any]) -> int:
+    return sum(1 for e in events if e.HasField("marker_recorded_event_attributes")
+               and e.marker_recorded_event_attributes.marker_name == "core_local_activity")
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["no cap", "under the capacity cap"])
+async def test_a_warm_start_claims_and_prepares_its_nodes_in_one_local_activity(
+    time_env: WorkflowEnvironment, capped: bool
+) -> None:
+    port = MemoryCluster()
+    port.add_warm("warm-cp", "cp-1-31", Role.CONTROLPLANE)
+    port.add_warm("warm-w1", "worker-1-31", Role.WORKER)
+    port.add_warm("warm-w2", "worker-1-31", Role.WORKER)
+    scripts = ScriptStandIns(port)
+    cap: dict[str, Any] = {"capacity": CapacityLimits(max_vms=10, max_memory_bytes=2**40)} if capped else {}
+    async with session_worker(time_env.client, port, scripts.all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=2), **cap)  # the client's flow
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready and ready.private_key
+        session_id = (await handle.query(LabSessionWorkflow.status)).session_id
+        wired_while_running = set(port.wired)
+        await handle.signal(LabSessionWorkflow.end, EndRequest())
+        result: LabSessionResult = await handle.result()
+        start = _until_ended(list((await handle.fetch_history()).events))
+        await record_history(handle, f"warm-start-{'capped' if capped else 'no-cap'}")
+
+    assert result.outcome == Phase.ENDED
+    assert port.provision_calls == [] and wired_while_running == {session_id}
+    assert _local_activity_markers(start) == 1  # claim + prepare_nodes in one call: one round trip less
+    assert sorted(n.node_id for n in scripts.setups[0].nodes) == ["warm-cp", "warm-w1", "warm-w2"]
+
+
+async def test_a_run_of_the_quiet_flow_still_claims_and_prepares_apart(time_env: WorkflowEnvironment) -> None:
+    """Runs started before CLAIM_PREPARES_FLOW keep their command sequence (their input says flow 1)."""
+    port = MemoryCluster()
+    port.add_warm("warm-cp", "cp-1-31", Role.CONTROLPLANE)
+    async with session_worker(time_env.client, port, ScriptStandIns(port).all()) as tq:
+        handle = await start_session(time_env.client, tq, make_lab(workers=0), flow=QUIET_FLOW)
+        ready = await handle.execute_update(LabSessionWorkflow.wait_ready, WaitReadyRequest(wait=timedelta(seconds=30)))
+        assert ready.ready
+        await handle.signal(LabSessionWorkflow.end, EndRequest())
+        await handle.result()
+        start = _until_ended(list((await handle.fetch_history()).events))
+    assert _local_activity_markers(start) == 2  # claim_nodes, then prepare_nodes

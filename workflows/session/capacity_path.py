@@ -52,7 +52,8 @@ class CapacityPath(SessionSteps):
         try:
             await self._claim_warm_nodes(
                 bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
-                else options_call(replace(CLUSTER_CALL, schedule_to_close=budget))
+                else options_call(replace(CLUSTER_CALL, schedule_to_close=budget)),
+                prepare=True,
             )
         except CALL_FAILED as error:
             raise SessionFailed(

@@ -43,7 +43,10 @@ LEAN_START_PATCH = "lean-start"
 # only once they last `timings.phase_shown_after` (workflows/session/state.py). Runs with flow 0 (started by
 # an older client, and every history recorded before flows) decide by the markers above.
 QUIET_FLOW = 1
-CURRENT_FLOW = QUIET_FLOW
+# CLAIM_PREPARES_FLOW: the quiet flow, and the first claim asks `claim_and_prepare_nodes`, which also
+# prepares the nodes when the pool had all of them (a warm start: one local activity less).
+CLAIM_PREPARES_FLOW = 2
+CURRENT_FLOW = CLAIM_PREPARES_FLOW
 
 
 def session_patched(patch_id: str) -> bool:

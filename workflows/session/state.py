@@ -15,7 +15,14 @@ with workflow.unsafe.imports_passed_through():
     from cluster.naming import session_id
     from workflows import search_attributes
     from workflows.capacity.gate import CapacityGate
-    from workflows.models import BoundNode, CheckReport, LabSessionInput, Phase, SessionCredentials
+    from workflows.models import (
+        BoundNode,
+        CheckReport,
+        LabSessionInput,
+        Phase,
+        PrepareNodesResult,
+        SessionCredentials,
+    )
     from workflows.session.failures import SessionFailed
     from workflows.session.patches import LEAN_START_PATCH, QUIET_FLOW
 
@@ -48,6 +55,7 @@ class SessionState:
         self._nodes: list[BoundNode] = []
         self._nodes_ready = 0  # of the current readiness wait (status: "provisioning n/m nodes ready")
         self._credentials: SessionCredentials | None = None
+        self._prepared: PrepareNodesResult | None = None  # CLAIM_PREPARES_FLOW: prepared with the claim
         self._endpoint: SshEndpoint | None = None
         self._ready_at: datetime | None = None
         self._deadline: datetime | None = None

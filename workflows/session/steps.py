@@ -28,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         BoundNode,
         CheckReport,
         ChecksInput,
+        ClaimAndPrepareInput,
+        ClaimAndPrepareResult,
         ExposeInput,
         NodeRef,
         Phase,
@@ -38,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SetupInput,
         SetupResult,
         WaitReadyInput,
+        bind_claimed,
     )
     from workflows.session.calls import (
         CHECK_RETRY,
@@ -54,37 +57,45 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.session.events import SessionEvents
     from workflows.session.failures import SessionFailed, cause_of
+    from workflows.session.patches import CLAIM_PREPARES_FLOW
     from workflows.webhooks import EventType
 
 
 class SessionSteps(SessionEvents):
     """One method per step; each calls its activities by name."""
 
-    async def _claim_warm_nodes(self, call: Call | None = None) -> None:
-        """The one claiming step (the pool's capacity queue goes right after it)."""
+    async def _claim_warm_nodes(self, call: Call | None = None, *, prepare: bool = False) -> None:
+        """The one claiming step (the pool's capacity queue goes right after it). With `prepare` (a
+        start's first claim, CLAIM_PREPARES_FLOW) the same call prepares the nodes if all came warm."""
         call = call or plain_call
         wants: dict[str, int] = {}
         for node in self._lab.nodes:
             wants[node.node_class] = wants.get(node.node_class, 0) + 1
-        claim: ClaimResult = await call(
-            ActivityName.CLAIM_NODES,
-            ClaimRequest(session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]),
-            ClaimResult,
+        request = ClaimRequest(
+            session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]
         )
-        free: dict[str, list[NodeRecord]] = {}
-        for record in sorted(claim.nodes, key=lambda r: r.node_id):
-            free.setdefault(record.node_class, []).append(record)
+        if prepare and self._input.flow >= CLAIM_PREPARES_FLOW:
+            answer: ClaimAndPrepareResult = await call(
+                ActivityName.CLAIM_AND_PREPARE,
+                ClaimAndPrepareInput(claim=request, lab_nodes=list(self._lab.nodes),
+                                     credentials_for=self._session.session_id),
+                ClaimAndPrepareResult,
+            )
+            claim, self._prepared = answer.claim, answer.prepared
+        else:
+            claim = await call(ActivityName.CLAIM_NODES, request, ClaimResult)
+        claimed: dict[str, int] = {}
+        for claimed_node in claim.nodes:
+            claimed[claimed_node.node_class] = claimed.get(claimed_node.node_class, 0) + 1
         for node_class, wanted in sorted(wants.items()):
-            if len(free.get(node_class, [])) < wanted:  # the warm pool had too few: cold nodes follow
+            if claimed.get(node_class, 0) < wanted:  # the warm pool had too few: cold nodes follow
                 bucket = workflow.now().replace(second=0, microsecond=0)
                 bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
                 self._emit(EventType.POOL_LOW, node_class=node_class, wanted=wanted,
-                           claimed=len(free.get(node_class, [])),
+                           claimed=claimed.get(node_class, 0),
                            event_id=f"pool.low.{node_class}.{bucket:%Y%m%dT%H%M}")
-        for lab_node in self._lab.nodes:
-            candidates = free.get(lab_node.node_class) or []
-            if candidates:
-                record = candidates.pop(0)
+        for lab_node, record in zip(self._lab.nodes, bind_claimed(list(self._lab.nodes), claim.nodes), strict=True):
+            if record is not None:
                 self._nodes.append(
                     BoundNode(name=lab_node.name, node_id=record.node_id, role=lab_node.role.value, warm=True)
                 )
@@ -124,16 +135,18 @@ class SessionSteps(SessionEvents):
         booting are waited for one by one, then the session is wired by its own call."""
         lab_nodes = {n.name: n for n in self._lab.nodes}
         self._nodes_ready = 0
-        result: PrepareNodesResult = await cluster_call(
-            ActivityName.PREPARE_NODES,
-            PrepareNodesInput(
-                provision=[self._node_spec(lab_nodes[n.name], n.node_id) for n in self._nodes if not n.warm],
-                nodes=[n.node_id for n in self._nodes], wiring=self._wiring(),
-                credentials_for=self._session.session_id,
-            ),
-            PrepareNodesResult,
-            "prepare the nodes",
-        )
+        result, self._prepared = self._prepared, None  # prepared with the claim (CLAIM_PREPARES_FLOW)
+        if result is None:
+            result = await cluster_call(
+                ActivityName.PREPARE_NODES,
+                PrepareNodesInput(
+                    provision=[self._node_spec(lab_nodes[n.name], n.node_id) for n in self._nodes if not n.warm],
+                    nodes=[n.node_id for n in self._nodes], wiring=self._wiring(),
+                    credentials_for=self._session.session_id,
+                ),
+                PrepareNodesResult,
+                "prepare the nodes",
+            )
         statuses = result.statuses
         self._nodes_ready = sum(1 for s in statuses if s.phase == NodePhase.READY)
         if not result.wired:
