@@ -4,6 +4,7 @@ of grading it (checks). Used by the first preparation, by reset and by resume.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 from temporalio import workflow
@@ -68,9 +69,7 @@ class SessionSteps(SessionEvents):
         """The one claiming step (the pool's capacity queue goes right after it). With `prepare` (a
         start's first claim, CLAIM_PREPARES_FLOW) the same call prepares the nodes if all came warm."""
         call = call or plain_call
-        wants: dict[str, int] = {}
-        for node in self._lab.nodes:
-            wants[node.node_class] = wants.get(node.node_class, 0) + 1
+        wants = Counter(node.node_class for node in self._lab.nodes)
         request = ClaimRequest(
             session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]
         )
@@ -84,15 +83,13 @@ class SessionSteps(SessionEvents):
             claim, self._prepared = answer.claim, answer.prepared
         else:
             claim = await call(ActivityName.CLAIM_NODES, request, ClaimResult)
-        claimed: dict[str, int] = {}
-        for claimed_node in claim.nodes:
-            claimed[claimed_node.node_class] = claimed.get(claimed_node.node_class, 0) + 1
+        claimed = Counter(record.node_class for record in claim.nodes)
         for node_class, wanted in sorted(wants.items()):
-            if claimed.get(node_class, 0) < wanted:  # the warm pool had too few: cold nodes follow
+            if claimed[node_class] < wanted:  # the warm pool had too few: cold nodes follow
                 bucket = workflow.now().replace(second=0, microsecond=0)
                 bucket = bucket.replace(minute=bucket.minute - bucket.minute % 5)
                 self._emit(EventType.POOL_LOW, node_class=node_class, wanted=wanted,
-                           claimed=claimed.get(node_class, 0),
+                           claimed=claimed[node_class],
                            event_id=f"pool.low.{node_class}.{bucket:%Y%m%dT%H%M}")
         for lab_node, record in zip(self._lab.nodes, bind_claimed(list(self._lab.nodes), claim.nodes), strict=True):
             if record is not None:
