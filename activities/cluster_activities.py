@@ -43,7 +43,7 @@ from workflows.models import (
     SessionIdInput,
     WaitReadyInput,
     bind_claimed,
-    warm_wiring,
+    session_wiring,
 )
 
 P = ParamSpec("P")
@@ -136,11 +136,10 @@ class ClusterActivities:
         bound = bind_claimed(request.lab_nodes, claim.nodes)
         if any(record is None for record in bound):
             return ClaimAndPrepareResult(claim=claim)
-        nodes = [record for record in bound if record is not None]
+        node_ids = [record.node_id for record in bound if record is not None]
         try:
             prepared = await self._prepare(PrepareNodesInput(
-                nodes=[record.node_id for record in nodes],
-                wiring=warm_wiring(request.claim.session, request.lab_nodes, nodes),
+                nodes=node_ids, wiring=session_wiring(request.claim.session, request.lab_nodes, node_ids),
                 credentials_for=request.credentials_for,
             ))
         except (ClusterUnavailable, PermanentClusterError) as exc:

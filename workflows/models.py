@@ -311,11 +311,12 @@ def bind_claimed(lab_nodes: list[LabNode], claimed: list[NodeRecord]) -> list[No
     return [free[n.node_class].pop(0) if free.get(n.node_class) else None for n in lab_nodes]
 
 
-def warm_wiring(session: SessionRef, lab_nodes: list[LabNode], bound: list[NodeRecord]) -> SessionWiring:
-    """The session's wiring for nodes bound in lab order (`bind_claimed`, none missing)."""
-    controlplane = next(r.node_id for n, r in zip(lab_nodes, bound, strict=True) if n.role == Role.CONTROLPLANE)
+def session_wiring(session: SessionRef, lab_nodes: list[LabNode], node_ids: list[str]) -> SessionWiring:
+    """The session's wiring, from its node IDs in lab order: the workflow's and
+    `claim_and_prepare_nodes`' one way to say which node is the control plane."""
+    controlplane = next(i for n, i in zip(lab_nodes, node_ids, strict=True) if n.role == Role.CONTROLPLANE)
     return SessionWiring(session=session, controlplane=controlplane,
-                         workers=[r.node_id for r in bound if r.node_id != controlplane])
+                         workers=[i for i in node_ids if i != controlplane])
 
 
 class ReleaseResult(Model):

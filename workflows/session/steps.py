@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         SetupResult,
         WaitReadyInput,
         bind_claimed,
+        session_wiring,
     )
     from workflows.session.calls import (
         CHECK_RETRY,
@@ -231,12 +232,8 @@ class SessionSteps(SessionEvents):
         return status
 
     def _wiring(self) -> SessionWiring:
-        controlplane = self._node_named(self._lab.controlplane.name)
-        return SessionWiring(
-            session=self._session,
-            controlplane=controlplane.node_id,
-            workers=[n.node_id for n in self._nodes if n.node_id != controlplane.node_id],
-        )
+        node_ids = [self._node_named(n.name).node_id for n in self._lab.nodes]
+        return session_wiring(self._session, list(self._lab.nodes), node_ids)
 
     async def _wire(self) -> None:
         await cluster_call(ActivityName.WIRE_SESSION, self._wiring(), None, "wire the session")
