@@ -8,9 +8,11 @@ Used by LabSessionWorkflow when it must cold-provision nodes (warm claims need n
     ...
     await gate.release(session)                  # in teardown (idempotent, no-op if never asked)
 
-`admit` asks by update (`ADMIT_CAPACITY`, a local activity: one round trip, the answer is the grant
-in the common case). `acquire` is the path of sessions started before ticket numbers (signal
-`request`, then notices); it stays for their replay (workflow.patched in workflows/session/capacity_path.py).
+`admit` asks through `ADMIT_CAPACITY` (a local activity: the broker's `request` signal, with-start);
+the broker answers with a `capacity_notice` signal (grant, ticket and place, or refusal), not an
+update: Temporal admits 10 updates in flight per workflow. `acquire` is the path of sessions started
+before ticket numbers (a regular activity, then notices); it stays for their replay (workflow.patched
+in workflows/session/capacity_path.py).
 
 `gate.position` is the queue position the session was last told (LabStatus.queue_position; the
 client asks the broker for the live one while a lab is queued), `gate.ticket` its FIFO ticket.
