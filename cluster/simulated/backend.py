@@ -428,7 +428,7 @@ class SimulatedCluster:
         if port is None:
             endpoint = await self._db(self._store.endpoint, node_id)
             if endpoint is None:
-                endpoint = await self._db(self._store.ensure_endpoint, node_id, generate_host_key())
+                endpoint = await self._db(self._store.ensure_endpoint, node_id, generate_host_key)
             if endpoint is None or (await self._db(self._store.node, node_id)) is None:
                 raise NodeNotFound(f"node {node_id}: not found (no SSH target)")
             port = await self._serve_node(node_id, endpoint[1], endpoint[0])
@@ -516,21 +516,21 @@ class SimulatedCluster:
     async def wire(self, wiring: SessionWiring) -> None:
         await self._enter("wire")
         session_id = wiring.session.session_id
-        for node_id in [wiring.controlplane, *wiring.workers]:
-            row = await self._db(self._store.node, node_id)
-            if row is None:
-                raise NodeNotFound(f"wire session {session_id}: node {node_id} not found")
-            if row.session_id != session_id:
-                raise PermanentClusterError(
-                    f"wire session {session_id}: node {node_id} belongs to "
-                    f"{'session ' + row.session_id if row.session_id else 'no session'}"
-                )
         ref = wiring.session
-        await self._db(
+        refused = await self._db(
             self._store.wire,
             SessionRow(ref.session_id, ref.workflow_id, ref.run_id),
             wiring.controlplane,
             list(wiring.workers),
+        )
+        if refused is None:
+            return
+        node_id, row = refused
+        if row is None:
+            raise NodeNotFound(f"wire session {session_id}: node {node_id} not found")
+        raise PermanentClusterError(
+            f"wire session {session_id}: node {node_id} belongs to "
+            f"{'session ' + row.session_id if row.session_id else 'no session'}"
         )
 
     async def unwire(self, session_id: str) -> None:
@@ -539,23 +539,17 @@ class SimulatedCluster:
 
     async def expose(self, session_id: str, node_id: str) -> SshEndpoint:
         await self._enter("expose")
-        existing = await self._db(self._store.exposure, session_id)
-        if existing is None:
-            if self.exposed_ports_capacity is not None:
-                in_use = len(await self._db_thread(self._store.all_exposures))
-                if in_use >= self.exposed_ports_capacity:
-                    raise ClusterUnavailable(
-                        f"expose session {session_id}: all {self.exposed_ports_capacity} exposed ports are in use"
-                    )
-            endpoint = await self._db(self._store.ensure_endpoint, node_id, generate_host_key())
-            if endpoint is None:
-                raise NodeNotFound(f"expose session {session_id}: node {node_id} not found")
-            existing = await self._db(self._store.expose, session_id, node_id)
-        exposed_node, port = existing
-        endpoint = await self._db(self._store.endpoint, exposed_node)
-        if endpoint is None:
-            raise NodeNotFound(f"expose session {session_id}: node {exposed_node} not found")
-        port = await self._serve_exposure(session_id, exposed_node, endpoint[1], port)
+        if self.exposed_ports_capacity is not None and await self._db(self._store.exposure, session_id) is None:
+            in_use = len(await self._db_thread(self._store.all_exposures))
+            if in_use >= self.exposed_ports_capacity:
+                raise ClusterUnavailable(
+                    f"expose session {session_id}: all {self.exposed_ports_capacity} exposed ports are in use"
+                )
+        target = await self._db(self._store.expose, session_id, node_id, generate_host_key)
+        if target is None:
+            raise NodeNotFound(f"expose session {session_id}: node {node_id} not found")
+        exposed_node, port, host_key = target
+        port = await self._serve_exposure(session_id, exposed_node, host_key, port)
         if await self._db(self._store.exposure, session_id) is None:  # released meanwhile
             await self._ssh.stop(f"expose:{session_id}")
             raise NodeNotFound(f"expose session {session_id}: released while exposing")

@@ -125,10 +125,26 @@ class SshServers:
     async def _start(self, name: str, node_id: str, via: str, host_key: str, port: int | None,
                      strict: bool = False) -> int:
         ref: list[_Listener] = []
-        key = asyncssh.import_private_key(host_key)
+        built: list[asyncssh.SSHServerConnectionOptions] = []
 
         async def handle(process: asyncssh.SSHServerProcess[str]) -> None:
             await self._handle(node_id, via, process)
+
+        def connection() -> asyncssh.SSHServerConnection:
+            # The options (and the host key's import) are built at the first connection, not when the
+            # listener starts: most exposures of a class start are never connected to within seconds,
+            # and building them was a third of what an exposure cost the process (bench --burst).
+            if not built:
+                built.append(asyncssh.SSHServerConnectionOptions(
+                    server_factory=lambda: _Server(ref, self._authorized),
+                    server_host_keys=[asyncssh.import_private_key(host_key)],
+                    process_factory=handle,
+                    encoding="utf-8",
+                    loop=loop,
+                ))
+            return asyncssh.SSHServerConnection(loop, built[0])
+
+        loop = asyncio.get_running_loop()
 
         async def listen(on_port: int) -> asyncio.Server:
             # Bind the socket ourselves: asyncssh would resolve the host on a thread first.
@@ -139,16 +155,8 @@ class SshServers:
                 sock.listen(100)
                 sock.setblocking(False)
                 # asyncssh.listen() would also build its options on a thread; with no config file
-                # to read, building them here is cheaper than the hop.
-                loop = asyncio.get_running_loop()
-                options = asyncssh.SSHServerConnectionOptions(
-                    server_factory=lambda: _Server(ref, self._authorized),
-                    server_host_keys=[key],
-                    process_factory=handle,
-                    encoding="utf-8",
-                    loop=loop,
-                )
-                return await loop.create_server(lambda: asyncssh.SSHServerConnection(loop, options), sock=sock)
+                # to read, building them on the loop (at the first connection) is cheaper than the hop.
+                return await loop.create_server(connection, sock=sock)
             except BaseException:
                 sock.close()
                 raise

@@ -306,8 +306,14 @@ class Store:
             return node_ids, exposed
 
     # --- wiring and exposure ------------------------------------------------------------------
-    def wire(self, session: SessionRow, controlplane: str, workers: list[str]) -> None:
+    def wire(self, session: SessionRow, controlplane: str, workers: list[str]) -> tuple[str, NodeRow | None] | None:
+        """Wire the session if every node exists and is the session's, in one transaction; else
+        nothing changes and the first node that is not is returned (node ID, its row or None)."""
         with self.tx() as db:
+            for node_id in [controlplane, *workers]:
+                row = self._node(node_id)
+                if row is None or row.session_id != session.session_id:
+                    return node_id, row
             self._record_session(session)
             db.execute(
                 "INSERT INTO wirings (session_id, controlplane, workers) VALUES (?, ?, ?)"
@@ -315,6 +321,7 @@ class Store:
                 " workers = excluded.workers",
                 (session.session_id, controlplane, json.dumps(workers)),
             )
+            return None
 
     def wiring(self, session_id: str) -> tuple[str, list[str]] | None:
         row = self.db.execute(
@@ -333,16 +340,22 @@ class Store:
     def all_exposures(self) -> list[tuple[str, str, int | None]]:
         return list(self.db.execute("SELECT session_id, node_id, port FROM exposures"))
 
-    def expose(self, session_id: str, node_id: str) -> tuple[str, int | None]:
-        """Create-or-get the exposure row; returns (node ID, port or None when not yet bound)."""
+    def expose(
+        self, session_id: str, node_id: str, new_host_key: Callable[[], str]
+    ) -> tuple[str, int | None, str] | None:
+        """Create-or-get the exposure row and the endpoint of the node it points at, in one
+        transaction: (exposed node ID, port or None when not yet bound, host key). An exposure that
+        exists keeps its node. None when that node does not exist."""
         with self.tx() as db:
-            db.execute(
-                "INSERT INTO exposures (session_id, node_id, port) VALUES (?, ?, NULL)"
-                " ON CONFLICT (session_id) DO NOTHING",
-                (session_id, node_id),
-            )
             row = db.execute("SELECT node_id, port FROM exposures WHERE session_id = ?", (session_id,)).fetchone()
-            return row[0], row[1]
+            exposed_node, port = (row[0], row[1]) if row else (node_id, None)
+            endpoint = self._ensure_endpoint(exposed_node, new_host_key)
+            if endpoint is None:
+                return None
+            if row is None:
+                db.execute("INSERT INTO exposures (session_id, node_id, port) VALUES (?, ?, NULL)",
+                           (session_id, exposed_node))
+            return exposed_node, port, endpoint[1]
 
     def set_exposure_port(self, session_id: str, port: int) -> None:
         with self.tx() as db:
@@ -398,18 +411,21 @@ class Store:
         row = self.db.execute("SELECT port, host_key FROM ssh_endpoints WHERE node_id = ?", (node_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def ensure_endpoint(self, node_id: str, host_key: str) -> tuple[int | None, str] | None:
-        """Create-or-get the node's endpoint row (its host key survives restarts). None if no node."""
-        with self.tx() as db:
-            if self._node(node_id) is None:
-                return None
-            db.execute(
-                "INSERT INTO ssh_endpoints (node_id, port, host_key) VALUES (?, NULL, ?)"
-                " ON CONFLICT (node_id) DO NOTHING",
-                (node_id, host_key),
-            )
-            row = db.execute("SELECT port, host_key FROM ssh_endpoints WHERE node_id = ?", (node_id,)).fetchone()
+    def ensure_endpoint(self, node_id: str, new_host_key: Callable[[], str]) -> tuple[int | None, str] | None:
+        """Create-or-get the node's endpoint row (its host key survives restarts; a key is made only
+        for a node that has none yet). None if no node."""
+        with self.tx():
+            return self._ensure_endpoint(node_id, new_host_key)
+
+    def _ensure_endpoint(self, node_id: str, new_host_key: Callable[[], str]) -> tuple[int | None, str] | None:
+        if self._node(node_id) is None:
+            return None
+        row = self.db.execute("SELECT port, host_key FROM ssh_endpoints WHERE node_id = ?", (node_id,)).fetchone()
+        if row is not None:
             return row[0], row[1]
+        host_key = new_host_key()
+        self.db.execute("INSERT INTO ssh_endpoints (node_id, port, host_key) VALUES (?, NULL, ?)", (node_id, host_key))
+        return None, host_key
 
     def set_endpoint_port(self, node_id: str, port: int) -> None:
         with self.tx() as db:

@@ -187,6 +187,35 @@ async def test_student_reaches_the_exposed_endpoint_until_unexpose(
         await sim.ssh_target("cp-1")
 
 
+async def server_key(host: str, port: int, key: asyncssh.SSHKey) -> bytes:
+    async with asyncssh.connect(host, port, username="root", client_keys=[key], known_hosts=None) as conn:
+        server = conn.get_server_host_key()
+        assert server is not None
+        return server.public_data
+
+
+async def test_a_node_shows_one_host_key_to_the_orchestrator_and_the_student(
+    sim: SimulatedCluster, client_key: asyncssh.SSHKey
+) -> None:
+    # The key the setup pins (orchestrator side) is the key the student meets, whichever way in comes
+    # first, and it stays the node's own across unexpose and expose (a key is made once per node).
+    await sim.provision(spec("cp-1", session="s1"))
+    await sim.provision(spec("cp-2", session="s2"))
+    first = await sim.expose("s1", "cp-1")
+    exposed_first = await server_key(first.host, first.port, client_key)
+    target = await sim.ssh_target("cp-1")
+    assert await server_key(target.host, target.port, client_key) == exposed_first
+    await sim.unexpose("s1")
+    again = await sim.expose("s1", "cp-1")
+    assert await server_key(again.host, again.port, client_key) == exposed_first
+
+    target = await sim.ssh_target("cp-2")
+    node_first = await server_key(target.host, target.port, client_key)
+    second = await sim.expose("s2", "cp-2")
+    assert await server_key(second.host, second.port, client_key) == node_first
+    assert node_first != exposed_first
+
+
 async def test_concurrent_ssh_targets_share_one_listener(sim: SimulatedCluster) -> None:
     await sim.provision(spec("cp-1"))
     targets = await asyncio.gather(*(sim.ssh_target("cp-1") for _ in range(10)))
