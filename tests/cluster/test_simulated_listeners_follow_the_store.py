@@ -79,9 +79,9 @@ async def test_many_labs_leave_no_listener_behind(tmp_path: Path, client_key: as
         await second.inventory()
         for i in range(10):
             await (second if i % 2 else first).release(f"s{i}")
-        await asyncio.sleep(2.5)
-        still = [p for p in ports if await answers(p, client_key)]
-        assert still == []
+        # The other worker notices within its follow interval (1 s); a loaded machine gets longer.
+        for port in ports:
+            await eventually(port, client_key, False)
     finally:
         await first.aclose()
         await second.aclose()
