@@ -70,13 +70,14 @@ def activity_functions(port: Any, settings: Settings) -> list[Callable[..., Any]
     from activities.script_activities import ScriptActivities
     from activities.webhook_activities import WebhookActivities
 
+    pool = pool_activities(port, settings)
     return [
         *bulk_activities(),
-        *ClusterActivities(port).all(),
+        *ClusterActivities(port, ask_capacity=pool.ask_capacity).all(),
         *ScriptActivities(port, settings).all(),
         *WebhookActivities(settings).all(),
         *image_activities(settings).shared(),
-        *pool_activities(port, settings),
+        *pool.all(),
     ]
 
 
@@ -112,14 +113,15 @@ def build_image_queue_worker(client: Client, settings: Settings, activities: Any
                   max_concurrent_activities=4, graceful_shutdown_timeout=graceful_shutdown(settings))
 
 
-def pool_activities(port: Any, settings: Settings) -> list[Callable[..., Any]]:
-    """The pool's activities: node classes from the catalog (re-read every refill), effective images."""
+def pool_activities(port: Any, settings: Settings) -> Any:
+    """The pool's activities (`.all()`): node classes from the catalog (re-read every refill), effective
+    images; its `ask_capacity` also serves the claim's call (ClusterActivities, CLAIM_ASKS_FLOW)."""
     from activities.pool_activities import PoolActivities
     from labrador.published_images import published_images_store
     from labs.loader import load_catalog
 
     published = published_images_store(settings)
-    return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published).all()
+    return PoolActivities(port, lambda: load_catalog(settings.catalog_dir).node_classes, published)
 
 
 # The worker's limits for many labs at once (bench/session_overhead.py runs with the same). Script

@@ -29,6 +29,7 @@ from cluster.models import (
 )
 from cluster.port import ClusterPort, ClusterUnavailable, PermanentClusterError, WatchesNodes
 from cluster.ssh import generate_key_pair
+from workflows.capacity.models import CapacityRequest
 from workflows.models import (
     ActivityName,
     ClaimAndPrepareInput,
@@ -43,6 +44,7 @@ from workflows.models import (
     SessionIdInput,
     WaitReadyInput,
     bind_claimed,
+    capacity_request,
     session_wiring,
 )
 
@@ -85,13 +87,20 @@ async def _again_if_unavailable(call: Callable[[], Awaitable[T]]) -> T:
 
 
 KeyPair = Callable[[str], tuple[str, str]]  # comment -> (OpenSSH private key, public key line)
+AskCapacity = Callable[[CapacityRequest], Awaitable[None]]  # the broker's `request` signal, with-start
 
 
 class ClusterActivities:
-    def __init__(self, port: ClusterPort, *, key_pair: KeyPair = generate_key_pair) -> None:
+    def __init__(
+        self, port: ClusterPort, *, key_pair: KeyPair = generate_key_pair,
+        ask_capacity: AskCapacity | None = None,
+    ) -> None:
         self.port = port
         # The student's key pair (`prepare_nodes`): tests that record histories pass stand-in keys.
         self.key_pair = key_pair
+        # The capacity broker's request (PoolActivities.ask_capacity) for a claim that leaves cold nodes
+        # (CLAIM_ASKS_FLOW). Without it the claim does not ask, and the workflow asks with its own call.
+        self.ask_capacity = ask_capacity
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -135,7 +144,14 @@ class ClusterActivities:
         claim = await self.port.claim(request.claim)
         bound = bind_claimed(request.lab_nodes, claim.nodes)
         if any(record is None for record in bound):
-            return ClaimAndPrepareResult(claim=claim)
+            if request.ask is None or self.ask_capacity is None:
+                return ClaimAndPrepareResult(claim=claim)
+            # Asked last: a failed ask retries the whole call (the claim again returns the same nodes),
+            # and the broker answers a repeated ask of the same run like the first.
+            await self.ask_capacity(capacity_request(
+                request.claim.session, request.lab_nodes, [record is not None for record in bound], request.ask
+            ))
+            return ClaimAndPrepareResult(claim=claim, asked=True)
         node_ids = [record.node_id for record in bound if record is not None]
         try:
             prepared = await self._prepare(PrepareNodesInput(

@@ -209,8 +209,13 @@ class PoolActivities:
         """Ask the broker by signal-with-start; its answer (grant, place, refusal) comes as a
         `capacity_notice` signal. Not an update: Temporal admits 10 updates in flight per workflow,
         and a class of 300 starting at once is 300 requests to one broker."""
-        await self._signal_with_start("request", request, request.limits)
+        await self.ask_capacity(request)
         return CapacityNotice()
+
+    async def ask_capacity(self, request: CapacityRequest) -> None:
+        """The broker's `request` signal, with-start (from inside any activity of this worker: the
+        claim's call asks with it too, CLAIM_ASKS_FLOW)."""
+        await self._signal_with_start("request", request, request.limits)
 
     @activity.defn(name=CapacityActivityName.REQUEST_CAPACITY)
     async def request_capacity(self, request: CapacityRequest) -> None:

@@ -22,6 +22,7 @@ from cluster.models import (
     SshEndpoint,
 )
 from labs.models import Check, Lab, LabNode, NodeClass, Role, Script
+from workflows.capacity.models import CapacityRequest
 from workflows.pool_models import CapacityLimits
 
 
@@ -285,19 +286,46 @@ class PrepareNodesResult(Model):
     credentials: SessionCredentials | None = None
 
 
+class CapacityAsk(Model):
+    """What the claim's call needs to ask the capacity broker for a start's cold nodes
+    (CLAIM_ASKS_FLOW): the request itself is `capacity_request`, once the claim shows which are cold."""
+
+    limits: CapacityLimits
+    requested_at: datetime
+    memory_by_class: dict[str, int] = Field(description="memory in bytes of a node of each class the lab uses")
+
+
 class ClaimAndPrepareInput(Model):
     """The claim of a start and, when the warm pool had every node the lab wants, `prepare_nodes` for
-    them in the same call (CLAIM_PREPARES_FLOW): one local activity instead of two on a warm start."""
+    them in the same call (CLAIM_PREPARES_FLOW): one local activity instead of two on a warm start.
+    With `ask` (CLAIM_ASKS_FLOW, under a cap), when some node must be cold the same call asks the
+    capacity broker for them: one local activity instead of two on a cold start."""
 
     claim: ClaimRequest
     lab_nodes: list[LabNode] = Field(description="the lab's nodes in lab order: how claimed nodes are bound")
     credentials_for: str = Field(description="session ID: the student's key pair, as prepare_nodes makes it")
+    ask: CapacityAsk | None = Field(None, description="ask the capacity broker when some node must be cold")
 
 
 class ClaimAndPrepareResult(Model):
     claim: ClaimResult
     prepared: PrepareNodesResult | None = Field(
         None, description="None: some node must be cold, or preparing failed (the workflow prepares apart)"
+    )
+    asked: bool = Field(False, description="the broker was asked for the cold nodes (`capacity_request`)")
+
+
+def capacity_request(
+    session: SessionRef, lab_nodes: list[LabNode], warm: list[bool], ask: CapacityAsk
+) -> CapacityRequest:
+    """The broker's request of a start whose lab nodes came warm or not (lab order): all of its nodes,
+    and the cold ones as what it will create. The workflow's own ask builds the same numbers."""
+    memory = ask.memory_by_class
+    cold = [node for node, came_warm in zip(lab_nodes, warm, strict=True) if not came_warm]
+    return CapacityRequest(
+        session=session, vms=len(lab_nodes), memory_bytes=sum(memory[n.node_class] for n in lab_nodes),
+        limits=ask.limits, requested_at=ask.requested_at,
+        new_vms=len(cold), new_memory_bytes=sum(memory[n.node_class] for n in cold),
     )
 
 

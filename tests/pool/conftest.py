@@ -179,6 +179,7 @@ async def pool_bed(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
     sim = SimulatedCluster(tmp_path / "sim.sqlite", clock=clock)
     published = JsonFilePublishedImages(tmp_path / "published-images.json")
     task_queue = f"pool-{uuid.uuid4().hex[:8]}"
+    pool = PoolActivities(sim, lambda: dict(CLASSES), published, broker_recheck=timedelta(seconds=1))
     worker = Worker(
         dev_env.client,
         task_queue=task_queue,
@@ -187,9 +188,9 @@ async def pool_bed(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterato
             LabSessionWorkflow, ClaimingSession,
         ],
         activities=[
-            *ClusterActivities(sim, key_pair=fake_key_pair).all(),
+            *ClusterActivities(sim, key_pair=fake_key_pair, ask_capacity=pool.ask_capacity).all(),
             *ScriptStandIns().all(),
-            *PoolActivities(sim, lambda: dict(CLASSES), published, broker_recheck=timedelta(seconds=1)).all(),
+            *pool.all(),
         ],
         max_concurrent_activities=100,
     )

@@ -13,6 +13,7 @@ ticket numbers, `capacity-` (the default) on today's code; never re-record an ex
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -29,10 +30,11 @@ from labs.models import Lab
 from tests.pool.conftest import CLASSES, CP, WORKER, PoolBed
 from tests.pool.test_claims_under_load import fill_pool
 from tests.session.helpers import SLOW_HEALTH, record_history
+from workflows.capacity.models import CapacityState, capacity_broker_id
 from workflows.lab_session import LabSessionWorkflow
 from workflows.models import EndRequest, LabSessionInput, LabSessionResult, Phase, SessionTimings, WaitReadyRequest
 from workflows.pool_models import CapacityLimits
-from workflows.session.patches import CURRENT_FLOW
+from workflows.session.patches import CLAIM_PREPARES_FLOW, CURRENT_FLOW
 
 pytestmark = pytest.mark.timeout(60)
 PREFIX = os.environ.get("LABRADOR_HISTORY_PREFIX", "capacity-")
@@ -52,7 +54,7 @@ TWO_NODES = "kubelet-broken-worker"
 
 async def start(
     bed: PoolBed, lab_name: str, max_vms: int, max_wait: timedelta = timedelta(minutes=5),
-    overdue: timedelta = timedelta(minutes=15),
+    overdue: timedelta = timedelta(minutes=15), flow: int = CURRENT_FLOW,
 ) -> WorkflowHandle[Any, Any]:
     who = f"st-{uuid.uuid4().hex[:6]}"
     return await bed.client.start_workflow(
@@ -60,7 +62,7 @@ async def start(
         LabSessionInput(
             student_id=who, lab=lab(lab_name), node_classes=dict(CLASSES),
             timings=SessionTimings(health_interval=SLOW_HEALTH, max_queue_wait=max_wait, provisioning_overdue=overdue),
-            capacity=CapacityLimits(max_vms=max_vms, max_memory_bytes=2**40), flow=CURRENT_FLOW,
+            capacity=CapacityLimits(max_vms=max_vms, max_memory_bytes=2**40), flow=flow,
         ),
         id=f"lab-session/{who}", task_queue=bed.task_queue,
     )
@@ -190,3 +192,36 @@ async def test_end_during_an_api_outage_in_the_claim_ends_the_lab_at_once(pool_b
         pool_bed.sim.faults = FaultPlan()
     assert (result.outcome, result.reason) == (Phase.ENDED, "ended by student")
     assert time.monotonic() - began < 3
+
+
+def local_activities_before_ready(events: list[Any]) -> list[str]:
+    ready_at = next(i for i, e in enumerate(events)
+                    if e.HasField("workflow_execution_update_completed_event_attributes"))
+    return [json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)["activity_type"]
+            for e in events[:ready_at] if e.HasField("marker_recorded_event_attributes")
+            and e.marker_recorded_event_attributes.marker_name == "core_local_activity"]
+
+
+@pytest.mark.parametrize("flow", [CURRENT_FLOW, CLAIM_PREPARES_FLOW], ids=["claim asks", "flow 2: asks apart"])
+async def test_a_cold_start_asks_the_broker_in_the_claims_call(pool_bed: PoolBed, flow: int) -> None:
+    session = await start(pool_bed, TWO_NODES, max_vms=10, flow=flow)
+    await ready(session)
+    calls = local_activities_before_ready(list((await session.fetch_history()).events))
+    # claim + ask in one call: one round trip through the worker less (these stand-ins expose apart)
+    asked_apart = ["pool_admit_capacity"] if flow == CLAIM_PREPARES_FLOW else []
+    assert calls == ["claim_and_prepare_nodes", *asked_apart, "prepare_nodes", "expose_ssh"]
+    assert (await end(session)).outcome == Phase.ENDED
+
+
+async def test_a_session_that_asked_in_its_claim_and_ended_while_queued_leaves_the_queue(pool_bed: PoolBed) -> None:
+    holder = await start(pool_bed, ONE_NODE, max_vms=1)
+    await ready(holder)
+    waiting = await start(pool_bed, ONE_NODE, max_vms=1)
+    await until(waiting, Phase.QUEUED, 1)
+    await end(waiting)
+    broker = pool_bed.client.get_workflow_handle(capacity_broker_id(pool_bed.task_queue))
+    deadline = time.monotonic() + 10
+    while (await broker.query("state", result_type=CapacityState)).queue_length:
+        assert time.monotonic() < deadline, "the ended session is still in the broker's queue"
+        await asyncio.sleep(0.1)
+    await end(holder)

@@ -87,10 +87,12 @@ class CapacityGate:
         budget: timedelta,
         on_queued: Callable[[int], None] | None = None,
         stop: Callable[[], bool] = lambda: False,
+        asked: bool = False,
     ) -> None:
         """Return once the broker granted room; raise CapacityRefused otherwise. `budget` bounds the
         call to the broker (not the wait in the queue, which `max_wait` bounds); `stop()` true (the
-        student ended the lab, or the caller wants out) leaves the queue and returns without a grant."""
+        student ended the lab, or the caller wants out) leaves the queue and returns without a grant.
+        `asked`: the claim's call asked already (CLAIM_ASKS_FLOW), with the same numbers; only wait."""
         self._asked = True
         self._on_queued = on_queued
         self.granted, self.refused = False, None
@@ -98,9 +100,12 @@ class CapacityGate:
             session=session, vms=vms, memory_bytes=memory_bytes, limits=limits, requested_at=workflow.now(),
             new_vms=new_vms, new_memory_bytes=new_memory_bytes,
         )
-        if self.first_version:
+        answer: CapacityNotice
+        if asked:
+            answer = CapacityNotice()  # what the ask answers: the notices come as signals
+        elif self.first_version:
             with in_flight():
-                answer: CapacityNotice = await workflow.execute_local_activity(
+                answer = await workflow.execute_local_activity(
                     CapacityActivityName.ADMIT_CAPACITY, request, result_type=CapacityNotice,
                     start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=budget,
                     retry_policy=ADMIT_RETRY,
@@ -179,6 +184,12 @@ class CapacityGate:
             retry_policy=RETRY,
         )
         await self._wait(session, limits, max_wait, stop)
+
+    def may_have_asked(self) -> None:
+        """A call that asks the broker itself (the claim's, CLAIM_ASKS_FLOW) did not say whether it
+        asked (it failed or was cancelled): release at the end, as if asked (a release of a session the
+        broker does not know changes nothing)."""
+        self._asked = True
 
     async def release(self, session: SessionRef, reason: str = "session ended") -> None:
         """Give the grant (or the queue place) back. A no-op when the session never asked."""

@@ -15,10 +15,15 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from labs.models import format_duration
     from workflows.capacity.gate import CapacityRefused
-    from workflows.models import Phase
+    from workflows.models import CapacityAsk, Phase
     from workflows.session.calls import CALL_FAILED, CLUSTER_CALL, bounded_call, options_call
     from workflows.session.failures import SessionFailed, cause_of
-    from workflows.session.patches import CAPACITY_BOUNDED_PATCH, CAPACITY_TICKETS_PATCH, session_patched
+    from workflows.session.patches import (
+        CAPACITY_BOUNDED_PATCH,
+        CAPACITY_TICKETS_PATCH,
+        CLAIM_ASKS_FLOW,
+        session_patched,
+    )
     from workflows.session.steps import SessionSteps
     from workflows.webhooks import EventType
 
@@ -49,20 +54,24 @@ class CapacityPath(SessionSteps):
         budget = self._input.timings.provisioning_overdue
         bounded = session_patched(CAPACITY_BOUNDED_PATCH)
         self._capacity.first_version = not bounded
+        limits = self._input.capacity
+        classes = self._input.node_classes
+        ask = None
+        if bounded and limits is not None and self._input.flow >= CLAIM_ASKS_FLOW:
+            ask = CapacityAsk(limits=limits, requested_at=workflow.now(), memory_by_class={
+                n.node_class: classes[n.node_class].memory_bytes for n in self._lab.nodes})
         try:
             await self._claim_warm_nodes(
                 bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
                 else options_call(replace(CLUSTER_CALL, schedule_to_close=budget)),
-                prepare=True,
+                prepare=True, ask=ask,
             )
         except CALL_FAILED as error:
             raise SessionFailed(
                 "overdue", f"could not claim nodes within {format_duration(budget)}: {cause_of(error)}"
             ) from None
-        limits = self._input.capacity
         if limits is None or all(node.warm for node in self._nodes):
             return None
-        classes = self._input.node_classes
         lab_nodes = {n.name: n for n in self._lab.nodes}
 
         def need() -> tuple[int, int, int, int]:
@@ -87,6 +96,7 @@ class CapacityPath(SessionSteps):
                 self._session, *need(), limits, max_wait, budget, on_queued=queued,
                 stop=lambda: self._end_reason is not None
                 or (holds_warm_nodes() and self._capacity.position is not None),
+                asked=self._asked_with_claim,
             )
             if not self._capacity.granted and self._end_reason is None and holds_warm_nodes():
                 try:

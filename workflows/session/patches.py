@@ -46,7 +46,10 @@ QUIET_FLOW = 1
 # CLAIM_PREPARES_FLOW: the quiet flow, and the first claim asks `claim_and_prepare_nodes`, which also
 # prepares the nodes when the pool had all of them (a warm start: one local activity less).
 CLAIM_PREPARES_FLOW = 2
-CURRENT_FLOW = CLAIM_PREPARES_FLOW
+# CLAIM_ASKS_FLOW: flow 2, and under a capacity cap the same first claim also asks the capacity broker
+# for the cold nodes when the pool had too few (a cold start: one local activity less, `pool_admit_capacity`).
+CLAIM_ASKS_FLOW = 3
+CURRENT_FLOW = CLAIM_ASKS_FLOW
 
 
 def session_patched(patch_id: str) -> bool:

@@ -56,6 +56,7 @@ class SessionState:
         self._nodes_ready = 0  # of the current readiness wait (status: "provisioning n/m nodes ready")
         self._credentials: SessionCredentials | None = None
         self._prepared: PrepareNodesResult | None = None  # CLAIM_PREPARES_FLOW: prepared with the claim
+        self._asked_with_claim = False  # CLAIM_ASKS_FLOW: the claim's call asked the capacity broker
         self._endpoint: SshEndpoint | None = None
         self._ready_at: datetime | None = None
         self._deadline: datetime | None = None

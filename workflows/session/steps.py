@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         ActivityName,
         BoundNode,
+        CapacityAsk,
         CheckReport,
         ChecksInput,
         ClaimAndPrepareInput,
@@ -66,22 +67,31 @@ with workflow.unsafe.imports_passed_through():
 class SessionSteps(SessionEvents):
     """One method per step; each calls its activities by name."""
 
-    async def _claim_warm_nodes(self, call: Call | None = None, *, prepare: bool = False) -> None:
+    async def _claim_warm_nodes(
+        self, call: Call | None = None, *, prepare: bool = False, ask: CapacityAsk | None = None
+    ) -> None:
         """The one claiming step (the pool's capacity queue goes right after it). With `prepare` (a
-        start's first claim, CLAIM_PREPARES_FLOW) the same call prepares the nodes if all came warm."""
+        start's first claim, CLAIM_PREPARES_FLOW) the same call prepares the nodes if all came warm;
+        with `ask` (CLAIM_ASKS_FLOW) it asks the capacity broker if some must be cold
+        (`self._asked_with_claim`)."""
         call = call or plain_call
         wants = Counter(node.node_class for node in self._lab.nodes)
         request = ClaimRequest(
             session=self._session, wants=[ClaimWant(node_class=c, count=n) for c, n in wants.items()]
         )
         if prepare and self._input.flow >= CLAIM_PREPARES_FLOW:
-            answer: ClaimAndPrepareResult = await call(
-                ActivityName.CLAIM_AND_PREPARE,
-                ClaimAndPrepareInput(claim=request, lab_nodes=list(self._lab.nodes),
-                                     credentials_for=self._session.session_id),
-                ClaimAndPrepareResult,
-            )
-            claim, self._prepared = answer.claim, answer.prepared
+            try:
+                answer: ClaimAndPrepareResult = await call(
+                    ActivityName.CLAIM_AND_PREPARE,
+                    ClaimAndPrepareInput(claim=request, lab_nodes=list(self._lab.nodes),
+                                         credentials_for=self._session.session_id, ask=ask),
+                    ClaimAndPrepareResult,
+                )
+            except BaseException:  # failed or cancelled: it may have asked the broker before
+                if ask is not None:
+                    self._capacity.may_have_asked()
+                raise
+            claim, self._prepared, self._asked_with_claim = answer.claim, answer.prepared, answer.asked
         else:
             claim = await call(ActivityName.CLAIM_NODES, request, ClaimResult)
         claimed = Counter(record.node_class for record in claim.nodes)
