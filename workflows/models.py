@@ -315,17 +315,25 @@ class ClaimAndPrepareResult(Model):
     asked: bool = Field(False, description="the broker was asked for the cold nodes (`capacity_request`)")
 
 
+def capacity_need(
+    lab_nodes: list[LabNode], warm: list[bool], memory_by_class: dict[str, int]
+) -> tuple[int, int, int, int]:
+    """What a start needs under the cap, its lab nodes having come warm or not (lab order): all of its
+    VMs and their memory, and the cold ones (what it will create) and theirs. The one computation of
+    these numbers: the workflow's own ask and the claim's call (`capacity_request`) both use it."""
+    cold = [node for node, came_warm in zip(lab_nodes, warm, strict=True) if not came_warm]
+    return (len(lab_nodes), sum(memory_by_class[n.node_class] for n in lab_nodes),
+            len(cold), sum(memory_by_class[n.node_class] for n in cold))
+
+
 def capacity_request(
     session: SessionRef, lab_nodes: list[LabNode], warm: list[bool], ask: CapacityAsk
 ) -> CapacityRequest:
-    """The broker's request of a start whose lab nodes came warm or not (lab order): all of its nodes,
-    and the cold ones as what it will create. The workflow's own ask builds the same numbers."""
-    memory = ask.memory_by_class
-    cold = [node for node, came_warm in zip(lab_nodes, warm, strict=True) if not came_warm]
+    """The broker's request of a start whose lab nodes came warm or not (lab order)."""
+    vms, memory, new_vms, new_memory = capacity_need(lab_nodes, warm, ask.memory_by_class)
     return CapacityRequest(
-        session=session, vms=len(lab_nodes), memory_bytes=sum(memory[n.node_class] for n in lab_nodes),
-        limits=ask.limits, requested_at=ask.requested_at,
-        new_vms=len(cold), new_memory_bytes=sum(memory[n.node_class] for n in cold),
+        session=session, vms=vms, memory_bytes=memory, limits=ask.limits, requested_at=ask.requested_at,
+        new_vms=new_vms, new_memory_bytes=new_memory,
     )
 
 

@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from labs.models import format_duration
     from workflows.capacity.gate import CapacityRefused
-    from workflows.models import CapacityAsk, Phase
+    from workflows.models import CapacityAsk, Phase, capacity_need
     from workflows.session.calls import CALL_FAILED, CLUSTER_CALL, bounded_call, options_call
     from workflows.session.failures import SessionFailed, cause_of
     from workflows.session.patches import (
@@ -56,10 +56,10 @@ class CapacityPath(SessionSteps):
         self._capacity.first_version = not bounded
         limits = self._input.capacity
         classes = self._input.node_classes
+        memory_by_class = {n.node_class: classes[n.node_class].memory_bytes for n in self._lab.nodes}
         ask = None
         if bounded and limits is not None and self._input.flow >= CLAIM_ASKS_FLOW:
-            ask = CapacityAsk(limits=limits, requested_at=workflow.now(), memory_by_class={
-                n.node_class: classes[n.node_class].memory_bytes for n in self._lab.nodes})
+            ask = CapacityAsk(limits=limits, requested_at=workflow.now(), memory_by_class=memory_by_class)
         try:
             await self._claim_warm_nodes(
                 bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
@@ -72,12 +72,10 @@ class CapacityPath(SessionSteps):
             ) from None
         if limits is None or all(node.warm for node in self._nodes):
             return None
-        lab_nodes = {n.name: n for n in self._lab.nodes}
 
         def need() -> tuple[int, int, int, int]:
-            total = sum(classes[n.node_class].memory_bytes for n in self._lab.nodes)
-            cold = [lab_nodes[b.name] for b in self._nodes if not b.warm]
-            return len(self._lab.nodes), total, len(cold), sum(classes[n.node_class].memory_bytes for n in cold)
+            warm = {b.name: b.warm for b in self._nodes}
+            return capacity_need(list(self._lab.nodes), [warm[n.name] for n in self._lab.nodes], memory_by_class)
 
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
