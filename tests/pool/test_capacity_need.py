@@ -31,7 +31,8 @@ def test_the_cold_nodes_are_what_the_start_will_create() -> None:
 def test_the_claims_request_carries_the_same_numbers() -> None:
     session = SessionRef(session_id="s-student-abcdef", workflow_id="lab-session/student", run_id="r")
     at = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
-    ask = CapacityAsk(limits=CapacityLimits(max_vms=10, max_memory_bytes=40 * GIB), requested_at=at, memory_by_class=MEMORY)
+    limits = CapacityLimits(max_vms=10, max_memory_bytes=40 * GIB)
+    ask = CapacityAsk(limits=limits, requested_at=at, memory_by_class=MEMORY)
     request = capacity_request(session, NODES, [False, True, False], ask)
     assert (request.vms, request.memory_bytes, request.new_vms, request.new_memory_bytes) == (
         capacity_need(NODES, [False, True, False], MEMORY)
