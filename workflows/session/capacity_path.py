@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from labs.models import format_duration
     from workflows.capacity.gate import CapacityRefused
-    from workflows.models import CapacityAsk, Phase, capacity_need
+    from workflows.models import CapacityAsk, Phase
     from workflows.session.calls import CALL_FAILED, CLUSTER_CALL, bounded_call, options_call
     from workflows.session.failures import SessionFailed, cause_of
     from workflows.session.patches import (
@@ -55,11 +55,9 @@ class CapacityPath(SessionSteps):
         bounded = session_patched(CAPACITY_BOUNDED_PATCH)
         self._capacity.first_version = not bounded
         limits = self._input.capacity
-        classes = self._input.node_classes
-        memory_by_class = {n.node_class: classes[n.node_class].memory_bytes for n in self._lab.nodes}
         ask = None
         if bounded and limits is not None and self._input.flow >= CLAIM_ASKS_FLOW:
-            ask = CapacityAsk(limits=limits, requested_at=workflow.now(), memory_by_class=memory_by_class)
+            ask = CapacityAsk(limits=limits, requested_at=workflow.now(), memory_by_class=self._memory_by_class())
         try:
             await self._claim_warm_nodes(
                 bounded_call(workflow.now() + budget, "claim warm nodes") if bounded
@@ -72,10 +70,6 @@ class CapacityPath(SessionSteps):
             ) from None
         if limits is None or all(node.warm for node in self._nodes):
             return None
-
-        def need() -> tuple[int, int, int, int]:
-            warm = {b.name: b.warm for b in self._nodes}
-            return capacity_need(list(self._lab.nodes), [warm[n.name] for n in self._lab.nodes], memory_by_class)
 
         def queued(position: int) -> None:
             if self._phase != Phase.QUEUED:
@@ -91,7 +85,7 @@ class CapacityPath(SessionSteps):
         queue_since = workflow.now()
         try:
             await self._capacity.admit(
-                self._session, *need(), limits, max_wait, budget, on_queued=queued,
+                self._session, *self._capacity_need(), limits, max_wait, budget, on_queued=queued,
                 stop=lambda: self._end_reason is not None
                 or (holds_warm_nodes() and self._capacity.position is not None),
                 asked=self._asked_with_claim,
@@ -107,7 +101,7 @@ class CapacityPath(SessionSteps):
                                         f"{format_duration(budget)}: {cause_of(error)}") from None
                 left = max(max_wait - (workflow.now() - queue_since), timedelta(seconds=1))
                 await self._capacity.admit(
-                    self._session, *need(), limits, left, budget, on_queued=queued,
+                    self._session, *self._capacity_need(), limits, left, budget, on_queued=queued,
                     stop=lambda: self._end_reason is not None,
                 )
         except CapacityRefused as refused:

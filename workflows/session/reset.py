@@ -98,15 +98,10 @@ class SessionReset(SessionSteps, SessionTeardown):
             bounded_call(workflow.now() + self._input.timings.provisioning_overdue, "claim warm nodes")
         )
         limits = self._input.capacity
-        cold = [n for n in self._nodes if not n.warm]
-        if limits is not None and cold:
-            classes = self._input.node_classes
-            lab_nodes = {n.name: n for n in self._lab.nodes}
-            memory = [classes[lab_nodes[n.name].node_class].memory_bytes for n in self._nodes]
-            cold_memory = sum(classes[lab_nodes[n.name].node_class].memory_bytes for n in cold)
+        if limits is not None and not all(node.warm for node in self._nodes):
             try:
                 await self._capacity.admit(
-                    self._session, len(self._nodes), sum(memory), len(cold), cold_memory, limits,
+                    self._session, *self._capacity_need(), limits,
                     self._input.timings.max_queue_wait, self._input.timings.provisioning_overdue,
                     stop=lambda: self._end_reason is not None,
                 )

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         SetupResult,
         WaitReadyInput,
         bind_claimed,
+        capacity_need,
         session_wiring,
     )
     from workflows.session.calls import (
@@ -113,6 +114,18 @@ class SessionSteps(SessionEvents):
                         name=lab_node.name, node_id=self._cold_node_id(lab_node), role=lab_node.role.value, warm=False
                     )
                 )
+
+    def _capacity_need(self) -> tuple[int, int, int, int]:
+        """What this session asks the capacity broker for with the nodes it holds now (`capacity_need`:
+        all of its VMs and their memory, the cold ones as new): a start's queue and a reset alike."""
+        warm = {node.name: node.warm for node in self._nodes}
+        return capacity_need(list(self._lab.nodes), [warm[n.name] for n in self._lab.nodes],
+                             self._memory_by_class())
+
+    def _memory_by_class(self) -> dict[str, int]:
+        """The memory in bytes of a node of each class the lab uses (what the cap counts)."""
+        classes = self._input.node_classes
+        return {n.node_class: classes[n.node_class].memory_bytes for n in self._lab.nodes}
 
     async def _give_up_warm_nodes(self, call: Call | None = None) -> None:
         """Delete the warm nodes this session claimed and plan cold ones in their place."""
