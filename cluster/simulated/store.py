@@ -420,9 +420,9 @@ class Store:
     def _ensure_endpoint(self, node_id: str, new_host_key: Callable[[], str]) -> tuple[int | None, str] | None:
         if self._node(node_id) is None:
             return None
-        row = self.db.execute("SELECT port, host_key FROM ssh_endpoints WHERE node_id = ?", (node_id,)).fetchone()
-        if row is not None:
-            return row[0], row[1]
+        existing = self.endpoint(node_id)
+        if existing is not None:
+            return existing
         host_key = new_host_key()
         self.db.execute("INSERT INTO ssh_endpoints (node_id, port, host_key) VALUES (?, NULL, ?)", (node_id, host_key))
         return None, host_key
